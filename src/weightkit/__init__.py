@@ -1,0 +1,42 @@
+"""weightkit: open any neural-network model or checkpoint and see every weight with its meaning.
+
+Example:
+    >>> import torch, weightkit
+    >>> ws = weightkit.open(torch.nn.Linear(3, 2))
+    >>> [(w.name, w.shape, w.axes) for w in ws]
+    [('weight', (2, 3), ('out_features', 'in_features')), ('bias', (2,), ('out_features',))]
+"""
+
+from ._api import open, summary
+from .errors import (
+    CorruptFileError,
+    MissingDependencyError,
+    SourceNotFoundError,
+    UnsafeCheckpointError,
+    UnsupportedFormatError,
+    WeightkitError,
+)
+from .layers import list_kinds
+from .sources._base import list_readers
+from .summary import Summary, Totals
+from .weightset import Weight, WeightSet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "open",
+    "summary",
+    "list_readers",
+    "list_kinds",
+    "WeightSet",
+    "Weight",
+    "Summary",
+    "Totals",
+    "WeightkitError",
+    "SourceNotFoundError",
+    "UnsupportedFormatError",
+    "CorruptFileError",
+    "UnsafeCheckpointError",
+    "MissingDependencyError",
+    "__version__",
+]

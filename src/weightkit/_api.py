@@ -1,0 +1,54 @@
+"""The top-level functions of the public API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .summary import Summary
+from .weightset import WeightSet
+
+__all__ = ["open", "summary"]
+
+_open = open  # the builtin, before this module's ``open`` shadows it
+
+
+def open(source: Any, *, format: str | None = None) -> WeightSet:
+    """Open a model or checkpoint and list its weights with their meaning.
+
+    Args:
+        source: a live ``torch.nn.Module``; a Keras 3 model or layer; a dict of tensors;
+            or a path to a ``.safetensors`` file (or a directory of shards), a PyTorch
+            checkpoint (``.pt``/``.pth``/``.bin``/``.ckpt``), ``.npz``/``.npy``, or a Keras
+            ``.weights.h5``/``.keras`` file. Files are recognised by content, not by name.
+        format: force a reader by name (see :func:`weightkit.list_readers`).
+
+    Returns:
+        A :class:`WeightSet`; only metadata is read until you ask for data.
+
+    Raises:
+        WeightkitError: the path is missing, the format is unknown or damaged, or the file
+            needs code to load (never executed).
+
+    Example:
+        >>> import torch, weightkit
+        >>> ws = weightkit.open(torch.nn.Conv2d(3, 16, 3))
+        >>> ws["weight"].shape, ws["weight"].axes
+        ((16, 3, 3, 3), ('out_channels', 'in_channels/groups', 'kernel_h', 'kernel_w'))
+    """
+    from .sources import open_reader
+
+    return WeightSet(open_reader(source, format=format))
+
+
+def summary(source: Any, *, filter: str | None = None, format: str | None = None) -> Summary:
+    """Summary of a model or checkpoint: per-tensor table and totals, as plain data.
+
+    Example:
+        >>> import torch, weightkit
+        >>> weightkit.summary(torch.nn.Linear(3, 2)).totals.parameters
+        8
+    """
+    if isinstance(source, WeightSet):
+        return source.summary(filter=filter)
+    with open(source, format=format) as ws:
+        return ws.summary(filter=filter)

@@ -1,0 +1,1 @@
+"""Renderers: turn result dataclasses into terminal tables, JSON, HTML or pictures."""

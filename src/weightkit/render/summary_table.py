@@ -1,0 +1,129 @@
+"""Terminal rendering of a :class:`weightkit.summary.Summary` with rich."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+from rich.console import RenderableType
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from ..summary import Summary
+from ._format import human_bytes, human_count, shape_str, tristate
+
+LEGEND = (
+    "axes: what each dimension of the shape means, in order (e.g. Linear weight is out_features × in_features). "
+    "kind: the layer class{inferred}. train: yes = trained by the optimizer, no = frozen, "
+    "? = the file does not record it. Buffers (BatchNorm running stats) are state, not parameters."
+)
+
+
+def render_summary(s: Summary) -> Iterator[RenderableType]:
+    yield Text.assemble(("weightkit summary ", "bold"), (s.source, "cyan"), f"  ({s.format})")
+    if s.filter:
+        yield Text(f"filter: {s.filter}  ({s.totals.tensors} tensors match)", style="dim")
+    yield _tensor_table(s)
+    yield _totals_table(s)
+    if s.metadata:
+        yield _metadata_table(s.metadata)
+    inferred = any(t["kind_from"] in ("inferred", "name") for t in s.tensors)
+    note = ", inferred from names and shapes where the file has no classes (unknown when unsure)" if inferred else ""
+    yield Text(LEGEND.format(inferred=note), style="dim")
+
+
+def _tensor_table(s: Summary) -> Table:
+    """One section per layer: a layer row (path, kind, totals), then one row per tensor."""
+    table = Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD)
+    table.add_column("layer / tensor", overflow="fold", ratio=3)
+    table.add_column("kind")
+    table.add_column("shape", justify="right")
+    table.add_column("axes (meaning of each dimension)", overflow="fold", ratio=4)
+    table.add_column("dtype")
+    table.add_column("params", justify="right")
+    table.add_column("bytes", justify="right")
+    table.add_column("train", justify="center")
+    for layer, tensors in _by_layer(s.tensors):
+        kind = tensors[0]["kind"]
+        kind_text = Text(kind, style="dim" if kind == "unknown" else "green")
+        if tensors[0]["kind_from"] in ("inferred", "name"):
+            kind_text.append("*", style="dim")
+        table.add_row(
+            Text(layer or "(top level)", style="bold"),
+            kind_text,
+            "",
+            "",
+            "",
+            human_count(sum(t["numel"] for t in tensors if not t["is_buffer"])),
+            human_bytes(sum(t["nbytes"] for t in tensors)),
+            "",
+        )
+        for t in tensors:
+            name = Text("  " + _short_name(t["name"], layer))
+            if t["shared_with"]:
+                name.append(f" = {', '.join(t['shared_with'])}", style="magenta")
+            table.add_row(
+                name,
+                "",
+                shape_str(t["shape"]),
+                ", ".join(t["axes"]),
+                t["dtype"],
+                Text(human_count(t["numel"]), style="dim" if t["is_buffer"] else ""),
+                human_bytes(t["nbytes"]),
+                "buffer" if t["is_buffer"] else tristate(t["trainable"]),
+            )
+    return table
+
+
+def _by_layer(tensors: list[dict]) -> list[tuple[str, list[dict]]]:
+    groups: dict[str, list[dict]] = {}
+    for t in tensors:
+        groups.setdefault(t["layer"], []).append(t)
+    return list(groups.items())
+
+
+def _short_name(name: str, layer: str) -> str:
+    for sep in (".", "/"):
+        if layer and name.startswith(layer + sep):
+            return name[len(layer) + 1 :]
+    return name
+
+
+def _totals_table(s: Summary) -> Table:
+    tot = s.totals
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    train = f"{tot.trainable:,} trainable, {tot.frozen:,} frozen"
+    if tot.trainable_unknown:
+        train += f", {tot.trainable_unknown:,} not recorded"
+    grid.add_row("parameters", f"{tot.parameters:,} ({human_count(tot.parameters)}): {train}")
+    grid.add_row("buffers", f"{tot.buffers:,} elements")
+    grid.add_row("size", f"{human_bytes(tot.bytes)} in {tot.tensors} tensors, {tot.layers} layers; "
+                 + ", ".join(f"{d} {human_bytes(b)}" for d, b in tot.bytes_by_dtype.items()))
+    if tot.shared_tensors:
+        grid.add_row("shared", f"{tot.shared_tensors} tensors are shared or tied (counted once)")
+    return grid
+
+
+def _metadata_table(meta: dict) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    for key, value in meta.items():
+        if isinstance(value, dict) and value.get("optimizer_state"):
+            groups = value.get("param_groups", [])
+            hyper = ", ".join(f"{k}={v}" for k, v in (groups[0] if groups else {}).items()
+                              if k in ("lr", "momentum", "betas", "weight_decay", "eps"))
+            text = (f"optimizer state: {len(groups)} param group(s) ({hyper}), "
+                    f"{value.get('state_tensors', 0)} state tensors, {human_bytes(value.get('state_bytes', 0))}")
+        else:
+            text = _short_json(value)
+        grid.add_row(str(key), text)
+    return grid
+
+
+def _short_json(value, limit: int = 200) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,108 @@
+"""Sources: everything weightkit can open, one module per format behind one reader protocol.
+
+``open_reader(obj)`` picks the reader: live objects by type (without importing a framework
+the caller has not imported), paths by their content (magic bytes), never by the file
+extension alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import CorruptFileError, SourceNotFoundError, UnsupportedFormatError, WeightkitError
+from ._base import Reader, ReaderBase, RawTensor, fspath, list_readers, reader_specs, register_reader, sniff_head
+
+__all__ = ["open_reader", "list_readers", "register_reader", "Reader", "ReaderBase", "RawTensor"]
+
+# Modules that register readers, in the order their sniffers are tried.
+_MODULES = (
+    "safetensors_file",
+    "torch_checkpoint",
+    "numpy_file",
+    "keras_file",
+    "torch_module",
+    "keras_model",
+    "mapping",
+)
+_loaded = False
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in _MODULES:
+        try:
+            importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{mod}":
+                raise
+
+
+def open_reader(obj: Any, *, format: str | None = None) -> Reader:
+    """Open ``obj`` (a path, a live model, a state dict) with the reader that fits it."""
+    _load_all()
+    specs = list(reader_specs())
+    if format is not None:
+        by_name = {s.name: s for s in specs}
+        if format not in by_name:
+            raise UnsupportedFormatError(
+                f"unknown format {format!r}; known formats: {', '.join(by_name)}"
+            )
+        specs = [by_name[format]]
+    path = fspath(obj)
+    if path is None:
+        for spec in specs:
+            if spec.accepts is not None and spec.accepts(obj):
+                return spec.open(obj)
+        raise UnsupportedFormatError(
+            f"cannot open an object of type {type(obj).__module__}.{type(obj).__qualname__}; "
+            "pass a path, a torch.nn.Module, a Keras model or layer, or a dict of tensors"
+        )
+    return _open_path(path, specs, forced=format is not None)
+
+
+def _open_path(path: Path, specs, *, forced: bool) -> Reader:
+    if not path.exists():
+        raise SourceNotFoundError(f"{path}: no such file or directory; check the path")
+    if path.is_dir():
+        head = None
+    else:
+        try:
+            head = sniff_head(path)
+        except OSError as e:
+            raise SourceNotFoundError(f"{path}: cannot be read ({e.strerror}); check its permissions") from None
+        if not head:
+            raise CorruptFileError(f"{path}: the file is empty; it holds no weights")
+    for spec in specs:
+        if spec.sniff is None:
+            continue
+        try:
+            matched = forced or spec.sniff(path, head)
+        except WeightkitError:
+            raise
+        except Exception:
+            matched = False
+        if matched:
+            return spec.open(path)
+    if path.is_dir():
+        raise SourceNotFoundError(
+            f"{path}: directory holds no weights weightkit can read "
+            "(looked for *.safetensors with or without an index, pytorch_model*.bin, *.npz, *.keras, *.weights.h5); "
+            "pass a weights file or a directory of shards"
+        )
+    name = path.name.lower()
+    for spec in specs:
+        if any(name.endswith(s) for s in spec.suffixes):
+            raise CorruptFileError(
+                f"{path}: named like a {spec.name} file but its content is not one "
+                "(truncated, corrupt or mislabelled); re-download or re-save it"
+            )
+    raise UnsupportedFormatError(
+        f"{path}: unknown weights format (first bytes {head[:8]!r}); "
+        f"weightkit reads: {', '.join(s.name for s in specs if s.sniff)}"
+    )

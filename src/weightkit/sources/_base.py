@@ -1,0 +1,183 @@
+"""The reader protocol and the registry of sources.
+
+A *reader* turns one kind of thing a user has (a live model, a file format) into a list of
+:class:`RawTensor` records plus lazy access to their bytes. It knows nothing about layer
+semantics: :mod:`weightkit.layers` fills in kind, role and axes from the hints a reader gives.
+Adding a format is adding one module that registers a reader with :func:`register_reader`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["RawTensor", "Reader", "ReaderSpec", "register_reader", "list_readers", "sniff_head"]
+
+
+@dataclass
+class RawTensor:
+    """What a reader knows about one tensor before any layer inference.
+
+    ``key`` is how the reader finds the bytes; ``name`` is what users see. Optional hints
+    (``kind``, ``layer``, ``role``, ``trainable``…) are filled by readers that know them
+    (a live model knows its module classes; a ``.keras`` file has its config).
+    """
+
+    key: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    layer: str | None = None
+    kind: str | None = None
+    role: str | None = None
+    trainable: bool | None = None
+    is_buffer: bool = False
+    shared_with: tuple[str, ...] = ()
+    device: str | None = None
+    # how ``kind`` was found: "module" (live class), "config" (file config), "name" (naming convention)
+    kind_from: str | None = None
+    # per-kind facts from the source itself (e.g. LSTM hidden_size, bidirectional, groups)
+    layer_config: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Reader(Protocol):
+    """What every source implements."""
+
+    format: str  # registry name, e.g. "safetensors"
+    description: str  # what was opened, for humans: a path or "torch.nn.Module Net"
+
+    def tensors(self) -> list[RawTensor]:
+        """Metadata of every tensor, in the source's order. Cheap: reads no tensor bytes."""
+
+    def read(self, key: str) -> np.ndarray:
+        """Raw storage of one tensor with its full shape (bfloat16 as uint16, see _dtypes)."""
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything in the source that is not a weight, JSON-serialisable."""
+
+    def close(self) -> None: ...
+
+
+class ReaderBase:
+    """Defaults shared by readers; subclasses set ``format`` and implement the rest."""
+
+    format = "?"
+    description = "?"
+
+    def metadata(self) -> dict[str, Any]:
+        return {}
+
+    def read_flat(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Raw elements ``[start, stop)`` of the flattened tensor."""
+        return self.read(key).reshape(-1)[start:stop]
+
+    def read_torch(self, key: str):
+        """The tensor as torch (raw views are reinterpreted, values stay exact)."""
+        import torch
+
+        from .._dtypes import is_viewed
+
+        raw = np.ascontiguousarray(self.read(key))
+        info = self._info(key)
+        t = torch.from_numpy(raw.copy() if not raw.flags.writeable else raw)
+        if is_viewed(info.dtype):
+            t = t.view(getattr(torch, info.dtype))
+        return t
+
+    def _info(self, key: str) -> RawTensor:
+        cache = getattr(self, "_info_cache", None)
+        if cache is None:
+            cache = self._info_cache = {t.key: t for t in self.tensors()}
+        return cache[key]
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """One registered source: how to recognise it and how to open it."""
+
+    name: str
+    open: Callable[..., Reader]
+    suffixes: tuple[str, ...] = ()
+    # sniff(path, head) -> True when the file's first bytes are of this format
+    sniff: Callable[[Path, bytes], bool] | None = None
+    # accepts(obj) -> True for a live object this reader handles; never imports a framework
+    accepts: Callable[[Any], bool] | None = None
+    description: str = ""
+
+
+_READERS: dict[str, ReaderSpec] = {}  # registry name -> spec, in registration order
+
+
+def register_reader(
+    name: str,
+    *,
+    suffixes: tuple[str, ...] = (),
+    sniff: Callable[[Path, bytes], bool] | None = None,
+    accepts: Callable[[Any], bool] | None = None,
+    description: str = "",
+):
+    """Register a reader factory under ``name`` (used as a decorator)."""
+
+    def deco(factory):
+        if name in _READERS:
+            warnings.warn(f"weightkit reader {name!r} registered twice; the later one wins")
+        _READERS[name] = ReaderSpec(name, factory, suffixes, sniff, accepts, description)
+        return factory
+
+    return deco
+
+
+def list_readers() -> list[str]:
+    """Names of every registered source format.
+
+    Example:
+        >>> import weightkit
+        >>> "safetensors" in weightkit.list_readers()
+        True
+    """
+    from . import _load_all
+
+    _load_all()
+    return list(_READERS)
+
+
+def reader_specs() -> Iterator[ReaderSpec]:
+    from . import _load_all
+
+    _load_all()
+    return iter(list(_READERS.values()))
+
+
+HEAD_BYTES = 4096
+
+
+def sniff_head(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(HEAD_BYTES)
+
+
+def module_loaded(name: str) -> bool:
+    """True when the user has already imported framework ``name`` (we never import it to check)."""
+    return name in sys.modules
+
+
+def fspath(obj) -> Path | None:
+    if isinstance(obj, (str, os.PathLike)):
+        return Path(obj)
+    return None
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders ``layers.2`` before ``layers.10``."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))

@@ -1,0 +1,190 @@
+"""``.safetensors`` files and directories of shards with their ``*.safetensors.index.json``.
+
+Only the JSON header is read on open; tensor bytes are memory-mapped and touched only when
+asked. The header is parsed here (rather than through ``safetensors.safe_open``) because
+weightkit needs the byte offsets for zero-copy chunked reads and raw bfloat16 access, and
+validates the header against the file before trusting it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import _dtypes
+from ..errors import CorruptFileError, SourceNotFoundError
+from ._base import RawTensor, ReaderBase, natural_key, register_reader
+
+MAX_HEADER_BYTES = 100 << 20  # the format's own limit
+
+
+def _sniff(path: Path, head: bytes | None) -> bool:
+    if head is None or len(head) < 10:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= MAX_HEADER_BYTES and head[8:9] == b"{"
+
+
+def parse_header(path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
+    """Validated ``(tensors, metadata, data_start)`` of a safetensors file."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise CorruptFileError(f"{path}: truncated safetensors file (no header); re-download or re-save it")
+        (n,) = struct.unpack("<Q", prefix)
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            raise CorruptFileError(
+                f"{path}: safetensors header declares {n} bytes but the file has {size}; "
+                "the file is truncated or corrupt, re-download or re-save it"
+            )
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"{path}: safetensors header is not valid JSON ({e}); the file is corrupt") from None
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"{path}: safetensors header is not a JSON object; the file is corrupt")
+    metadata = header.pop("__metadata__", None) or {}
+    data_len = size - 8 - n
+    spans = []
+    for name, info in header.items():
+        _check_entry(path, name, info, data_len)
+        spans.append((info["data_offsets"][0], info["data_offsets"][1], name))
+    spans.sort()
+    pos = 0
+    for start, end, name in spans:
+        if start < pos:
+            raise CorruptFileError(f"{path}: tensor {name!r} overlaps the tensor before it; the file is corrupt")
+        pos = end
+    if pos > data_len:
+        raise CorruptFileError(
+            f"{path}: tensor data end at byte {pos} but the file holds {data_len} data bytes; the file is truncated"
+        )
+    return header, metadata if isinstance(metadata, dict) else {}, 8 + n
+
+
+def _check_entry(path: Path, name: str, info: Any, data_len: int) -> None:
+    ok = (
+        isinstance(info, dict)
+        and info.get("dtype") in _dtypes.SAFETENSORS_CODES
+        and isinstance(info.get("shape"), list)
+        and all(isinstance(d, int) and d >= 0 for d in info["shape"])
+        and isinstance(info.get("data_offsets"), list)
+        and len(info["data_offsets"]) == 2
+        and all(isinstance(o, int) for o in info["data_offsets"])
+    )
+    if not ok:
+        raise CorruptFileError(f"{path}: malformed header entry for tensor {name!r}; the file is corrupt")
+    start, end = info["data_offsets"]
+    dtype = _dtypes.SAFETENSORS_CODES[info["dtype"]]
+    want = math.prod(info["shape"]) * _dtypes.itemsize(dtype)
+    if not (0 <= start <= end) or end - start != want:
+        raise CorruptFileError(
+            f"{path}: tensor {name!r} declares {want} bytes for shape {info['shape']} {dtype} "
+            f"but its byte range is {start}..{end}; the file is corrupt"
+        )
+
+
+class _Shard:
+    def __init__(self, path: Path):
+        self.path = path
+        self.header, self.metadata, self.data_start = parse_header(path)
+        self._mmap: np.memmap | None = None
+
+    def array(self, name: str) -> np.ndarray:
+        info = self.header[name]
+        dtype = _dtypes.SAFETENSORS_CODES[info["dtype"]]
+        start, end = info["data_offsets"]
+        if end == start:
+            return np.empty(info["shape"], dtype=_dtypes.DTYPES[dtype][1])
+        if self._mmap is None:
+            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+        buf = self._mmap[self.data_start + start : self.data_start + end]
+        return buf.view(_dtypes.DTYPES[dtype][1]).reshape(info["shape"])
+
+    def close(self) -> None:
+        self._mmap = None
+
+
+class SafetensorsReader(ReaderBase):
+    """One file, or several shards presented as one set of tensors."""
+
+    format = "safetensors"
+
+    def __init__(self, files: list[Path], description: str, index: dict[str, Any] | None = None):
+        self.description = description
+        self._shards = [_Shard(p) for p in files]
+        self._where: dict[str, _Shard] = {}
+        self._index = index or {}
+        for shard in self._shards:
+            for name in shard.header:
+                self._where.setdefault(name, shard)
+
+    def tensors(self) -> list[RawTensor]:
+        # safetensors writers sort the header by dtype and name, so the file order carries no
+        # meaning; natural order puts layers.2 before layers.10
+        out = []
+        for name, shard in sorted(self._where.items(), key=lambda kv: natural_key(kv[0])):
+            info = shard.header[name]
+            out.append(RawTensor(name, name, tuple(info["shape"]), _dtypes.SAFETENSORS_CODES[info["dtype"]]))
+        return out
+
+    def read(self, key: str) -> np.ndarray:
+        return self._where[key].array(key)
+
+    def read_flat(self, key: str, start: int, stop: int) -> np.ndarray:
+        return self.read(key).reshape(-1)[start:stop]
+
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {}
+        for shard in self._shards:
+            meta.update(shard.metadata)
+        if len(self._shards) > 1:
+            meta["shards"] = [s.path.name for s in self._shards]
+        if self._index.get("metadata"):
+            meta["index_metadata"] = self._index["metadata"]
+        return meta
+
+    def close(self) -> None:
+        for shard in self._shards:
+            shard.close()
+
+
+@register_reader("safetensors", suffixes=(".safetensors",), sniff=_sniff, description="safetensors file")
+def open_file(path: Path) -> SafetensorsReader:
+    return SafetensorsReader([path], str(path))
+
+
+def _sniff_dir(path: Path, head: bytes | None) -> bool:
+    return head is None and (any(path.glob("*.safetensors.index.json")) or any(path.glob("*.safetensors")))
+
+
+@register_reader("safetensors-sharded", sniff=_sniff_dir, description="directory of safetensors shards")
+def open_directory(path: Path) -> SafetensorsReader:
+    indexes = sorted(path.glob("*.safetensors.index.json"))
+    if len(indexes) > 1:
+        raise CorruptFileError(
+            f"{path}: several shard indexes ({', '.join(p.name for p in indexes)}); pass one of them's shards' directory with a single index"
+        )
+    if indexes:
+        try:
+            index = json.loads(indexes[0].read_text())
+            weight_map = index["weight_map"]
+            files = sorted({path / f for f in weight_map.values()})
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CorruptFileError(f"{indexes[0]}: not a valid shard index ({e}); re-download it") from None
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise SourceNotFoundError(
+                f"{path}: index {indexes[0].name} lists shards that are missing: {', '.join(missing[:5])}; "
+                "download every shard"
+            )
+        return SafetensorsReader(files, str(path), index)
+    files = sorted(path.glob("*.safetensors"))
+    return SafetensorsReader(files, str(path))
