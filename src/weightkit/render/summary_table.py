@@ -95,10 +95,12 @@ def _totals_table(s: Summary) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    train = f"{tot.trainable:,} trainable, {tot.frozen:,} frozen"
+    parts = [f"{n:,} {what}" for n, what in ((tot.trainable, "trainable"), (tot.frozen, "frozen")) if n]
     if tot.trainable_unknown:
-        train += f", {tot.trainable_unknown:,} not recorded"
-    grid.add_row("parameters", f"{tot.parameters:,} ({human_count(tot.parameters)}): {train}")
+        parts.append("trainability not recorded in the source" if not parts
+                     else f"{tot.trainable_unknown:,} not recorded")
+    count = f"{tot.parameters:,}" + (f" ({human_count(tot.parameters)})" if tot.parameters >= 10_000 else "")
+    grid.add_row("parameters", f"{count}: {', '.join(parts) or 'none'}")
     grid.add_row("buffers", f"{tot.buffers:,} elements")
     grid.add_row("size", f"{human_bytes(tot.bytes)} in {tot.tensors} tensors, {tot.layers} layers; "
                  + ", ".join(f"{d} {human_bytes(b)}" for d, b in tot.bytes_by_dtype.items()))

@@ -181,3 +181,23 @@ def fspath(obj) -> Path | None:
 def natural_key(name: str) -> tuple:
     """Sort key that orders ``layers.2`` before ``layers.10``."""
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
+
+
+_ROLE_RANK = {"weight": 0, "kernel": 0, "bias": 1, "running_mean": 8, "running_var": 9, "num_batches_tracked": 10}
+_RNN_RANK = {"weight_ih": 0, "weight_hh": 1, "bias_ih": 2, "bias_hh": 3, "weight_hr": 4}
+
+
+def model_order_key(name: str) -> tuple:
+    """Sort key for names from a format that does not keep the model's order (safetensors):
+    layers in natural order, and within a layer weight before bias, RNN tensors by layer and
+    direction, BatchNorm statistics last."""
+    from ..layers import split_rnn_name
+
+    layer, _, role = name.rpartition(".")
+    rnn = split_rnn_name(role)
+    if rnn is not None:
+        base, index, reverse = rnn
+        rank: tuple = (5, index, reverse, _RNN_RANK[base])
+    else:
+        rank = (_ROLE_RANK.get(role, 5), 0, False, 0)
+    return natural_key(layer), rank, natural_key(role)

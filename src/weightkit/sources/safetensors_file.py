@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import _dtypes
 from ..errors import CorruptFileError, SourceNotFoundError
-from ._base import RawTensor, ReaderBase, natural_key, register_reader
+from ._base import RawTensor, ReaderBase, model_order_key, register_reader
 
 MAX_HEADER_BYTES = 100 << 20  # the format's own limit
 
@@ -128,9 +128,9 @@ class SafetensorsReader(ReaderBase):
 
     def tensors(self) -> list[RawTensor]:
         # safetensors writers sort the header by dtype and name, so the file order carries no
-        # meaning; natural order puts layers.2 before layers.10
+        # meaning; see model_order_key
         out = []
-        for name, shard in sorted(self._where.items(), key=lambda kv: natural_key(kv[0])):
+        for name, shard in sorted(self._where.items(), key=lambda kv: model_order_key(kv[0])):
             info = shard.header[name]
             out.append(RawTensor(name, name, tuple(info["shape"]), _dtypes.SAFETENSORS_CODES[info["dtype"]]))
         return out
