@@ -26,6 +26,7 @@ _MODULES = (
     "torch_module",
     "keras_model",
     "mapping",
+    "directory",
 )
 _loaded = False
 
@@ -89,12 +90,6 @@ def _open_path(path: Path, specs, *, forced: bool) -> Reader:
             matched = False
         if matched:
             return spec.open(path)
-    if path.is_dir():
-        raise SourceNotFoundError(
-            f"{path}: directory holds no weights weightkit can read "
-            "(looked for *.safetensors with or without an index, pytorch_model*.bin, *.npz, *.keras, *.weights.h5); "
-            "pass a weights file or a directory of shards"
-        )
     name = path.name.lower()
     for spec in specs:
         if any(name.endswith(s) for s in spec.suffixes):

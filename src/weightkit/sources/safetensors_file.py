@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import _dtypes
-from ..errors import CorruptFileError, SourceNotFoundError
+from ..errors import CorruptFileError
 from ._base import RawTensor, ReaderBase, model_order_key, register_reader
 
 MAX_HEADER_BYTES = 100 << 20  # the format's own limit
@@ -113,18 +113,14 @@ class _Shard:
 
 
 class SafetensorsReader(ReaderBase):
-    """One file, or several shards presented as one set of tensors."""
+    """One safetensors file (directories of shards: see ``sources/directory.py``)."""
 
     format = "safetensors"
 
-    def __init__(self, files: list[Path], description: str, index: dict[str, Any] | None = None):
-        self.description = description
-        self._shards = [_Shard(p) for p in files]
-        self._where: dict[str, _Shard] = {}
-        self._index = index or {}
-        for shard in self._shards:
-            for name in shard.header:
-                self._where.setdefault(name, shard)
+    def __init__(self, path: Path):
+        self.description = str(path)
+        self._shards = [_Shard(path)]
+        self._where: dict[str, _Shard] = {name: self._shards[0] for name in self._shards[0].header}
 
     def tensors(self) -> list[RawTensor]:
         # safetensors writers sort the header by dtype and name, so the file order carries no
@@ -142,49 +138,13 @@ class SafetensorsReader(ReaderBase):
         return self.read(key).reshape(-1)[start:stop]
 
     def metadata(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {}
-        for shard in self._shards:
-            meta.update(shard.metadata)
-        if len(self._shards) > 1:
-            meta["shards"] = [s.path.name for s in self._shards]
-        if self._index.get("metadata"):
-            meta["index_metadata"] = self._index["metadata"]
-        return meta
+        return dict(self._shards[0].metadata)
 
     def close(self) -> None:
         for shard in self._shards:
             shard.close()
 
 
-@register_reader("safetensors", suffixes=(".safetensors",), sniff=_sniff, description="safetensors file")
-def open_file(path: Path) -> SafetensorsReader:
-    return SafetensorsReader([path], str(path))
-
-
-def _sniff_dir(path: Path, head: bytes | None) -> bool:
-    return head is None and (any(path.glob("*.safetensors.index.json")) or any(path.glob("*.safetensors")))
-
-
-@register_reader("safetensors-sharded", sniff=_sniff_dir, description="directory of safetensors shards")
-def open_directory(path: Path) -> SafetensorsReader:
-    indexes = sorted(path.glob("*.safetensors.index.json"))
-    if len(indexes) > 1:
-        raise CorruptFileError(
-            f"{path}: several shard indexes ({', '.join(p.name for p in indexes)}); pass one of them's shards' directory with a single index"
-        )
-    if indexes:
-        try:
-            index = json.loads(indexes[0].read_text())
-            weight_map = index["weight_map"]
-            files = sorted({path / f for f in weight_map.values()})
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CorruptFileError(f"{indexes[0]}: not a valid shard index ({e}); re-download it") from None
-        missing = [f.name for f in files if not f.exists()]
-        if missing:
-            raise SourceNotFoundError(
-                f"{path}: index {indexes[0].name} lists shards that are missing: {', '.join(missing[:5])}; "
-                "download every shard"
-            )
-        return SafetensorsReader(files, str(path), index)
-    files = sorted(path.glob("*.safetensors"))
-    return SafetensorsReader(files, str(path))
+register_reader("safetensors", suffixes=(".safetensors",), sniff=_sniff, description="safetensors file")(
+    SafetensorsReader
+)
