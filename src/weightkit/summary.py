@@ -57,7 +57,7 @@ class Summary:
     def __rich_console__(self, console, options):
         from .render.summary_table import render_summary
 
-        yield from render_summary(self)
+        yield from render_summary(self, width=options.max_width)
 
 
 def summarize(ws: WeightSet, *, filter: str | None = None) -> Summary:

@@ -229,7 +229,9 @@ def _annotate(reader: Reader, raws: list[RawTensor]) -> list[Weight]:
                            tuple(role for _, role in members))
         for raw, role in members:
             kind_here = raw.kind or kind
-            stat = role in ("running_mean", "running_var", "num_batches_tracked")
+            # torch parameters are always floating point: an integer tensor in a file is a buffer
+            stat = role in ("running_mean", "running_var", "num_batches_tracked") or (
+                raw.trainable is None and not _dtypes.is_floating(raw.dtype) and not raw.dtype.startswith("complex"))
             out.append(
                 Weight(
                     name=raw.name,

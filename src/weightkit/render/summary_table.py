@@ -20,11 +20,11 @@ LEGEND = (
 )
 
 
-def render_summary(s: Summary) -> Iterator[RenderableType]:
+def render_summary(s: Summary, width: int = 120) -> Iterator[RenderableType]:
     yield Text.assemble(("weightkit summary ", "bold"), (s.source, "cyan"), f"  ({s.format})")
     if s.filter:
         yield Text(f"filter: {s.filter}  ({s.totals.tensors} tensors match)", style="dim")
-    yield _tensor_table(s)
+    yield _tensor_table(s, width)
     yield _totals_table(s)
     if s.metadata:
         yield _metadata_table(s.metadata)
@@ -33,36 +33,37 @@ def render_summary(s: Summary) -> Iterator[RenderableType]:
     yield Text(LEGEND.format(inferred=note), style="dim")
 
 
-def _tensor_table(s: Summary) -> Table:
-    """One section per layer: a layer row (path, kind, totals), then one row per tensor."""
-    table = Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD)
-    table.add_column("layer / tensor", overflow="fold", ratio=3)
-    table.add_column("kind")
-    table.add_column("shape", justify="right")
-    table.add_column("axes (meaning of each dimension)", overflow="fold", ratio=4)
-    table.add_column("dtype")
-    table.add_column("params", justify="right")
-    table.add_column("bytes", justify="right")
-    table.add_column("train", justify="center")
+def _tensor_table(s: Summary, width: int) -> Table:
+    """One section per layer: a layer row (path, kind, totals), then one row per tensor.
+
+    Narrow terminals (< 110 columns) drop the bytes column (the totals still give sizes) and
+    fold long layer paths rather than squeeze the axes.
+    """
+    wide = width >= 110
+    table = Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD,
+                  padding=(0, 1), min_width=None)
+    table.add_column("layer / tensor", no_wrap=width >= 120, overflow="fold", min_width=14)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("shape", justify="right", no_wrap=True)
+    table.add_column("axes (meaning of each dimension)" if wide else "axes", overflow="fold", min_width=14)
+    table.add_column("dtype", no_wrap=True)
+    table.add_column("params", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("bytes", justify="right", no_wrap=True)
+    table.add_column("train", justify="center", no_wrap=True)
     for layer, tensors in _by_layer(s.tensors):
         kind = tensors[0]["kind"]
         kind_text = Text(kind, style="dim" if kind == "unknown" else "green")
         if tensors[0]["kind_from"] in ("inferred", "name"):
             kind_text.append("*", style="dim")
-        table.add_row(
-            Text(layer or "(top level)", style="bold"),
-            kind_text,
-            "",
-            "",
-            "",
-            human_count(sum(t["numel"] for t in tensors if not t["is_buffer"])),
-            human_bytes(sum(t["nbytes"] for t in tensors)),
-            "",
-        )
+        params = human_count(sum(t["numel"] for t in tensors if not t["is_buffer"]))
+        size = [human_bytes(sum(t["nbytes"] for t in tensors))] if wide else []
+        table.add_row(Text(layer or "(top level)", style="bold"), kind_text, "", "", "", params, *size, "")
         for t in tensors:
             name = Text("  " + _short_name(t["name"], layer))
             if t["shared_with"]:
                 name.append(f" = {', '.join(t['shared_with'])}", style="magenta")
+            size = [human_bytes(t["nbytes"])] if wide else []
             table.add_row(
                 name,
                 "",
@@ -70,7 +71,7 @@ def _tensor_table(s: Summary) -> Table:
                 ", ".join(t["axes"]),
                 t["dtype"],
                 Text(human_count(t["numel"]), style="dim" if t["is_buffer"] else ""),
-                human_bytes(t["nbytes"]),
+                *size,
                 "buffer" if t["is_buffer"] else tristate(t["trainable"]),
             )
     return table
