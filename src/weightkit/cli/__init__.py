@@ -1,0 +1,19 @@
+"""The ``weightkit`` command: parse arguments, call the public API, render, choose the exit code.
+
+Exit codes: 0 success, 1 findings (doctor, diff, scan), 2 bad input or usage.
+Each command lives in its own module, which registers itself on the shared typer ``app``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._app import EXIT_BAD_INPUT, EXIT_FINDINGS, EXIT_OK, app
+from . import summary as _summary  # noqa: F401  (registers commands)
+
+__all__ = ["app", "main", "EXIT_OK", "EXIT_FINDINGS", "EXIT_BAD_INPUT"]
+
+
+def main() -> None:
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    app()

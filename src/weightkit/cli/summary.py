@@ -1,0 +1,56 @@
+"""``weightkit summary`` and ``weightkit formats``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import WeightkitError
+from ._app import app, console, guard, print_json
+
+
+@app.command()
+def summary(
+    source: Path = typer.Argument(..., help="Checkpoint file or directory of shards."),
+    filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Only tensors whose name matches this glob."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (schema in docs/summary-json.md)."),
+    format: Optional[str] = typer.Option(None, "--format", help="Force a reader (see `weightkit formats`)."),
+) -> None:
+    """List every weight with its layer, kind, shape, axis meanings, dtype and size."""
+
+    def run():
+        from .. import _api
+
+        s = _api.summary(str(source), filter=filter, format=format)
+        if filter and not s.tensors:
+            raise WeightkitError(f"{source}: no tensor name matches --filter {filter!r}; try a broader glob such as '*{filter}*'")
+        if as_json:
+            print_json(s.to_dict())
+        else:
+            console().print(s)
+
+    guard(run)
+
+
+@app.command()
+def formats(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """List the formats weightkit reads."""
+
+    def run():
+        from ..sources._base import reader_specs
+
+        specs = [{"name": s.name, "suffixes": list(s.suffixes), "description": s.description,
+                  "kind": "file" if s.sniff else "live object"} for s in reader_specs()]
+        if as_json:
+            print_json(specs)
+            return
+        from rich.table import Table
+
+        table = Table("format", "kind", "file names", "what", show_edge=False, header_style="bold")
+        for s in specs:
+            table.add_row(s["name"], s["kind"], " ".join(s["suffixes"]), s["description"])
+        console().print(table)
+
+    guard(run)
