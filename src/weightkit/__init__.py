@@ -17,6 +17,7 @@ from .errors import (
     WeightkitError,
 )
 from .layers import list_kinds
+from .statistics import GroupStats, StatsReport, TensorStats, stats
 from .sources._base import list_readers
 from .summary import Summary, Totals
 from .weightset import Weight, WeightSet
@@ -26,6 +27,10 @@ __version__ = "0.1.0"
 __all__ = [
     "open",
     "summary",
+    "stats",
+    "StatsReport",
+    "TensorStats",
+    "GroupStats",
     "list_readers",
     "list_kinds",
     "WeightSet",

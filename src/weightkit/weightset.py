@@ -67,6 +67,10 @@ class Weight:
         """Storage as stored (bfloat16 as ``uint16``, float8 as ``uint8``); may be a read-only view."""
         return self._reader.read(self._key)
 
+    def raw_range(self, start: int, stop: int) -> np.ndarray:
+        """Raw storage of flat elements ``[start, stop)``, read without loading the rest."""
+        return self._reader.read_flat(self._key, start, stop)
+
     def numpy(self) -> np.ndarray:
         """The values as a new NumPy array (bfloat16 and float8 come back as float32, exactly).
 
@@ -85,7 +89,7 @@ class Weight:
         """Flat pieces of the raw storage, each at most ``max_bytes``, read one at a time."""
         step = max(1, max_bytes // max(1, _dtypes.itemsize(self.dtype)))
         for start in range(0, self.numel, step):
-            yield self._reader.read_flat(self._key, start, min(start + step, self.numel))
+            yield self.raw_range(start, min(start + step, self.numel))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable metadata (the ``tensors`` items of ``summary --json``)."""

@@ -1,0 +1,51 @@
+"""``weightkit stats``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import WeightkitError
+from ._app import app, console, guard, print_json
+
+PROGRESS_MIN_BYTES = 256 << 20
+
+
+@app.command()
+def stats(
+    source: Path = typer.Argument(..., help="Checkpoint file or directory of shards."),
+    filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Only tensors whose name matches this glob."),
+    bins: int = typer.Option(64, "--bins", help="Histogram bins (at most)."),
+    eps: float = typer.Option(1e-6, "--eps", help="Count values with |w| < eps as 'small'."),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+) -> None:
+    """Measure every weight: mean, std, min, max, norm, zeros, NaN/Inf, histogram, quantiles."""
+
+    def run():
+        from .. import _api
+        from ..statistics import stats as compute
+
+        with _api.open(str(source)) as ws:
+            if filter and not ws.filter(filter):
+                raise WeightkitError(f"{source}: no tensor name matches --filter {filter!r}; try '*{filter}*'")
+            total = sum(w.nbytes for w in (ws.filter(filter) if filter else ws))
+            show = not as_json and sys.stderr.isatty() and total >= PROGRESS_MIN_BYTES
+            if show:
+                from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+                with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                              TransferSpeedColumn(), transient=True) as bar:
+                    task = bar.add_task("measuring", total=total)
+                    report = compute(ws, select=filter, bins=bins, eps=eps,
+                                     progress=lambda done, _: bar.update(task, completed=done))
+            else:
+                report = compute(ws, select=filter, bins=bins, eps=eps)
+        if as_json:
+            print_json(report.to_dict())
+        else:
+            console().print(report)
+
+    guard(run)

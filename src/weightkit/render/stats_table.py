@@ -1,0 +1,85 @@
+"""Terminal rendering of a :class:`weightkit.statistics.StatsReport` with rich."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from rich import box
+from rich.console import RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from ..statistics.result import StatsReport, TensorStats
+from ._format import human_bytes, human_count
+
+SPARK = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(counts: list[int], width: int = 16) -> str:
+    """A histogram as a row of block characters (``width`` cells at most)."""
+    if not counts:
+        return ""
+    group = max(1, -(-len(counts) // width))
+    cells = [sum(counts[i : i + group]) for i in range(0, len(counts), group)]
+    top = max(cells) or 1
+    return "".join(SPARK[min(8, round(8 * c / top))] if c else " " for c in cells)
+
+
+def num(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e4 or abs(value) < 1e-3:
+        return f"{value:.3e}"
+    return f"{value:.4g}"
+
+
+def render_stats(r: StatsReport, width: int = 120) -> Iterator[RenderableType]:
+    yield Text.assemble(("weightkit stats ", "bold"), (r.source, "cyan"), f"  ({r.format})")
+    table = Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD, padding=(0, 1))
+    table.add_column("tensor", overflow="fold", no_wrap=width >= 140, min_width=14)
+    table.add_column("mean", justify="right")
+    table.add_column("std", justify="right")
+    table.add_column("min", justify="right")
+    table.add_column("max", justify="right")
+    table.add_column("L2 norm", justify="right")
+    table.add_column("zeros", justify="right")
+    table.add_column("nan/inf", justify="right")
+    if width >= 110:
+        table.add_column("histogram", no_wrap=True)
+    for t in r.tensors:
+        table.add_row(*_row(t, width >= 110))
+    yield table
+    tot = r.total
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("whole model", f"{human_count(tot.count)} values in {tot.tensors} tensors: mean {num(tot.mean)}, "
+                 f"std {num(tot.std)}, absmax {num(tot.absmax)}, L2 norm {num(tot.l2_norm)}")
+    bad = tot.nan + tot.posinf + tot.neginf
+    grid.add_row("non-finite", Text(f"{tot.nan:,} NaN, {tot.posinf:,} +Inf, {tot.neginf:,} -Inf",
+                                    style="bold red" if bad else ""))
+    grid.add_row("zeros", f"{tot.zeros:,} exact zeros; {tot.small:,} with |w| < {r.eps:g}")
+    if tot.unreadable:
+        grid.add_row("unreadable", Text(f"{tot.unreadable} tensors could not be measured (see 'error')", style="red"))
+    grid.add_row("read", f"{human_bytes(r.bytes_read)} in {r.seconds:.2f} s")
+    yield grid
+    yield Text("Moments, min/max and histograms are over finite values; std is the population std (ddof=0). "
+               "histogram: the finite range, low to high.", style="dim")
+
+
+def _row(t: TensorStats, hist: bool) -> list:
+    if t.error:
+        cells = [Text(t.name), Text(t.error, style="red"), "", "", "", "", "", ""]
+        return cells + ([""] if hist else [])
+    bad = t.nan + t.posinf + t.neginf
+    cells = [
+        Text(t.name, style="dim" if t.is_buffer else ""),
+        num(t.mean), num(t.std), num(t.min), num(t.max), num(t.l2_norm),
+        f"{100 * t.zeros / t.count:.1f}%" if t.count else "—",
+        Text(f"{t.nan}/{t.posinf + t.neginf}", style="bold red") if bad else Text("0", style="dim"),
+    ]
+    if hist:
+        cells.append(Text(sparkline(t.hist_counts), style="cyan"))
+    return cells

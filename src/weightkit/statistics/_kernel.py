@@ -1,0 +1,319 @@
+"""The compiled inner loop of the statistics engine (numba, released GIL).
+
+One call of :func:`process` folds a flat chunk of raw storage into an accumulator:
+
+- ``mom`` (float64[7]): shifted sum, shifted sum of squares, raw sum of squares, min, max
+  (finite values), and two spare slots;
+- ``cnt`` (int64[7]): finite, NaN, +Inf, -Inf, exact zeros, |w| < eps, total;
+- ``hist`` (int64[B]) with ``geo`` (float64[2] = ``lo``, ``w``): an exact histogram over
+  ``[lo, lo + B·w)`` whose bin width ``w`` is a power of two and ``lo`` a multiple of it.
+  When new values fall outside, the width doubles and pairs of bins merge, which keeps
+  every count exact; so the range is found in the same single pass as everything else.
+
+The chunk is processed in blocks that stay in the L1/L2 cache: a branch-free pass for the
+moments (vectorised; a block holding NaN/Inf is redone on a careful path), then the
+histogram pass over the same cached block. Values are decoded from raw storage through a
+lookup table for 8- and 16-bit types (bfloat16, float16, float8, int8…), so bfloat16 never
+takes a detour through a float32 copy of the tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+BLOCK = 8192  # elements per cache-resident block
+
+# moments slots
+S, SS, SQ, MIN, MAX = 0, 1, 2, 3, 4
+# count slots
+FINITE, NAN, PINF, NINF, ZERO, SMALL, TOTAL = 0, 1, 2, 3, 4, 5, 6
+
+_OPTS = dict(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+
+
+@nb.njit(**_OPTS)
+def _decode(x, lut, start, stop, out):
+    for i in range(start, stop):
+        out[i - start] = lut[x[i]]
+    return out[: stop - start]
+
+
+@nb.njit(**_OPTS)
+def _fast_moments(v, shift, eps):
+    s = 0.0
+    ss = 0.0
+    sq = 0.0
+    mn = np.inf
+    mx = -np.inf
+    z = 0
+    sm = 0
+    for i in range(v.size):
+        f = np.float64(v[i])
+        d = f - shift
+        s += d
+        ss += d * d
+        sq += f * f
+        mn = f if f < mn else mn
+        mx = f if f > mx else mx
+        z += f == 0.0
+        sm += abs(f) < eps
+    return s, ss, sq, mn, mx, z, sm
+
+
+@nb.njit(nogil=True, cache=True)
+def _careful_moments(v, shift, eps, mom, cnt):
+    for i in range(v.size):
+        f = np.float64(v[i])
+        if f != f:
+            cnt[NAN] += 1
+        elif f == np.inf:
+            cnt[PINF] += 1
+        elif f == -np.inf:
+            cnt[NINF] += 1
+        else:
+            d = f - shift
+            mom[S] += d
+            mom[SS] += d * d
+            mom[SQ] += f * f
+            if f < mom[MIN]:
+                mom[MIN] = f
+            if f > mom[MAX]:
+                mom[MAX] = f
+            cnt[FINITE] += 1
+            if f == 0.0:
+                cnt[ZERO] += 1
+            if abs(f) < eps:
+                cnt[SMALL] += 1
+
+
+@nb.njit(nogil=True, cache=True)
+def _occupied(hist, geo):
+    """Start of the first and of the last non-empty bin (``inf, -inf`` when empty)."""
+    first, last = np.inf, -np.inf
+    for j in range(hist.size):
+        if hist[j]:
+            if first == np.inf:
+                first = geo[0] + j * geo[1]
+            last = geo[0] + j * geo[1]
+    return first, last
+
+
+@nb.njit(nogil=True, cache=True)
+def cover(hist, geo, mn, mx, min_w=0.0):
+    """Re-grid the histogram so that it covers ``[mn, mx]`` with a width of at least ``min_w``.
+
+    Widths stay powers of two and ``lo`` a multiple of the width, so every old bin falls
+    inside exactly one new bin and the counts stay exact.
+    """
+    nbins = hist.size
+    lo, w = geo[0], geo[1]
+    if w == 0.0:  # first finite values: the smallest power-of-two width that fits them
+        span = mx - mn
+        if span > 0.0:
+            w = 2.0 ** math.ceil(math.log2(span / nbins))
+        elif mn != 0.0:
+            w = 2.0 ** (math.floor(math.log2(abs(mn))) - 20)
+        else:
+            w = 2.0 ** -40
+        w = max(w, min_w, 2.0 ** -1000)
+        while math.floor((mx - math.floor(mn / w) * w) / w) >= nbins:
+            w *= 2.0
+        geo[0], geo[1] = math.floor(mn / w) * w, w
+        return
+    if w >= min_w and mn >= lo and math.floor((mx - lo) / w) < nbins:
+        return
+    first, last = _occupied(hist, geo)
+    need_lo, need_hi = min(mn, first), max(mx, last)
+    if w >= min_w and need_lo >= lo and math.floor((need_hi - lo) / w) < nbins:
+        return
+    w2 = max(w, min_w)
+    while True:
+        lo2 = math.floor(need_lo / w2) * w2
+        if math.floor((need_hi - lo2) / w2) < nbins:
+            break
+        w2 *= 2.0
+    regridded = np.zeros_like(hist)
+    for j in range(nbins):
+        if hist[j]:
+            regridded[int(math.floor((lo + j * w - lo2) / w2))] += hist[j]
+    hist[:] = regridded
+    geo[0], geo[1] = lo2, w2
+
+
+@nb.njit(**_OPTS)
+def _fast_hist(v, lo, inv_w, hist):
+    top = hist.size - 1
+    for i in range(v.size):
+        k = int((np.float64(v[i]) - lo) * inv_w)
+        k = top if k > top else k
+        hist[k] += 1
+
+
+@nb.njit(nogil=True, cache=True)
+def _careful_hist(v, lo, inv_w, hist):
+    top = hist.size - 1
+    for i in range(v.size):
+        f = np.float64(v[i])
+        if math.isfinite(f):
+            k = int((f - lo) * inv_w)
+            hist[min(max(k, 0), top)] += 1
+
+
+@nb.njit(nogil=True, cache=True)
+def _add_fast(mom, cnt, n, s, ss, sq, mn, mx, z, sm):
+    mom[S] += s
+    mom[SS] += ss
+    mom[SQ] += sq
+    mom[MIN] = min(mom[MIN], mn)
+    mom[MAX] = max(mom[MAX], mx)
+    cnt[FINITE] += n
+    cnt[ZERO] += z
+    cnt[SMALL] += sm
+    cnt[TOTAL] += n
+
+
+@nb.njit(nogil=True, cache=True)
+def _careful_block(v, shift, eps, mom, cnt, hist, geo):
+    m2 = np.zeros(7)
+    m2[MIN], m2[MAX] = np.inf, -np.inf
+    c0 = cnt[FINITE]
+    _careful_moments(v, shift, eps, m2, cnt)
+    for k in (S, SS, SQ):
+        mom[k] += m2[k]
+    mom[MIN] = min(mom[MIN], m2[MIN])
+    mom[MAX] = max(mom[MAX], m2[MAX])
+    cnt[TOTAL] += v.size
+    if cnt[FINITE] > c0:
+        cover(hist, geo, m2[MIN], m2[MAX])
+        _careful_hist(v, geo[0], 1.0 / geo[1], hist)
+
+
+@nb.njit(nogil=True, cache=True)
+def _block(v, shift, eps, mom, cnt, hist, geo):
+    """Any numeric dtype (float64, integers): select-based min/max."""
+    s, ss, sq, mn, mx, z, sm = _fast_moments(v, shift, eps)
+    if not (math.isfinite(s) and math.isfinite(ss) and math.isfinite(sq)):
+        _careful_block(v, shift, eps, mom, cnt, hist, geo)
+        return
+    _add_fast(mom, cnt, v.size, s, ss, sq, mn, mx, z, sm)
+    cover(hist, geo, mn, mx)
+    _fast_hist(v, geo[0], 1.0 / geo[1], hist)
+
+
+# float32 keys: the bit pattern mapped to an int32 whose order is the float order, so that
+# min/max become integer reductions, which vectorise (float select-reductions do not)
+_KEY_POS_INF = np.int32(0x7F800000)
+_KEY_NEG_INF = np.int32(-0x7F800001)
+
+
+@nb.njit(**_OPTS)
+def _key_minmax(bits):
+    mn = np.int32(2147483647)
+    mx = np.int32(-2147483648)
+    for i in range(bits.size):
+        b = bits[i]
+        key = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
+        mn = min(mn, key)
+        mx = max(mx, key)
+    return mn, mx
+
+
+@nb.njit(nogil=True, cache=True)
+def _key_value(key):
+    tmp = np.empty(1, np.int32)
+    tmp[0] = key ^ ((key >> 31) & np.int32(0x7FFFFFFF))
+    return np.float64(tmp.view(np.float32)[0])
+
+
+@nb.njit(**_OPTS)
+def _fused_f32(v, shift, eps, lo, inv_w, top, keys):
+    s = 0.0
+    ss = 0.0
+    sq = 0.0
+    z = 0
+    sm = 0
+    for i in range(v.size):
+        a = v[i]
+        f = np.float64(a)
+        d = f - shift
+        s += d
+        ss += d * d
+        sq += f * f
+        z += a == 0.0
+        sm += abs(f) < eps
+        k = np.int32((f - lo) * inv_w)
+        keys[i] = top if k > top else k
+    return s, ss, sq, z, sm
+
+
+@nb.njit(nogil=True, cache=True)
+def _scatter(keys, n, hist):
+    for i in range(n):
+        hist[keys[i]] += 1
+
+
+@nb.njit(nogil=True, cache=True)
+def _block_f32(v, shift, eps, mom, cnt, hist, geo, keys):
+    mnk, mxk = _key_minmax(v.view(np.int32))
+    if mnk <= _KEY_NEG_INF or mxk >= _KEY_POS_INF:  # NaN or Inf inside
+        _careful_block(v, shift, eps, mom, cnt, hist, geo)
+        return
+    mn, mx = _key_value(mnk), _key_value(mxk)
+    cover(hist, geo, mn, mx)
+    s, ss, sq, z, sm = _fused_f32(v, shift, eps, geo[0], 1.0 / geo[1], np.int32(hist.size - 1), keys)
+    _add_fast(mom, cnt, v.size, s, ss, sq, mn, mx, z, sm)
+    _scatter(keys, v.size, hist)
+
+
+@nb.njit(nogil=True, cache=True)
+def process(x, shift, eps, mom, cnt, hist, geo):
+    """Fold ``x`` (values of any numeric dtype) into the accumulator."""
+    n = x.size
+    for start in range(0, n, BLOCK):
+        _block(x[start : min(n, start + BLOCK)], shift, eps, mom, cnt, hist, geo)
+
+
+@nb.njit(nogil=True, cache=True)
+def process_f32(x, shift, eps, mom, cnt, hist, geo):
+    """Fold float32 values into the accumulator (the fast path)."""
+    n = x.size
+    keys = np.empty(BLOCK, np.int32)
+    for start in range(0, n, BLOCK):
+        _block_f32(x[start : min(n, start + BLOCK)], shift, eps, mom, cnt, hist, geo, keys)
+
+
+@nb.njit(nogil=True, cache=True)
+def process_lut(x, lut, shift, eps, mom, cnt, hist, geo):
+    """Fold raw 8/16-bit storage ``x``, decoded to float32 through ``lut``, into the accumulator."""
+    n = x.size
+    buf = np.empty(BLOCK, np.float32)
+    keys = np.empty(BLOCK, np.int32)
+    for start in range(0, n, BLOCK):
+        v = _decode(x, lut, start, min(n, start + BLOCK), buf)
+        _block_f32(v, shift, eps, mom, cnt, hist, geo, keys)
+
+
+def new_accumulator(nbins: int):
+    mom = np.zeros(7)
+    mom[MIN], mom[MAX] = np.inf, -np.inf
+    return mom, np.zeros(7, np.int64), np.zeros(nbins, np.int64), np.zeros(2)
+
+
+@nb.njit(nogil=True, cache=True)
+def merge_into(mom, cnt, hist, geo, mom2, cnt2, hist2, geo2):
+    """Add accumulator 2 into accumulator 1 (both with the same shift and bin count)."""
+    for k in (S, SS, SQ):
+        mom[k] += mom2[k]
+    mom[MIN] = min(mom[MIN], mom2[MIN])
+    mom[MAX] = max(mom[MAX], mom2[MAX])
+    cnt += cnt2
+    first, last = _occupied(hist2, geo2)
+    if first == np.inf:
+        return
+    cover(hist, geo, first, last, geo2[1])
+    for j in range(hist2.size):
+        if hist2[j]:
+            hist[int(math.floor((geo2[0] + j * geo2[1] - geo[0]) / geo[1]))] += hist2[j]

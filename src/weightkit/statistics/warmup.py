@@ -1,0 +1,21 @@
+"""Compile and cache the statistics kernels once (``make venv`` runs this), so that the first
+``weightkit stats`` does not pay numba's compile time."""
+
+import numpy as np
+
+
+def main() -> None:
+    from .engine import _Acc, _luts
+
+    for dtype in ("float32", "float64", "int64", "int32", *_luts()):
+        raw = np.zeros(16, dtype=np.float32 if dtype == "float32" else
+                       np.float64 if dtype == "float64" else np.int64 if dtype == "int64" else
+                       np.int32 if dtype == "int32" else (np.uint8 if _luts()[dtype].size == 256 else np.uint16))
+        a, b = _Acc.new(64), _Acc.new(64)
+        a.fold(raw, dtype, 0.0, 1e-6)
+        b.fold(raw + 1, dtype, 0.0, 1e-6)
+        a.merge(b)
+
+
+if __name__ == "__main__":
+    main()
