@@ -92,24 +92,24 @@ def _check_entry(path: Path, name: str, info: Any, data_len: int) -> None:
 
 
 class _Shard:
+    """One file's validated header; each read maps just the bytes it needs, and the mapping
+    goes away with the array, so resident memory stays bounded by what is in use."""
+
     def __init__(self, path: Path):
         self.path = path
         self.header, self.metadata, self.data_start = parse_header(path)
-        self._mmap: np.memmap | None = None
+
+    def flat(self, name: str, start: int, stop: int) -> np.ndarray:
+        info = self.header[name]
+        dtype = _dtypes.DTYPES[_dtypes.SAFETENSORS_CODES[info["dtype"]]][1]
+        if stop <= start:
+            return np.empty(0, dtype=dtype)
+        offset = self.data_start + info["data_offsets"][0] + start * dtype.itemsize
+        return np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=(stop - start,))
 
     def array(self, name: str) -> np.ndarray:
-        info = self.header[name]
-        dtype = _dtypes.SAFETENSORS_CODES[info["dtype"]]
-        start, end = info["data_offsets"]
-        if end == start:
-            return np.empty(info["shape"], dtype=_dtypes.DTYPES[dtype][1])
-        if self._mmap is None:
-            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
-        buf = self._mmap[self.data_start + start : self.data_start + end]
-        return buf.view(_dtypes.DTYPES[dtype][1]).reshape(info["shape"])
-
-    def close(self) -> None:
-        self._mmap = None
+        shape = self.header[name]["shape"]
+        return self.flat(name, 0, math.prod(shape)).reshape(shape)
 
 
 class SafetensorsReader(ReaderBase):
@@ -135,14 +135,11 @@ class SafetensorsReader(ReaderBase):
         return self._where[key].array(key)
 
     def read_flat(self, key: str, start: int, stop: int) -> np.ndarray:
-        return self.read(key).reshape(-1)[start:stop]
+        return self._where[key].flat(key, start, stop)
 
     def metadata(self) -> dict[str, Any]:
         return dict(self._shards[0].metadata)
 
-    def close(self) -> None:
-        for shard in self._shards:
-            shard.close()
 
 
 register_reader("safetensors", suffixes=(".safetensors",), sniff=_sniff, description="safetensors file")(

@@ -119,46 +119,48 @@ def cover(hist, geo, mn, mx, min_w=0.0):
         else:
             w = 2.0 ** -40
         w = max(w, min_w, 2.0 ** -1000)
-        while math.floor((mx - math.floor(mn / w) * w) / w) >= nbins:
+        while math.floor(mx / w) - math.floor(mn / w) >= nbins:
             w *= 2.0
         geo[0], geo[1] = math.floor(mn / w) * w, w
         return
-    if w >= min_w and mn >= lo and math.floor((mx - lo) / w) < nbins:
+    base = lo / w  # an integer: lo is a multiple of w
+    if w >= min_w and math.floor(mn / w) >= base and math.floor(mx / w) - base < nbins:
         return
     first, last = _occupied(hist, geo)
     need_lo, need_hi = min(mn, first), max(mx, last)
-    if w >= min_w and need_lo >= lo and math.floor((need_hi - lo) / w) < nbins:
+    if w >= min_w and math.floor(need_lo / w) >= base and math.floor(need_hi / w) - base < nbins:
         return
     w2 = max(w, min_w)
     while True:
-        lo2 = math.floor(need_lo / w2) * w2
-        if math.floor((need_hi - lo2) / w2) < nbins:
+        base2 = math.floor(need_lo / w2)
+        if math.floor(need_hi / w2) - base2 < nbins:
             break
         w2 *= 2.0
     regridded = np.zeros_like(hist)
     for j in range(nbins):
         if hist[j]:
-            regridded[int(math.floor((lo + j * w - lo2) / w2))] += hist[j]
+            regridded[int(math.floor((base + j) * (w / w2)) - base2)] += hist[j]
     hist[:] = regridded
-    geo[0], geo[1] = lo2, w2
+    geo[0], geo[1] = base2 * w2, w2
 
 
 @nb.njit(**_OPTS)
-def _fast_hist(v, lo, inv_w, hist):
+def _fast_hist(v, base, inv_w, hist):
+    # bin = floor(v / w) - lo / w: exact (w is a power of two), unlike floor((v - lo) / w)
     top = hist.size - 1
     for i in range(v.size):
-        k = int((np.float64(v[i]) - lo) * inv_w)
+        k = int(math.floor(np.float64(v[i]) * inv_w) - base)
         k = top if k > top else k
         hist[k] += 1
 
 
 @nb.njit(nogil=True, cache=True)
-def _careful_hist(v, lo, inv_w, hist):
+def _careful_hist(v, base, inv_w, hist):
     top = hist.size - 1
     for i in range(v.size):
         f = np.float64(v[i])
         if math.isfinite(f):
-            k = int((f - lo) * inv_w)
+            k = int(math.floor(f * inv_w) - base)
             hist[min(max(k, 0), top)] += 1
 
 
@@ -188,7 +190,7 @@ def _careful_block(v, shift, eps, mom, cnt, hist, geo):
     cnt[TOTAL] += v.size
     if cnt[FINITE] > c0:
         cover(hist, geo, m2[MIN], m2[MAX])
-        _careful_hist(v, geo[0], 1.0 / geo[1], hist)
+        _careful_hist(v, geo[0] / geo[1], 1.0 / geo[1], hist)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -200,7 +202,7 @@ def _block(v, shift, eps, mom, cnt, hist, geo):
         return
     _add_fast(mom, cnt, v.size, s, ss, sq, mn, mx, z, sm)
     cover(hist, geo, mn, mx)
-    _fast_hist(v, geo[0], 1.0 / geo[1], hist)
+    _fast_hist(v, geo[0] / geo[1], 1.0 / geo[1], hist)
 
 
 # float32 keys: the bit pattern mapped to an int32 whose order is the float order, so that
@@ -229,7 +231,7 @@ def _key_value(key):
 
 
 @nb.njit(**_OPTS)
-def _fused_f32(v, shift, eps, lo, inv_w, top, keys):
+def _fused_f32(v, shift, eps, base, inv_w, top, keys):
     s = 0.0
     ss = 0.0
     sq = 0.0
@@ -244,7 +246,7 @@ def _fused_f32(v, shift, eps, lo, inv_w, top, keys):
         sq += f * f
         z += a == 0.0
         sm += abs(f) < eps
-        k = np.int32((f - lo) * inv_w)
+        k = np.int32(math.floor(f * inv_w) - base)
         keys[i] = top if k > top else k
     return s, ss, sq, z, sm
 
@@ -263,7 +265,7 @@ def _block_f32(v, shift, eps, mom, cnt, hist, geo, keys):
         return
     mn, mx = _key_value(mnk), _key_value(mxk)
     cover(hist, geo, mn, mx)
-    s, ss, sq, z, sm = _fused_f32(v, shift, eps, geo[0], 1.0 / geo[1], np.int32(hist.size - 1), keys)
+    s, ss, sq, z, sm = _fused_f32(v, shift, eps, geo[0] / geo[1], 1.0 / geo[1], np.int32(hist.size - 1), keys)
     _add_fast(mom, cnt, v.size, s, ss, sq, mn, mx, z, sm)
     _scatter(keys, v.size, hist)
 
@@ -316,4 +318,4 @@ def merge_into(mom, cnt, hist, geo, mom2, cnt2, hist2, geo2):
     cover(hist, geo, first, last, geo2[1])
     for j in range(hist2.size):
         if hist2[j]:
-            hist[int(math.floor((geo2[0] + j * geo2[1] - geo[0]) / geo[1]))] += hist2[j]
+            hist[int(math.floor((geo2[0] / geo2[1] + j) * (geo2[1] / geo[1])) - geo[0] / geo[1])] += hist2[j]
