@@ -298,6 +298,24 @@ def process_lut(x, lut, shift, eps, mom, cnt, hist, geo):
         _block_f32(v, shift, eps, mom, cnt, hist, geo, keys)
 
 
+@nb.njit(**_OPTS)
+def _decode_bf16(x, start, stop, out):
+    for i in range(start, stop):
+        out[i - start] = np.uint32(x[i]) << np.uint32(16)
+
+
+@nb.njit(nogil=True, cache=True)
+def process_bf16(x, shift, eps, mom, cnt, hist, geo):
+    """Fold raw bfloat16 storage (uint16): widening is a shift, no table and no float32 copy."""
+    n = x.size
+    buf = np.empty(BLOCK, np.uint32)
+    keys = np.empty(BLOCK, np.int32)
+    for start in range(0, n, BLOCK):
+        stop = min(n, start + BLOCK)
+        _decode_bf16(x, start, stop, buf)
+        _block_f32(buf[: stop - start].view(np.float32), shift, eps, mom, cnt, hist, geo, keys)
+
+
 def new_accumulator(nbins: int):
     mom = np.zeros(7)
     mom[MIN], mom[MAX] = np.inf, -np.inf

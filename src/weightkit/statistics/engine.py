@@ -77,6 +77,8 @@ class _Acc:
         raw = np.ascontiguousarray(raw).reshape(-1)
         if dtype == "float32":
             K.process_f32(raw, *args)
+        elif dtype == "bfloat16":
+            K.process_bf16(raw.view(np.uint16), *args)
         elif dtype in _GENERIC:
             K.process(raw, *args)
         else:
