@@ -13,6 +13,8 @@ MODULES = [
     "weightkit.weightset",
     "weightkit.sources._base",
     "weightkit.render._format",
+    "weightkit.statistics",
+    "weightkit.doctor",
 ]
 
 

@@ -16,6 +16,7 @@ from .errors import (
     UnsupportedFormatError,
     WeightkitError,
 )
+from .doctor import DoctorReport, Finding, doctor
 from .layers import list_kinds
 from .statistics import GroupStats, StatsReport, TensorStats, stats
 from .sources._base import list_readers
@@ -28,6 +29,9 @@ __all__ = [
     "open",
     "summary",
     "stats",
+    "doctor",
+    "DoctorReport",
+    "Finding",
     "StatsReport",
     "TensorStats",
     "GroupStats",
