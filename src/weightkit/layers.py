@@ -273,7 +273,12 @@ def infer_kind(layer: str, members: dict[str, tuple[int, ...]]) -> str:
     if w is None or not roles <= {"weight", "bias"}:
         return UNKNOWN
     b = members.get("bias")
-    if b is not None and (len(b) != 1 or (len(w) > 1 and b[0] not in (w[0], w[1] if len(w) > 1 else -1))):
+    if len(w) in (3, 4, 5) and _TRANSPOSED_HINT.search(layer):
+        # (in_channels, out_channels/groups, k…): the bias has out_channels, a multiple of axis 1
+        if b is not None and (len(b) != 1 or b[0] % max(w[1], 1)):
+            return UNKNOWN
+        return f"ConvTranspose{len(w) - 2}d"
+    if b is not None and (len(b) != 1 or (len(w) > 1 and b[0] not in (w[0], w[1]))):
         return UNKNOWN
     if len(w) == 1:
         if _BN_HINT.search(layer):
@@ -294,10 +299,9 @@ def infer_kind(layer: str, members: dict[str, tuple[int, ...]]) -> str:
             return "Embedding"
         return "Linear"
     if len(w) in (3, 4, 5):
-        if b is not None and b[0] != w[0] and not _TRANSPOSED_HINT.search(layer):
+        if b is not None and b[0] != w[0]:
             return UNKNOWN
-        prefix = "ConvTranspose" if _TRANSPOSED_HINT.search(layer) else "Conv"
-        return f"{prefix}{len(w) - 2}d"
+        return f"Conv{len(w) - 2}d"
     return UNKNOWN
 
 

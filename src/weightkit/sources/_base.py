@@ -85,9 +85,10 @@ class ReaderBase:
 
         from .._dtypes import is_viewed
 
-        raw = np.ascontiguousarray(self.read(key))
+        raw = self.read(key)
         info = self._info(key)
-        t = torch.from_numpy(raw.copy() if not raw.flags.writeable else raw)
+        # a copy: the storage may be a read-only memory map, and torch wants writable, contiguous data
+        t = torch.from_numpy(np.array(raw, copy=True, order="C"))
         if is_viewed(info.dtype):
             t = t.view(getattr(torch, info.dtype))
         return t

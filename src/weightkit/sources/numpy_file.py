@@ -27,6 +27,14 @@ def _sniff_npy(path: Path, head: bytes | None) -> bool:
     return head is not None and head.startswith(_NPY_MAGIC)
 
 
+def _read_header(fh) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a .npy header, without reading the data."""
+    version = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(fh)
+    return tuple(shape), dtype
+
+
 def _dtype_name(path: Path, name: str, dtype: np.dtype) -> str:
     if dtype.hasobject:
         raise UnsafeCheckpointError(
@@ -54,13 +62,8 @@ class NpzReader(ReaderBase):
             raise CorruptFileError(f"{path}: not a readable .npz archive ({e}); the file may be truncated") from None
 
     def _header(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
-        zf = self._npz.zip
-        with zf.open(f"{name}.npy") as fh:
-            version = np.lib.format.read_magic(fh)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(fh)
-        return tuple(shape), dtype
+        with self._npz.zip.open(f"{name}.npy") as fh:
+            return _read_header(fh)
 
     def tensors(self) -> list[RawTensor]:
         out = []
@@ -86,10 +89,10 @@ class NpyReader(ReaderBase):
         self.path = path
         self.description = str(path)
         try:
+            with open(path, "rb") as fh:
+                _dtype_name(path, path.stem, _read_header(fh)[1])  # refuses object arrays before loading
             self._arr = np.load(path, allow_pickle=False, mmap_mode="r")
         except ValueError as e:
-            if "allow_pickle" in str(e) or "Object arrays" in str(e):
-                _dtype_name(path, path.stem, np.dtype(object))
             raise CorruptFileError(f"{path}: not a readable .npy file ({e}); the file may be truncated") from None
         except (OSError, EOFError) as e:
             raise CorruptFileError(f"{path}: not a readable .npy file ({e}); the file may be truncated") from None

@@ -122,13 +122,24 @@ class SafetensorsReader(ReaderBase):
         self._shards = [_Shard(path)]
         self._where: dict[str, _Shard] = {name: self._shards[0] for name in self._shards[0].header}
 
+    def _aliases(self) -> dict[str, list[str]]:
+        """``safetensors.torch.save_model`` drops tied tensors and records ``removed -> kept`` in metadata."""
+        shard = self._shards[0]
+        out: dict[str, list[str]] = {}
+        for removed, kept in shard.metadata.items():
+            if isinstance(kept, str) and kept in shard.header and removed not in shard.header:
+                out.setdefault(kept, []).append(removed)
+        return out
+
     def tensors(self) -> list[RawTensor]:
         # safetensors writers sort the header by dtype and name, so the file order carries no
         # meaning; see model_order_key
+        aliases = self._aliases()
         out = []
         for name, shard in sorted(self._where.items(), key=lambda kv: model_order_key(kv[0])):
             info = shard.header[name]
-            out.append(RawTensor(name, name, tuple(info["shape"]), _dtypes.SAFETENSORS_CODES[info["dtype"]]))
+            out.append(RawTensor(name, name, tuple(info["shape"]), _dtypes.SAFETENSORS_CODES[info["dtype"]],
+                                 shared_with=tuple(aliases.get(name, ()))))
         return out
 
     def read(self, key: str) -> np.ndarray:
@@ -138,7 +149,8 @@ class SafetensorsReader(ReaderBase):
         return self._where[key].flat(key, start, stop)
 
     def metadata(self) -> dict[str, Any]:
-        return dict(self._shards[0].metadata)
+        aliased = {n for names in self._aliases().values() for n in names}
+        return {k: v for k, v in self._shards[0].metadata.items() if k not in aliased}
 
 
 
