@@ -15,6 +15,7 @@ MODULES = [
     "weightkit.render._format",
     "weightkit.statistics",
     "weightkit.doctor",
+    "weightkit.select",
 ]
 
 

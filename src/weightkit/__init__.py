@@ -18,6 +18,7 @@ from .errors import (
 )
 from .doctor import DoctorReport, Finding, doctor
 from .layers import list_kinds
+from .select import select
 from .statistics import GroupStats, StatsReport, TensorStats, stats
 from .sources._base import list_readers
 from .summary import Summary, Totals
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "open",
     "summary",
+    "select",
     "stats",
     "doctor",
     "DoctorReport",
