@@ -23,8 +23,8 @@ _MODULES = (
     "torch_checkpoint",
     "numpy_file",
     "keras_file",
+    "keras_model",  # before torch_module: Keras 3 layers on the torch backend are nn.Modules too
     "torch_module",
-    "keras_model",
     "mapping",
     "directory",
 )
