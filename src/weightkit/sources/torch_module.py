@@ -17,7 +17,13 @@ def _is_module(obj: Any) -> bool:
         return False
     import torch
 
-    return isinstance(obj, torch.nn.Module)
+    if not isinstance(obj, torch.nn.Module):
+        return False
+    if module_loaded("keras"):  # Keras 3 layers on the torch backend are nn.Modules: the Keras reader takes them
+        import keras
+
+        return not isinstance(obj, keras.layers.Layer)
+    return True
 
 
 def _kind(module) -> str:
