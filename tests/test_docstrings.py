@@ -16,6 +16,10 @@ MODULES = [
     "weightkit.statistics",
     "weightkit.doctor",
     "weightkit.select",
+    "weightkit.plot.charts",
+    "weightkit.plot.filters",
+    "weightkit.importance",
+    "weightkit.diff",
 ]
 
 

@@ -17,7 +17,10 @@ from .errors import (
     WeightkitError,
 )
 from .doctor import DoctorReport, Finding, doctor
+from .diff import DiffReport, diff
+from .importance import FeatureImportance, feature_importance
 from .layers import list_kinds
+from .plot import plot_diff, plot_filters, plot_heatmap, plot_hist, plot_importance, plot_norms
 from .select import select
 from .statistics import GroupStats, StatsReport, TensorStats, stats
 from .sources._base import list_readers
@@ -29,6 +32,16 @@ __version__ = "0.1.0"
 __all__ = [
     "open",
     "summary",
+    "diff",
+    "DiffReport",
+    "feature_importance",
+    "FeatureImportance",
+    "plot_filters",
+    "plot_heatmap",
+    "plot_hist",
+    "plot_norms",
+    "plot_importance",
+    "plot_diff",
     "select",
     "stats",
     "doctor",

@@ -55,7 +55,7 @@ def render_stats(r: StatsReport, width: int = 120) -> Iterator[RenderableType]:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("whole model", f"{human_count(tot.count)} values in {tot.tensors} tensors: mean {num(tot.mean)}, "
+    grid.add_row("parameters", f"{human_count(tot.count)} values in {tot.tensors} tensors: mean {num(tot.mean)}, "
                  f"std {num(tot.std)}, absmax {num(tot.absmax)}, L2 norm {num(tot.l2_norm)}")
     bad = tot.nan + tot.posinf + tot.neginf
     grid.add_row("non-finite", Text(f"{tot.nan:,} NaN, {tot.posinf:,} +Inf, {tot.neginf:,} -Inf",

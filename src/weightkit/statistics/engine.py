@@ -275,13 +275,15 @@ def report(ws, *, select=None, bins: int = 64, eps: float = 1e-6,
     t0 = time.perf_counter()
     tensors, nbytes = compute(weights, bins=bins, eps=eps, quantiles=quantiles, threads=threads, progress=progress)
     seconds = time.perf_counter() - t0
+    # roll-ups describe parameters; buffers (BatchNorm statistics, position ids) keep their own rows
+    params = [t for t in tensors if not t.is_buffer]
     layers: dict[str, list[TensorStats]] = {}
-    for t in tensors:
+    for t in params:
         layers.setdefault(t.layer, []).append(t)
     return StatsReport(
         source=ws.source, format=ws.format, eps=eps, bins=bins, tensors=tensors,
         layers=[roll_up(name, items[0].kind, items) for name, items in layers.items()],
-        total=roll_up("(all)", "model", tensors), filter=select if isinstance(select, str) else None, bytes_read=nbytes, seconds=seconds,
+        total=roll_up("(all)", "model", params), filter=select if isinstance(select, str) else None, bytes_read=nbytes, seconds=seconds,
     )
 
 

@@ -79,7 +79,11 @@ class GroupStats:
 
 @dataclass(frozen=True)
 class StatsReport:
-    """What ``weightkit stats`` shows; ``to_dict()`` is its ``--json`` output."""
+    """What ``weightkit stats`` shows; ``to_dict()`` is its ``--json`` output.
+
+    ``tensors`` has every measured tensor, buffers included; ``layers`` and ``total`` roll up
+    the parameters only (a layer with nothing but buffers has no roll-up).
+    """
 
     source: str
     format: str

@@ -1,0 +1,58 @@
+"""``weightkit plot KIND SOURCE -o FILE``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import WeightkitError
+from ._app import app, guard, print_json
+
+KINDS = ("filters", "hist", "heatmap", "norms", "importance", "diff")
+
+
+@app.command()
+def plot(
+    kind: str = typer.Argument(..., help=f"What to draw: {', '.join(KINDS)}."),
+    source: Path = typer.Argument(..., help="Model checkpoint (for diff: the new one)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Picture to write (.png, .svg or .pdf)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Layer path or tensor name (filters, heatmap)."),
+    filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Glob on tensor names (hist, norms)."),
+    other: Optional[Path] = typer.Option(None, "--other", help="Reference checkpoint for diff."),
+    features: Optional[str] = typer.Option(None, "--features", help="Comma-separated input feature names (importance)."),
+    mode: str = typer.Option("auto", "--mode", help="filters: auto, rgb, channels or mean."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was drawn as JSON."),
+) -> None:
+    """Draw weights: conv filters, histograms, a weight heatmap, per-layer norms, feature importance, diffs."""
+
+    def run():
+        from .. import plot as p
+        from ..plot._mpl import save
+
+        if kind not in KINDS:
+            raise WeightkitError(f"unknown plot kind {kind!r}; choose one of: {', '.join(KINDS)}")
+        src = str(source)
+        if kind == "filters":
+            fig = p.plot_filters(src, layer=layer, mode=mode)
+        elif kind == "heatmap":
+            fig = p.plot_heatmap(src, layer=layer)
+        elif kind == "hist":
+            fig = p.plot_hist(src, select=filter)
+        elif kind == "norms":
+            fig = p.plot_norms(src, select=filter)
+        elif kind == "importance":
+            names = [f.strip() for f in features.split(",")] if features else None
+            fig = p.plot_importance(src, feature_names=names)
+        else:
+            if other is None:
+                raise WeightkitError("plot diff needs the reference checkpoint: --other PATH")
+            fig = p.plot_diff(src, str(other))
+        save(fig, output)
+        if as_json:
+            print_json({"kind": kind, "source": src, "output": str(output), "panels": len(fig.axes)})
+        else:
+            typer.echo(f"wrote {output}")
+
+    guard(run)
