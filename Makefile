@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 export KERAS_BACKEND := torch
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m weightkit.demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The report test drives a real headless Chromium (Debian's chromium + chromium-driver).
+# Installed when missing and possible; otherwise that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	 { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1; } || \
+	 echo "note: could not install chromium/chromium-driver; the headless-browser report test will be skipped"
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -20,6 +20,7 @@ from .doctor import DoctorReport, Finding, doctor
 from .diff import DiffReport, diff
 from .importance import FeatureImportance, feature_importance
 from .layers import list_kinds
+from .report import report
 from .plot import plot_diff, plot_filters, plot_heatmap, plot_hist, plot_importance, plot_norms
 from .select import select
 from .statistics import GroupStats, StatsReport, TensorStats, stats
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "open",
     "summary",
+    "report",
     "diff",
     "DiffReport",
     "feature_importance",

@@ -67,6 +67,17 @@ def open_reader(obj: Any, *, format: str | None = None) -> Reader:
     return _open_path(path, specs, forced=format is not None)
 
 
+def _open_with(spec, path: Path) -> Reader:
+    """Open with one reader; a reader's own unexpected exception still becomes one clear line."""
+    try:
+        return spec.open(path)
+    except WeightkitError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, EOFError, RuntimeError) as e:
+        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CorruptFileError(f"{path}: cannot be read as {spec.name} ({detail}); the file may be damaged") from None
+
+
 def _open_path(path: Path, specs, *, forced: bool) -> Reader:
     if not path.exists():
         raise SourceNotFoundError(f"{path}: no such file or directory; check the path")
@@ -79,17 +90,25 @@ def _open_path(path: Path, specs, *, forced: bool) -> Reader:
             raise SourceNotFoundError(f"{path}: cannot be read ({e.strerror}); check its permissions") from None
         if not head:
             raise CorruptFileError(f"{path}: the file is empty; it holds no weights")
+    if forced and specs[0].sniff is None:
+        raise UnsupportedFormatError(
+            f"{path}: format {specs[0].name!r} reads live objects, not files; drop --format to detect the file's format"
+        )
     for spec in specs:
         if spec.sniff is None:
             continue
         try:
-            matched = forced or spec.sniff(path, head)
+            matched = spec.sniff(path, head)
         except WeightkitError:
             raise
         except Exception:
             matched = False
         if matched:
-            return spec.open(path)
+            return _open_with(spec, path)
+    if forced:
+        raise CorruptFileError(
+            f"{path}: is not a {specs[0].name} file (its content does not match); drop --format to detect the format"
+        )
     name = path.name.lower()
     for spec in specs:
         if any(name.endswith(s) for s in spec.suffixes):
