@@ -23,6 +23,8 @@ from .layers import list_kinds
 from .report import report
 from .plot import plot_diff, plot_filters, plot_heatmap, plot_hist, plot_importance, plot_norms
 from .select import select
+from . import scan  # a callable module: weightkit.scan(path), weightkit.scan.scan_bytes(...)
+from .scan import ScanReport
 from .statistics import GroupStats, StatsReport, TensorStats, stats
 from .sources._base import list_readers
 from .summary import Summary, Totals
@@ -45,6 +47,8 @@ __all__ = [
     "plot_importance",
     "plot_diff",
     "select",
+    "scan",
+    "ScanReport",
     "stats",
     "doctor",
     "DoctorReport",

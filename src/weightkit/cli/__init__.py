@@ -10,6 +10,7 @@ import os
 
 from ._app import EXIT_BAD_INPUT, EXIT_FINDINGS, EXIT_OK, app
 from . import summary as _summary  # noqa: F401  (registers commands)
+from . import scan as _scan  # noqa: F401
 from . import stats as _stats  # noqa: F401
 from . import doctor as _doctor  # noqa: F401
 from . import plot as _plot  # noqa: F401

@@ -48,8 +48,8 @@ def _render(reports) -> None:
 
     out = console()
     for r in reports:
-        line = Text.assemble((r.path, "bold"), "  ", (r.verdict, _STYLE[r.verdict]), f"  ({r.format}; "
-                             f"{sum(r.globals.values())} globals imported, {len(r.globals)} distinct)")
+        imported = f"; {sum(r.globals.values())} globals imported, {len(r.globals)} distinct" if r.globals else ""
+        line = Text.assemble((r.path, "bold"), "  ", (r.verdict, _STYLE[r.verdict]), f"  ({r.format}{imported})")
         out.print(line)
         if not r.findings:
             continue

@@ -7,9 +7,11 @@ findings (``safe`` when there are none, or only ``info`` findings).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 __all__ = ["Finding", "ScanReport", "RULES", "VERDICTS", "SEVERITIES"]
+MAX_TOTAL_BYTES = 2 << 30  # all decompressed reads of one scan
 
 VERDICTS = ("safe", "needs-code", "unreadable", "malicious")
 SEVERITIES = ("critical", "warning", "info")
@@ -108,3 +110,34 @@ class ScanReport:
         return {"path": self.path, "verdict": self.verdict, "format": self.format,
                 "findings": [f.to_dict() for f in self.sorted_findings()],
                 "globals": dict(sorted(self.globals.items())), "members": list(self.members)}
+
+
+class Ctx:
+    """Collects the findings of one scan while containers are opened; ``report()`` freezes them."""
+
+    def __init__(self, allow):
+        self.allow = frozenset(allow)
+        self.findings: list[Finding] = []
+        self.globals: Counter = Counter()
+        self.members: list[str] = []
+        self.format: str | None = None
+        self.read = 0
+
+    def add(self, rule, message, member=None, position=None, global_name=None, ops=()):
+        self.findings.append(Finding(rule, message, member, position, global_name, tuple(ops)))
+
+    def kind(self, fmt: str, depth: int):
+        if self.format is None and depth == 0:
+            self.format = fmt
+
+    def budget(self, n: int, member) -> bool:
+        """Count ``n`` decompressed bytes; ``False`` (and a finding) past the per-scan limit."""
+        self.read += n
+        if self.read > MAX_TOTAL_BYTES:
+            self.add("limit-exceeded", f"more than {MAX_TOTAL_BYTES >> 20} MiB decompressed; scan stopped", member)
+            return False
+        return True
+
+    def report(self, path: str) -> ScanReport:
+        return ScanReport(path=path, format=self.format or "unknown", findings=self.findings,
+                          globals=dict(self.globals), members=self.members)
