@@ -29,6 +29,9 @@ from .statistics import GroupStats, StatsReport, TensorStats, stats
 from .sources._base import list_readers
 from .summary import Summary, Totals
 from .weightset import Weight, WeightSet
+from .io import LoadReport, VerifyReport, load_into, save, verify
+from .prune import PruneReport, prune
+from .quantize import QuantizeReport, quantize, quantize_error
 
 __version__ = "0.1.0"
 
@@ -68,5 +71,15 @@ __all__ = [
     "CorruptFileError",
     "UnsafeCheckpointError",
     "MissingDependencyError",
+    "prune",
+    "PruneReport",
+    "quantize",
+    "quantize_error",
+    "QuantizeReport",
+    "save",
+    "load_into",
+    "LoadReport",
+    "verify",
+    "VerifyReport",
     "__version__",
 ]

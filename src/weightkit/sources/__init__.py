@@ -19,6 +19,7 @@ __all__ = ["open_reader", "list_readers", "register_reader", "Reader", "ReaderBa
 
 # Modules that register readers, in the order their sniffers are tried.
 _MODULES = (
+    "quantized",
     "safetensors_file",
     "torch_checkpoint",
     "numpy_file",

@@ -1,0 +1,165 @@
+"""``weightkit prune``, ``weightkit quantize``, ``weightkit quantize-error``, ``weightkit verify``.
+
+All work on files (any format weightkit opens), stream tensor by tensor, and write OUT
+atomically as safetensors; OUT never replaces IN unless ``--in-place``. Bad input exits 2 with
+one line on stderr and writes nothing; ``verify`` exits 1 when a hash does not match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import WeightkitError
+from ._app import EXIT_FINDINGS, app, console, guard, print_json
+
+_IN = typer.Argument(..., help="Checkpoint file or directory of shards (any format weightkit opens).")
+_OUT = typer.Argument(None, help="The safetensors file to write (optional with --in-place).")
+_IN_PLACE = typer.Option(False, "--in-place", help="Replace IN itself (atomically).")
+_JSON = typer.Option(False, "--json", help="Print the report as JSON.")
+
+
+@contextlib.contextmanager
+def _naming(source: Path, *others):
+    """Every error line names the input: messages that mention neither it nor the output path
+    get the input as a prefix."""
+    try:
+        yield
+    except WeightkitError as e:
+        if any(str(p) in str(e) for p in (source, *others) if p is not None):
+            raise
+        raise type(e)(f"{source}: {e}") from None
+
+
+def _paths(source: Path, out: Optional[Path], in_place: bool) -> tuple[str, str]:
+    if not source.exists():
+        raise WeightkitError(f"{source}: no such file or directory; check the path")
+    if out is None:
+        if not in_place:
+            raise WeightkitError(f"{source}: give OUT, the file to write (or --in-place to replace {source})")
+        if not source.is_file():
+            raise WeightkitError(f"{source}: --in-place needs a single file; give OUT for a directory of shards")
+        out = source
+    return str(source), str(out)
+
+
+@app.command()
+def prune(
+    source: Path = _IN,
+    out: Optional[Path] = _OUT,
+    amount: Optional[float] = typer.Option(None, "--amount", "-a", help="Fraction to prune, 0..1."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Prune every |w| below this instead."),
+    scope: str = typer.Option("layer", "--scope", help="layer (each tensor) or global (across selected tensors)."),
+    method: str = typer.Option("magnitude", "--method", help="magnitude, random, l1-structured, l2-structured."),
+    filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Only tensors whose name matches this glob."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Only layers of this kind (Linear, Conv2d…)."),
+    role: str = typer.Option("weight", "--role", help="Tensor role to prune (weight, kernel…)."),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Structured: axis of the removed slices (default: output axis)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for --method random."),
+    in_place: bool = _IN_PLACE,
+    as_json: bool = _JSON,
+) -> None:
+    """Prune a checkpoint into OUT (safetensors): zero the smallest weights, or whole channels."""
+
+    def run():
+        from ..prune import prune as do_prune
+
+        src, dst = _paths(source, out, in_place)
+        with _naming(source, out):
+            report = do_prune(src, amount, pattern=filter, kind=kind, role=role, scope=scope, method=method, dim=dim,
+                              threshold=threshold, seed=seed, out=dst, in_place=in_place)
+        if as_json:
+            print_json(report.to_dict())
+        else:
+            console().print(report)
+
+    guard(run)
+
+
+@app.command()
+def quantize(
+    source: Path = _IN,
+    out: Optional[Path] = _OUT,
+    bits: int = typer.Option(8, "--bits", "-b", help="8 or 4."),
+    scheme: str = typer.Option("symmetric", "--scheme", help="symmetric or asymmetric."),
+    granularity: str = typer.Option("tensor", "--granularity", "-g", help="tensor, channel or group."),
+    group_size: int = typer.Option(128, "--group-size", help="Elements per group (--granularity group)."),
+    filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Only tensors whose name matches this glob."),
+    in_place: bool = _IN_PLACE,
+    as_json: bool = _JSON,
+) -> None:
+    """Write a weight-only quantised checkpoint (int8 / packed int4 + scales) that weightkit reads back."""
+
+    def run():
+        from ..quantize import quantize as do_quantize
+
+        src, dst = _paths(source, out, in_place)
+        with _naming(source, out):
+            report = do_quantize(src, dst, bits=bits, scheme=scheme, granularity=granularity, group_size=group_size,
+                                 select=filter, mode="weight-only", in_place=in_place)
+        if as_json:
+            print_json(report.to_dict())
+        else:
+            console().print(report)
+
+    guard(run)
+
+
+@app.command("quantize-error")
+def quantize_error(
+    source: Path = _IN,
+    bits: int = typer.Option(8, "--bits", "-b", help="8 or 4."),
+    scheme: str = typer.Option("symmetric", "--scheme", help="symmetric or asymmetric."),
+    granularity: str = typer.Option("tensor", "--granularity", "-g", help="tensor, channel or group."),
+    group_size: int = typer.Option(128, "--group-size", help="Elements per group (--granularity group)."),
+    filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Only tensors whose name matches this glob."),
+    as_json: bool = _JSON,
+) -> None:
+    """Measure what quantising would cost (relative error, SQNR, max error, bytes); changes nothing."""
+
+    def run():
+        from ..quantize import quantize_error as measure
+
+        if not source.exists():
+            raise WeightkitError(f"{source}: no such file or directory; check the path")
+        with _naming(source):
+            report = measure(str(source), bits=bits, scheme=scheme, granularity=granularity, group_size=group_size,
+                             select=filter)
+        if as_json:
+            print_json(report.to_dict())
+        else:
+            console().print(report)
+
+    guard(run)
+
+
+@app.command()
+def verify(
+    path: Path = typer.Argument(..., help="A safetensors file written by weightkit."),
+    as_json: bool = _JSON,
+) -> None:
+    """Recompute every tensor's sha256 and compare with the recorded one. Exit 1 on a mismatch."""
+
+    def run():
+        from ..io.save import verify as check
+
+        with _naming(path):
+            report = check(path)
+        if as_json:
+            print_json(report.to_dict())
+        else:
+            c = console()
+            for name in report.mismatched:
+                c.print(f"[red]MISMATCH[/red] {name}")
+            for name in report.missing:
+                c.print(f"[red]MISSING[/red]  {name} (hash recorded, tensor absent)")
+            for name in report.unrecorded:
+                c.print(f"[red]UNRECORDED[/red] {name} (no hash recorded)")
+            state = "[green]OK[/green]" if report.ok else "[red]FAILED[/red]"
+            c.print(f"{state} {report.path}: {len(report.matched)} of {report.checked} tensors match their sha256")
+        return 0 if report.ok else EXIT_FINDINGS
+
+    guard(run)

@@ -1,0 +1,135 @@
+"""weightkit's weight-only quantised safetensors checkpoints (written by ``weightkit.quantize``).
+
+Recognised only by the ``"weightkit.quantized": "1"`` entry that weightkit writes first in the
+header's ``__metadata__``; any other safetensors file goes to the plain safetensors reader.
+Tensors are shown under their original names, shapes and (recorded) layer kinds, as float32:
+reading one dequantises it (codes × scales, minus zero points; int4 unpacked). The stored
+parts (``name::q``, ``name::scale``, ``name::zero_point``) are what ``weightkit verify`` hashes;
+``weightkit.open(path, format="safetensors")`` shows them raw.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import _dtypes
+from ..errors import CorruptFileError
+from ._base import _READERS, RawTensor, ReaderBase, model_order_key, register_reader
+
+MARKER = b'"weightkit.quantized"'
+TENSORS_KEY = "weightkit.quantized.tensors"
+KINDS_KEY = "weightkit.kinds"
+_HIDDEN = (TENSORS_KEY, KINDS_KEY, "weightkit.sha256")
+
+
+def _sniff(path: Path, head: bytes | None) -> bool:
+    from .safetensors_file import _sniff as sniff_safetensors
+
+    return head is not None and MARKER in head and sniff_safetensors(path, head)
+
+
+class QuantizedReader(ReaderBase):
+    """A quantised checkpoint, dequantised on read (the last tensor read is cached, so chunked
+    reads of one tensor dequantise it once)."""
+
+    format = "weightkit-quantized"
+
+    def __init__(self, path: Path):
+        from .safetensors_file import _Shard
+
+        self.description = str(path)
+        self._shard = _Shard(path)
+        meta = self._shard.metadata
+        try:
+            self._q: dict[str, dict] = json.loads(meta.get(TENSORS_KEY, "{}"))
+            self._kinds: dict[str, str] = json.loads(meta.get(KINDS_KEY, "{}"))
+        except ValueError as e:
+            raise CorruptFileError(f"{path}: the quantisation metadata is not valid JSON ({e}); the file is corrupt") from None
+        parts = set()
+        for name, info in self._q.items():
+            for key in ("codes", "scale", "zero_point"):
+                if info.get(key) is not None:
+                    if info[key] not in self._shard.header:
+                        raise CorruptFileError(f"{path}: quantised tensor {name!r} lacks its stored part {info[key]!r}; "
+                                               "the file is corrupt")
+                    parts.add(info[key])
+        self._plain = [n for n in self._shard.header if n not in parts]
+        self._cache: tuple[str, np.ndarray] | None = None
+
+    def _aliases(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        known = set(self._plain) | set(self._q)
+        for removed, kept in self._shard.metadata.items():
+            if isinstance(kept, str) and kept in known and removed not in known:
+                out.setdefault(kept, []).append(removed)
+        return out
+
+    def tensors(self) -> list[RawTensor]:
+        aliases = self._aliases()
+        out = []
+        for name in self._plain:
+            info = self._shard.header[name]
+            out.append(RawTensor(name, name, tuple(info["shape"]), _dtypes.SAFETENSORS_CODES[info["dtype"]],
+                                 kind=self._kinds.get(name), kind_from="config" if name in self._kinds else None,
+                                 shared_with=tuple(aliases.get(name, ()))))
+        for name, info in self._q.items():
+            out.append(RawTensor(name, name, tuple(info["shape"]), "float32", kind=self._kinds.get(name),
+                                 kind_from="config" if name in self._kinds else None,
+                                 shared_with=tuple(aliases.get(name, ()))))
+        out.sort(key=lambda r: model_order_key(r.name))
+        return out
+
+    def read(self, key: str) -> np.ndarray:
+        if key not in self._q:
+            return self._shard.array(key)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        from ..quantize import dequantize
+
+        info = self._q[key]
+        zp = self._shard.array(info["zero_point"]) if info.get("zero_point") else None
+        values = dequantize(self._shard.array(info["codes"]), self._shard.array(info["scale"]), zp, info)
+        values.setflags(write=False)
+        self._cache = (key, values)
+        return values
+
+    def read_flat(self, key: str, start: int, stop: int) -> np.ndarray:
+        if key not in self._q:
+            return self._shard.flat(key, start, stop)
+        return self.read(key).reshape(-1)[start:stop]
+
+    def metadata(self) -> dict[str, Any]:
+        aliased = {n for names in self._aliases().values() for n in names}
+        meta = {k: v for k, v in self._shard.metadata.items() if k not in aliased and k not in _HIDDEN}
+        first = next(iter(self._q.values()), None)
+        if first:
+            meta["quantization"] = {"bits": first["bits"], "scheme": first["scheme"],
+                                    "granularity": first.get("granularity"), "tensors": len(self._q),
+                                    "original_dtypes": sorted({i["dtype"] for i in self._q.values()})}
+        return meta
+
+    def close(self) -> None:
+        self._cache = None
+
+
+register_reader("weightkit-quantized", sniff=_sniff,
+                description="weightkit weight-only quantised safetensors (dequantised on read)")(QuantizedReader)
+
+
+def _sniff_before_safetensors() -> None:
+    """Quantised files are safetensors files too: this sniffer must run before the plain one,
+    even when something imported the safetensors reader before this module."""
+    names = list(_READERS)
+    if "safetensors" in names and names.index("safetensors") < names.index("weightkit-quantized"):
+        items = [(k, v) for k, v in _READERS.items() if k != "safetensors"]
+        at = [k for k, _ in items].index("weightkit-quantized") + 1
+        items.insert(at, ("safetensors", _READERS["safetensors"]))
+        _READERS.clear()
+        _READERS.update(items)
+
+
+_sniff_before_safetensors()
