@@ -231,7 +231,9 @@ def _lookup(kind: str, role: str, ndim: int, facts: LayerFacts) -> tuple[str, ..
         if facts.config.get("parent") == "MultiHeadAttention" and sub in _KERAS_MHA:
             return _KERAS_MHA[sub].get(role)
         return None
-    table = _TORCH.get(kind) or _KERAS.get(kind)
+    # "Conv1D" is both Hugging Face's GPT-2 layer (weight/bias) and Keras' (kernel/bias)
+    keras_style = "kernel" in facts.roles or "depthwise_kernel" in facts.roles
+    table = (_KERAS.get(kind) or _TORCH.get(kind)) if keras_style else (_TORCH.get(kind) or _KERAS.get(kind))
     if table is None:
         return None
     return table.get(role)
