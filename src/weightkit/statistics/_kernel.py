@@ -24,7 +24,7 @@ import math
 import numba as nb
 import numpy as np
 
-BLOCK = 8192  # elements per cache-resident block
+BLOCK = 32768  # elements per cache-resident block (128 KiB of float32)
 
 # moments slots
 S, SS, SQ, MIN, MAX = 0, 1, 2, 3, 4
@@ -253,8 +253,12 @@ def _fused_f32(v, shift, eps, base, inv_w, top, keys):
 
 @nb.njit(nogil=True, cache=True)
 def _scatter(keys, n, hist):
+    # int32 counts, half the cache footprint of the int64 histogram, folded in once per block
+    local = np.zeros(hist.size, np.int32)
     for i in range(n):
-        hist[keys[i]] += 1
+        local[keys[i]] += 1
+    for j in range(hist.size):
+        hist[j] += local[j]
 
 
 @nb.njit(nogil=True, cache=True)
