@@ -23,6 +23,8 @@ from .layers import list_kinds
 from .report import report
 from .plot import plot_diff, plot_filters, plot_heatmap, plot_hist, plot_importance, plot_norms
 from .select import select
+from .edit import (InitReport, NormReport, TrainableReport, freeze, get_weights, init, param_groups, remove_norm,
+                   set_weight, set_weights, spectral_norm, trainable, unfreeze, weight_norm)
 from . import scan  # a callable module: weightkit.scan(path), weightkit.scan.scan_bytes(...)
 from .scan import ScanReport
 from .statistics import GroupStats, StatsReport, TensorStats, stats
@@ -50,6 +52,20 @@ __all__ = [
     "plot_importance",
     "plot_diff",
     "select",
+    "get_weights",
+    "set_weights",
+    "set_weight",
+    "init",
+    "InitReport",
+    "freeze",
+    "unfreeze",
+    "trainable",
+    "TrainableReport",
+    "param_groups",
+    "weight_norm",
+    "spectral_norm",
+    "remove_norm",
+    "NormReport",
     "scan",
     "ScanReport",
     "stats",
