@@ -487,3 +487,16 @@ def test_keras_dense_kernels_use_their_output_axis_1(tmp_path):
     e = weightkit.quantize_error(model, granularity="channel")
     first = e.tensors[0]
     assert first.quantized and first.axis == 1 and first.bytes_after == 64 * 32 + 32 * 4
+
+
+def test_default_selection_covers_recurrent_and_keras_weight_matrices(tmp_path):
+    # a user pruning "the weights" of an RNN expects its weight_ih/weight_hh matrices too
+    lstm = nn.LSTM(6, 8, num_layers=2)
+    matrices = sorted(n for n, p in lstm.named_parameters() if p.ndim == 2)
+    report = weightkit.prune(lstm, amount=0.5)
+    names = sorted(t.name for t in report.tensors)
+    assert names == matrices
+    for n in names:
+        w = getattr(lstm, n)
+        assert abs(float((w == 0).float().mean()) - 0.5) < 0.01
+    assert all(float((getattr(lstm, b) == 0).float().mean()) < 0.5 for b in ("bias_ih_l0", "bias_hh_l1"))

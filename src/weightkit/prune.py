@@ -324,9 +324,16 @@ def _validate(amount, method, scope, dim, threshold, seed) -> tuple[float | None
     return amount, seed
 
 
+# the weight matrices of every layer kind weightkit knows (biases, norm scales and buffers are not)
+WEIGHT_ROLES = ("weight", "kernel", "weight_ih", "weight_hh", "weight_hr", "recurrent_kernel", "in_proj_weight",
+                "q_proj_weight", "k_proj_weight", "v_proj_weight", "depthwise_kernel", "pointwise_kernel",
+                "embeddings")
+
+
 def _choose(weights, pattern, kind, role, source: str) -> list:
     from .select import matches
 
+    role = WEIGHT_ROLES if role is None else role
     explicit = pattern is not None or kind is not None
     chosen = [w for w in weights if not w.is_buffer and _dtypes.is_floating(w.dtype)
               and matches(w, pattern, kind=kind, role=role) and (explicit or w.ndim >= 2)]
@@ -367,6 +374,7 @@ def _prune_live(model, amount, *, pattern, kind, role, scope, method, dim, thres
     from ._api import open as _open
     from .layers import axes_for
     from .sources.torch_module import torch_raw
+    from .weightset import _base_role
 
     ws = _open(model)
     modules = dict(model.named_modules())
@@ -381,7 +389,7 @@ def _prune_live(model, amount, *, pattern, kind, role, scope, method, dim, thres
             base = pname[:-5]
             old_mask = module._buffers[f"{base}_mask"]
         name = f"{w.layer}.{base}" if w.layer else base
-        shown = replace(w, name=name, role=base, axes=axes_for(w.kind, base, tuple(w.shape)),
+        shown = replace(w, name=name, role=_base_role(base), axes=axes_for(w.kind, base, tuple(w.shape)),
                         shared_with=tuple(a.removesuffix("_orig") for a in w.shared_with))
         views.append((shown, module, base, module._parameters[pname], old_mask))
     chosen = {w.name for w in _choose([v[0] for v in views], pattern, kind, role, ws.source)}
@@ -474,7 +482,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 # --- public ----------------------------------------------------------------------------------
 
-def prune(model: Any, amount: float | None = None, *, pattern: Any = None, kind: Any = None, role: Any = "weight",
+def prune(model: Any, amount: float | None = None, *, pattern: Any = None, kind: Any = None, role: Any = None,
           scope: str = "layer", method: str = "magnitude", dim: int | None = None, threshold: float | None = None,
           seed: int | None = None, out: str | Path | None = None, in_place: bool = False) -> PruneReport:
     """Prune weights: zero the smallest (or random, or whole low-norm output channels).
@@ -490,7 +498,8 @@ def prune(model: Any, amount: float | None = None, *, pattern: Any = None, kind:
         amount: fraction from 0 to 1 of the candidates to prune: elements (``magnitude``,
             ``random``) or output channels (structured); ``round(amount·n)`` of them, like torch.
         pattern, kind, role: the selector (see :func:`weightkit.select`). By default every
-            floating-point parameter with role ``weight`` and at least 2 dimensions (1-D norm
+            floating-point weight matrix (roles in ``WEIGHT_ROLES``: ``weight``, ``kernel``,
+            ``weight_ih``, ``recurrent_kernel``…) with at least 2 dimensions (1-D norm
             scales are skipped unless ``pattern`` or ``kind`` names them).
         scope: ``"layer"`` (each tensor loses ``amount`` of itself) or ``"global"`` (the
             smallest across all selected tensors: the overall sparsity is exactly ``amount``).

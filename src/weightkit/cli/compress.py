@@ -56,7 +56,7 @@ def prune(
     method: str = typer.Option("magnitude", "--method", help="magnitude, random, l1-structured, l2-structured."),
     filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Only tensors whose name matches this glob."),
     kind: Optional[str] = typer.Option(None, "--kind", help="Only layers of this kind (Linear, Conv2d…)."),
-    role: str = typer.Option("weight", "--role", help="Tensor role to prune (weight, kernel…)."),
+    role: Optional[str] = typer.Option(None, "--role", help="Tensor role to prune (default: the weight matrices of every layer kind: weight, kernel, weight_ih, …)."),
     dim: Optional[int] = typer.Option(None, "--dim", help="Structured: axis of the removed slices (default: output axis)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for --method random."),
     in_place: bool = _IN_PLACE,
