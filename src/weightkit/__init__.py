@@ -23,8 +23,6 @@ from .layers import list_kinds
 from .report import report
 from .plot import plot_diff, plot_filters, plot_heatmap, plot_hist, plot_importance, plot_norms
 from .select import select
-from .edit import (InitReport, NormReport, TrainableReport, freeze, get_weights, init, param_groups, remove_norm,
-                   set_weight, set_weights, spectral_norm, trainable, unfreeze, weight_norm)
 from . import scan  # a callable module: weightkit.scan(path), weightkit.scan.scan_bytes(...)
 from .scan import ScanReport
 from .statistics import GroupStats, StatsReport, TensorStats, stats
@@ -34,6 +32,10 @@ from .weightset import Weight, WeightSet
 from .io import LoadReport, VerifyReport, load_into, save, verify
 from .prune import PruneReport, prune
 from .quantize import QuantizeReport, quantize, quantize_error
+from .edit import (InitReport, NormReport, TrainableReport, freeze, get_weights, init, param_groups, remove_norm,
+                   set_weight, set_weights, spectral_norm, trainable, unfreeze, weight_norm)
+from . import watch  # a callable module: weightkit.watch(model, optimizer=opt), weightkit.watch.open_run(...)
+from .watch import Run, list_runs, open_run, plot_grad_flow
 
 __version__ = "0.1.0"
 
@@ -52,20 +54,6 @@ __all__ = [
     "plot_importance",
     "plot_diff",
     "select",
-    "get_weights",
-    "set_weights",
-    "set_weight",
-    "init",
-    "InitReport",
-    "freeze",
-    "unfreeze",
-    "trainable",
-    "TrainableReport",
-    "param_groups",
-    "weight_norm",
-    "spectral_norm",
-    "remove_norm",
-    "NormReport",
     "scan",
     "ScanReport",
     "stats",
@@ -97,5 +85,24 @@ __all__ = [
     "LoadReport",
     "verify",
     "VerifyReport",
+    "get_weights",
+    "set_weights",
+    "set_weight",
+    "init",
+    "InitReport",
+    "freeze",
+    "unfreeze",
+    "trainable",
+    "TrainableReport",
+    "param_groups",
+    "weight_norm",
+    "spectral_norm",
+    "remove_norm",
+    "NormReport",
+    "watch",
+    "open_run",
+    "list_runs",
+    "Run",
+    "plot_grad_flow",
     "__version__",
 ]

@@ -16,6 +16,7 @@ from . import doctor as _doctor  # noqa: F401
 from . import plot as _plot  # noqa: F401
 from . import report as _report  # noqa: F401
 from . import compress as _compress  # noqa: F401
+from . import runs as _runs  # noqa: F401
 
 __all__ = ["app", "main", "EXIT_OK", "EXIT_FINDINGS", "EXIT_BAD_INPUT"]
 

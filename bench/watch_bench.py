@@ -1,0 +1,182 @@
+"""Overhead of ``weightkit.watch`` on CPU training loops (issue 5), against TensorBoard histograms.
+
+Two models, Adam, batch 64, on the CPU:
+  (a) a small CNN: Conv2d(3, 16, 3) → ReLU → MaxPool → Conv2d(16, 32, 3) → ReLU → MaxPool → Linear(32·6·6, 10),
+      32×32 RGB inputs;
+  (b) an MLP 784 → 512 → 256 → 10 (ReLU), batch 64 (``--mlp-batch`` to change).
+
+Configurations, each on its own copy of the model (same initial weights), run in the same process
+interleaved in blocks of ``--block`` consecutive steps (a multiple of 10, so every block holds the
+same share of measured steps), so that drift of a shared machine hits all of them alike; after
+each block (untimed) the watchers' background writers are flushed, so one configuration's disk
+writes never land in another's timings:
+  off          plain training
+  every=10     ``weightkit.watch(model, optimizer=opt)`` (the default every=10, histograms every 10th measured step,
+               NaN/Inf looked for on every step)
+  every=10,m   the same with ``nan_check="measured"`` (NaN/Inf looked for on measured steps only)
+  every=1      ``weightkit.watch(model, optimizer=opt, every=1)``
+  tb-hist      ``SummaryWriter.add_histogram`` of every parameter and every gradient at every step
+               (when the ``tensorboard`` package is missing: emulated with the work add_histogram does
+               before writing, ``.detach().cpu().numpy()`` + ``np.histogram`` on TensorBoard's default
+               bucket edges, per tensor; the report says which one ran)
+
+Step time is measured around zero_grad + forward + backward + optimizer step; the ratio is of
+medians over all timed steps. Run:  python bench/watch_bench.py [--steps 300] [--block 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+import weightkit
+import weightkit.watch  # a callable module: weightkit.watch(model, ...)
+
+
+def cnn():
+    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 6 * 6, 10))
+
+
+def mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
+                         nn.Linear(256, 10))
+
+
+def tb_default_bins():
+    """TensorBoard's ``default_bins``: exponential buckets 1e-12·1.1^k up to 1e20, mirrored."""
+    v, buckets = 1e-12, []
+    while v < 1e20:
+        buckets.append(v)
+        v *= 1.1
+    return np.array([-x for x in reversed(buckets)] + [0.0] + buckets)
+
+
+class TBHist:
+    """``add_histogram`` of every parameter and gradient, each step (real or emulated)."""
+
+    def __init__(self, model, logdir):
+        self.model = model
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(logdir)
+            self.kind = "real SummaryWriter.add_histogram"
+        except ImportError:
+            self.writer = None
+            self.bins = tb_default_bins()
+            self.kind = "emulated (tensorboard not installed): .cpu().numpy() + np.histogram on TB's default bins"
+        self.step = 0
+
+    def log(self):
+        for n, p in self.model.named_parameters():
+            for tag, t in ((n, p), (n + ".grad", p.grad)):
+                if t is None:
+                    continue
+                if self.writer is not None:
+                    self.writer.add_histogram(tag, t, self.step)
+                else:
+                    np.histogram(t.detach().cpu().numpy(), bins=self.bins)
+        self.step += 1
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def bench(make, x_shape, *, steps: int, block: int, run_dir: str, batch: int = 64):
+    torch.manual_seed(0)
+    base = make()
+    batches = [(torch.randn(batch, *x_shape), torch.randint(0, 10, (batch,))) for _ in range(8)]
+    loss_fn = nn.CrossEntropyLoss()
+    configs = {}
+    for key in ("off", "every=10", "every=10,m", "every=1", "tb-hist"):
+        m = make()
+        m.load_state_dict(base.state_dict())
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        w = tb = None
+        if key == "every=10":
+            w = weightkit.watch(m, optimizer=opt, run_dir=run_dir)
+        elif key == "every=10,m":
+            w = weightkit.watch(m, optimizer=opt, nan_check="measured", run_dir=run_dir)
+        elif key == "every=1":
+            w = weightkit.watch(m, optimizer=opt, every=1, run_dir=run_dir)
+        elif key == "tb-hist":
+            tb = TBHist(m, f"{run_dir}/tb-{make.__name__}")
+        configs[key] = (m, opt, w, tb, [])
+
+    def one(key, k):
+        m, opt, w, tb, times = configs[key]
+        x, y = batches[k % len(batches)]
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss_fn(m(x), y).backward()
+        opt.step()
+        if tb is not None:
+            tb.log()
+        return time.perf_counter() - t0
+
+    for key in configs:
+        for k in range(20):
+            one(key, k)
+    k = 0
+    while k < steps:
+        for key in configs:
+            for j in range(block):
+                configs[key][4].append(one(key, k + j))
+            if configs[key][2] is not None:
+                configs[key][2].flush()
+        k += block
+    kind = None
+    for key, (m, opt, w, tb, _) in configs.items():
+        if w is not None:
+            w.stop()
+        if tb is not None:
+            kind = tb.kind
+            tb.close()
+    med = {key: statistics.median(c[4]) for key, c in configs.items()}
+    return med, kind, {key: len(c[4]) for key, c in configs.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--block", type=int, default=10)
+    ap.add_argument("--mlp-batch", type=int, default=64)
+    ap.add_argument("--only", choices=("cnn", "mlp"), default=None)
+    args = ap.parse_args(argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, {args.steps} timed steps per "
+          f"configuration, interleaved in blocks of {args.block}")
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for make, shape, batch in ((cnn, (3, 32, 32), 64), (mlp, (1, 28, 28), args.mlp_batch)):
+            if args.only and make.__name__ != args.only:
+                continue
+            med, kind, counts = bench(make, shape, steps=args.steps, block=args.block, run_dir=d, batch=batch)
+            off = med["off"]
+            over = {k: med[k] - off for k in med}
+            print(f"\n{make.__name__} (batch {batch}): median step time over {counts['off']} steps; tb-hist: {kind}")
+            for key in med:
+                print(f"  {key:11s} {1e3 * med[key]:8.3f} ms  ratio {med[key] / off:6.3f}  overhead {1e3 * over[key]:+8.3f} ms")
+            for key in ("every=10", "every=10,m", "every=1"):
+                o = over[key]
+                beat = over["tb-hist"] / o if o > 0 else float("inf")
+                print(f"  tb-hist overhead / watch({key}) overhead: "
+                      f"{'∞ (no measurable overhead)' if beat == float('inf') else f'{beat:.1f}×'}")
+            rows.append((make.__name__, med, over))
+    ok = all(med["every=10"] / med["off"] <= 1.05 and med["every=1"] / med["off"] <= 1.25 and
+             over["tb-hist"] >= 10 * max(over["every=10"], 0) for _, med, over in rows)
+    print("\ntargets (every=10 ≤ 1.05×, every=1 ≤ 1.25×, tb-hist overhead ≥ 10× watch(every=10)'s):",
+          "met" if ok else "NOT met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""``weightkit runs list | show | plot | export``: read the runs ``weightkit.watch`` recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import WeightkitError
+from ._app import app, console, guard, print_json
+
+runs_app = typer.Typer(name="runs", help="Recorded training runs (weightkit.watch): list, show, plot, export.",
+                       no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(runs_app, name="runs")
+
+DIR_HELP = "Directory holding the runs (each in <dir>/<name>/watch.sqlite)."
+RUN_HELP = "Run name (in --dir), run directory or watch.sqlite file."
+
+
+@runs_app.command("list")
+def list_(
+    dir: Path = typer.Option(Path("runs"), "--dir", "-d", help=DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
+) -> None:
+    """List the runs: name, measured steps, parameters, alerts, status, last modified."""
+
+    def run():
+        from ..watch.store import list_runs
+
+        runs = list_runs(dir)
+        if as_json:
+            print_json({"dir": str(dir), "runs": [r.to_dict() for r in runs]})
+        else:
+            from ..render.runs import render_run_list
+
+            out = console()
+            for part in render_run_list(runs, str(dir)):
+                out.print(part)
+
+    guard(run)
+
+
+@runs_app.command("show")
+def show(
+    run_name: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
+    dir: Path = typer.Option(Path("runs"), "--dir", "-d", help=DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's summary and alerts as JSON."),
+) -> None:
+    """Per-layer table of the latest and worst values (grad norm, update ratio, NaN), and the alerts."""
+
+    def run():
+        from ..watch.store import open_run
+
+        with open_run(run_name, run_dir=dir) as r:
+            if as_json:
+                print_json(r.to_dict())
+            else:
+                from ..render.runs import render_run
+
+                out = console()
+                for part in render_run(r):
+                    out.print(part)
+
+    guard(run)
+
+
+@runs_app.command("plot")
+def plot(
+    run_name: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
+    output: Path = typer.Option(Path("grad_flow.png"), "--output", "-o", help="Picture to write (.png, .svg or .pdf)."),
+    dir: Path = typer.Option(Path("runs"), "--dir", "-d", help=DIR_HELP),
+    include_bias: bool = typer.Option(False, "--include-bias", help="Also draw biases and other 1-D parameters."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was drawn as JSON."),
+) -> None:
+    """Draw the gradient flow: mean and max |grad| per layer, and the update ratio over steps (log, 1e-3 line)."""
+
+    def run():
+        from ..plot._mpl import save
+        from ..watch.plot import plot_grad_flow
+        from ..watch.store import open_run
+
+        _check_picture(output)
+        with open_run(run_name, run_dir=dir) as r:
+            fig = plot_grad_flow(r, include_bias=include_bias)
+            save(fig, output)
+            name, steps = r.name, len(r.steps)
+        if as_json:
+            print_json({"run": name, "output": str(output), "panels": len(fig.axes), "steps": steps})
+        else:
+            typer.echo(f"wrote {output}")
+
+    guard(run)
+
+
+@runs_app.command("export")
+def export(
+    run_name: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
+    format: str = typer.Option("csv", "--format", "-f", help="csv, tensorboard (a log directory) or parquet."),
+    output: Path = typer.Option(..., "--output", "-o", help="File (csv, parquet) or directory (tensorboard) to write."),
+    dir: Path = typer.Option(Path("runs"), "--dir", "-d", help=DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """Export a run: CSV (step,param,metric,value), TensorBoard event files, or Parquet."""
+
+    def run():
+        from ..watch.export import FORMATS, export_run
+        from ..watch.store import open_run
+
+        if format not in FORMATS:
+            raise WeightkitError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
+        with open_run(run_name, run_dir=dir) as r:
+            result = export_run(r, output, format=format)
+        if as_json:
+            print_json({"run": run_name, **result})
+        else:
+            what = f"{result['rows']} rows" if "rows" in result else \
+                f"{result['scalars']} scalars, {result['histograms']} histograms"
+            typer.echo(f"wrote {output} ({format}, {what})")
+
+    guard(run)
+
+
+def _check_picture(path: Path) -> None:
+    """Fail before drawing when the picture cannot be written."""
+    import os
+
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise WeightkitError(f"{path}: unsupported picture format {path.suffix or '(none)'}; use .png, .svg or .pdf")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise WeightkitError(f"{path}: the directory {parent} does not exist; create it or choose another path")
+    if path.is_dir() or not os.access(parent, os.W_OK):
+        raise WeightkitError(f"{path}: cannot be written; choose a writable path")

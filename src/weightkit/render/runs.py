@@ -1,0 +1,97 @@
+"""Terminal rendering of recorded watch runs (``weightkit runs list`` / ``runs show``) with rich."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from rich import box
+from rich.console import RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from ._format import shape_str
+from .stats_table import num
+
+KIND_STYLE = {"nonfinite_grad": "bold red", "nonfinite_weight": "bold red", "exploding": "red", "vanishing": "yellow",
+              "lr_high": "yellow", "lr_low": "yellow", "unused": "magenta"}
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "—"
+
+
+def _ratio(v: float | None) -> Text:
+    if v is None:
+        return Text("—", style="dim")
+    style = "yellow" if v == v and (v > 1e-1 or v < 1e-5) else ""
+    return Text(num(v), style=style)
+
+
+def render_run_list(runs, run_dir: str) -> Iterator[RenderableType]:
+    """The ``runs list`` table: name, steps, params, alerts, status, last modified."""
+    if not runs:
+        yield Text(f"no runs in {run_dir}", style="dim")
+        return
+    table = Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD, padding=(0, 1))
+    table.add_column("run", overflow="fold")
+    table.add_column("steps", justify="right")
+    table.add_column("last step", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("alerts", justify="right")
+    table.add_column("status")
+    table.add_column("last modified")
+    for r in runs:
+        table.add_row(Text(r.name, style="cyan"), f"{r.steps:,}", "—" if r.last_step is None else f"{r.last_step:,}",
+                      f"{r.params:,}", Text(str(r.alerts), style="bold red" if r.alerts else "dim"),
+                      Text(r.status, style="red" if r.status.startswith("failed") else ""), _when(r.modified))
+    yield Text.assemble(("weightkit runs in ", "bold"), (run_dir, "cyan"), f"  ({len(runs)})")
+    yield table
+
+
+def render_run(run) -> Iterator[RenderableType]:
+    """The ``runs show`` view: header, the per-parameter table of latest and worst values, the alerts."""
+    m = run.meta
+    steps = run.steps
+    span = f"steps {steps[0]}–{steps[-1]}" if len(steps) else "no measured step yet"
+    yield Text.assemble(("weightkit run ", "bold"), (run.name, "cyan"),
+                        f"  {m.get('framework', '?')} {m.get('model', '?')}, optimizer {m.get('optimizer') or 'none'}, "
+                        f"every {m.get('every', '?')} {m.get('steps_are', 'steps')}; {len(steps)} measured ({span}); "
+                        f"status {m.get('status', '?')}")
+    table = Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD, padding=(0, 1))
+    table.add_column("parameter", overflow="fold", min_width=14)
+    table.add_column("shape", justify="right")
+    table.add_column("grad norm\nlatest", justify="right")
+    table.add_column("grad norm\nmax (step)", justify="right")
+    table.add_column("update/weight\nlatest", justify="right")
+    table.add_column("update/weight\nmedian", justify="right")
+    table.add_column("weight norm\nlatest", justify="right")
+    table.add_column("NaN/Inf\nfrom step", justify="right")
+    table.add_column("alerts", justify="right")
+    for row in run.layers():
+        gmax = row["grad_norm_max"]
+        table.add_row(
+            row["name"], shape_str(row["shape"]),
+            num(row["grad_norm_latest"]) if row["grad_norm_latest"] is not None else Text("no grad", style="magenta"),
+            "—" if gmax is None else f"{num(gmax)} ({row['grad_norm_max_step']})",
+            _ratio(row["update_ratio_latest"]), _ratio(row["update_ratio_median"]),
+            num(row["weight_norm_latest"]),
+            Text(str(row["nonfinite_first_step"]), style="bold red") if row["nonfinite_first_step"] is not None
+            else Text("no", style="dim"),
+            Text(str(row["alerts"]), style="bold red") if row["alerts"] else Text("0", style="dim"))
+    yield table
+    alerts = run.alerts
+    if not alerts:
+        yield Text("no alerts", style="green")
+    else:
+        at = Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD, padding=(0, 1))
+        at.add_column("step", justify="right")
+        at.add_column("kind")
+        at.add_column("parameter", overflow="fold")
+        at.add_column("message", overflow="fold")
+        for a in alerts:
+            at.add_row(str(a.step), Text(a.kind, style=KIND_STYLE.get(a.kind, "")), a.param or "—", a.message)
+        yield Text(f"{len(alerts)} alert(s)", style="bold red")
+        yield at
+    yield Text("update/weight: ‖Δw‖/‖w‖ of the optimizer step (rule of thumb ≈ 1e-3); NaN/Inf from step: the first "
+               "step with a non-finite gradient or weight. NaN values print as 'nan'.", style="dim")

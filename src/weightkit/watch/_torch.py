@@ -1,0 +1,489 @@
+"""Hooks and measurement on torch tensors (PyTorch models, and Keras 3 on the torch backend).
+
+Per backward pass, a ``post_accumulate_grad`` hook on each trainable parameter:
+
+* on every step: one cheap reduction of the gradient (its sum: non-finite exactly when the
+  gradient holds a NaN/Inf), kept on the device, so the first NaN/Inf is found at its exact step
+  and parameter;
+* on measured steps: norm, mean, std, mean |g|, max |g| and the NaN/Inf counts (a few fast
+  reductions on the device, stacked into one small tensor), and a histogram on histogram steps.
+
+Around the optimizer step (``register_step_pre_hook``/``register_step_post_hook``): on measured
+steps a copy of the weights is taken before the step and ``‖w_before − w_after‖`` after it, then
+freed; every step checks the weights for NaN/Inf the same cheap way. Everything a measured step
+needs is concatenated on the device and moved to the host with a single ``.cpu()`` per device: no
+per-tensor synchronisation. On a GPU the per-step NaN/Inf flags stay on the device (a running
+"first bad step" per parameter) and are read at the next measured step or ``stop()`` — still
+naming the exact step; on the CPU, where reading costs nothing, they are read at once.
+
+Statistics are of the gradient as backward produced it, accumulated over micro-batches, before
+clipping (clipping a NaN gradient spreads NaN to every parameter; the hooks still name the one
+where it began). With ``torch.amp.GradScaler`` they are of the *scaled* gradient (norms times the
+scale); steps the scaler skips are not optimizer steps and are not recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .alerts import AlertEngine, Thresholds
+from .store import Store
+
+INF = float("inf")
+N_GRAD = 5  # norm, mean, std, absmean, absmax
+_ZEROS: dict[tuple, torch.Tensor] = {}
+# CPU shortcuts (reading a scalar on the CPU is free, so branch on values there). Tests turn them
+# off to run the GPU code path — device-side flags, no host reads — on a machine without a GPU.
+CPU_SHORTCUTS = True
+
+
+def _host(device: torch.device) -> bool:
+    return CPU_SHORTCUTS and device.type == "cpu"
+
+
+def _zeros(n: int, dtype, device) -> torch.Tensor:
+    key = (n, dtype, device)
+    z = _ZEROS.get(key)
+    if z is None:
+        z = _ZEROS[key] = torch.zeros(n, dtype=dtype, device=device)
+    return z
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    x = t.detach()
+    if x.is_sparse:
+        x = x.to_dense()
+    x = x.reshape(-1)
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    return x
+
+
+def check_value(t: torch.Tensor) -> torch.Tensor:
+    """One cheap reduction that is non-finite exactly when ``t`` holds a NaN or an Inf (barring a
+    float32 sum overflowing, i.e. values near 1e38): the per-step NaN/Inf check."""
+    t = t.detach()
+    if t.is_sparse:
+        t = t.coalesce().values()
+    return t.sum() if t.dtype in (torch.float32, torch.float64) else t.sum(dtype=torch.float32)
+
+
+_SCRATCH: dict[tuple, torch.Tensor] = {}
+
+
+def _scratch(x: torch.Tensor) -> torch.Tensor:
+    """A reusable CPU buffer shaped like flat ``x`` (per thread): a fresh allocation of a large
+    tensor costs page faults on the CPU. GPUs get a plain temporary (the caching allocator makes
+    it cheap and gives the memory back)."""
+    if not _host(x.device):
+        return torch.empty_like(x)
+    key = (x.dtype, threading.get_ident())
+    buf = _SCRATCH.get(key)
+    if buf is None or buf.numel() < x.numel():
+        buf = _SCRATCH[key] = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
+    return buf[: x.numel()]
+
+
+def release_scratch() -> None:
+    """Drop this thread's CPU scratch buffers (at the end of a watch)."""
+    me = threading.get_ident()
+    for key in [k for k in _SCRATCH if k[1] == me]:
+        _SCRATCH.pop(key, None)
+
+
+def grad_stats(g: torch.Tensor):
+    """``([norm, mean, std, mean|g|, max|g|], [nan, inf])``: device tensors (no host sync) on GPU,
+    Python numbers on the CPU (where reading a scalar is free).
+
+    Built from reductions that are fast on every device (``sum``, ``dot``, ``amax``; the CPU's
+    ``std_mean`` and ``vector_norm`` are 2-50× slower). The std is two-pass on GPU; on CPU the
+    one-pass ``E[x²] − mean²`` is used when ``|mean| < 0.1·rms`` (relative error < 1e-6 there) and
+    the two-pass formula otherwise."""
+    x = _flat(g)
+    n = x.numel()
+    buf = _scratch(x)
+    a = torch.abs(x, out=buf)
+    asum = a.sum()
+    amax = a.amax()
+    total = x.sum()
+    sq = torch.dot(x, x)
+    if _host(x.device):
+        m, q, am = total.item() / n, sq.item(), asum.item() / n
+        if math.isfinite(q) and m * m <= 0.01 * q / n:
+            std = math.sqrt(max(q / n - m * m, 0.0))
+        else:
+            d = torch.sub(x, m, out=buf)
+            std = math.sqrt(torch.dot(d, d).item() / n)
+        counts = [0, 0] if math.isfinite(am) else [int(torch.isnan(x).sum()), int(torch.isinf(x).sum())]
+        return [math.sqrt(q) if q >= 0 else q, m, std, am, amax.item()], counts
+    mean = total / n
+    d = torch.sub(x, mean, out=buf)
+    std = (torch.dot(d, d) / n).sqrt()
+    counts = torch.stack([torch.isnan(x).sum(), torch.isinf(x).sum()])
+    return torch.stack([sq.sqrt(), mean, std, asum / n, amax]), counts
+
+
+def host_norm(t: torch.Tensor) -> float:
+    """The L2 norm of a CPU tensor (``dot``: 2-3× faster there than ``vector_norm``)."""
+    x = _flat(t)
+    q = torch.dot(x, x).item()
+    return math.sqrt(q) if q >= 0 else q
+
+
+def histogram(t: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equal-width histogram over the finite range, NaN/+Inf/-Inf counted apart; no host sync on GPU.
+
+    Returns ``([lo, hi, sum, sumsq], [nan, posinf, neginf, count_0 … count_{bins-1}])`` (finite values)."""
+    x = _flat(t)
+    if _host(x.device):
+        lo, hi = torch.aminmax(x)
+        if math.isfinite(lo.item()) and math.isfinite(hi.item()):  # the common case, fast on CPU
+            scale = bins / max(hi.item() - lo.item(), torch.finfo(x.dtype).tiny)
+            idx = x.sub(lo).mul_(scale).to(torch.int64).clamp_(0, bins - 1)
+            counts = torch.bincount(idx, minlength=bins)
+            floats = torch.stack([lo, hi, x.sum(), torch.dot(x, x)])
+            return floats, torch.cat([_zeros(3, torch.int64, x.device), counts])
+    fin = torch.isfinite(x)
+    lo = torch.where(fin, x, INF).min()
+    hi = torch.where(fin, x, -INF).max()
+    any_fin = torch.isfinite(lo)
+    lo = torch.where(any_fin, lo, 0.0)
+    hi = torch.where(any_fin, hi, 0.0)
+    width = (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
+    idx = ((x - lo) * (bins / width)).nan_to_num(0.0, 0.0, 0.0).to(torch.int64).clamp_(0, bins - 1)
+    idx = torch.where(fin, idx, bins)  # non-finite values go to a spare bin, counted apart below
+    counts = torch.zeros(bins + 1, dtype=torch.int64, device=x.device).scatter_add_(0, idx, torch.ones_like(idx))
+    xf = torch.where(fin, x, 0.0)
+    floats = torch.stack([lo, hi, xf.sum(), torch.dot(xf, xf)])
+    ints = torch.cat([torch.stack([torch.isnan(x).sum(), (x == INF).sum(), (x == -INF).sum()]), counts[:bins]])
+    return floats, ints
+
+
+def _hist_row(i: int, what: str, f, c) -> tuple:
+    """A ``hists`` row from ``[lo, hi, sum, sumsq]`` and ``[nan, posinf, neginf, counts…]``."""
+    c = np.asarray(c).astype(np.int64)
+    return (i, what, float(f[0]), float(f[1]), int(c[0]), int(c[1]), int(c[2]), float(f[2]), float(f[3]),
+            c[3:].tobytes())
+
+
+class Core:
+    """The measurement engine: per-parameter hooks, per-step checks, one transfer per measured step.
+
+    The caller drives steps: ``pre_step()`` before the weights change and ``post_step()`` after
+    (the torch optimizer hooks, or a Keras callback), or ``backward_step()`` when there is no
+    optimizer.
+    """
+
+    def __init__(self, names: Sequence[str], params: Sequence[torch.Tensor], *, every: int, histograms: int,
+                 bins: int, thresholds: Thresholds, store: Store, run: str, updates: Sequence[bool] | None,
+                 nan_check: str = "step"):
+        self.names = list(names)
+        self.params = list(params)
+        self.n = len(self.params)
+        self.every = every
+        self.histograms = histograms
+        self.bins = bins
+        self.store = store
+        self.updates = list(updates) if updates is not None else [False] * self.n
+        self.alerts = AlertEngine(self.names, [tuple(p.shape) for p in self.params], thresholds, run=run)
+        self.per_step = nan_check == "step"
+        self.step = 0
+        self.measured = 0
+        self._prev_measured: int | None = None
+        self.received = np.zeros(self.n, dtype=bool)
+        # per-device groups: foreach calls and the one transfer per step are per device
+        groups: dict[torch.device, list[int]] = {}
+        for i, p in enumerate(self.params):
+            groups.setdefault(p.device, []).append(i)
+        self.groups = {d: (ix, [self.params[i] for i in ix]) for d, ix in groups.items()}
+        # first step at which each parameter's gradient (row 0) / weight (row 1) was non-finite
+        self.first = np.full((2, self.n), -1, dtype=np.int64)
+        self._first_dev = {d: torch.full((2, len(ix)), -1, dtype=torch.int64, device=d)
+                           for d, (ix, _) in self.groups.items() if not _host(d)}
+        # dtypes whose plain sum is the check (half types sum in float32)
+        self._fast = {id(ps): [p.dtype in (torch.float32, torch.float64) for p in ps] for _, ps in self.groups.values()}
+        self._handles: list[Any] = []
+        self._first_known = 0
+        self._queued = False
+        self._before: list[torch.Tensor | None] | None = None
+        self._keep: dict[int, torch.Tensor] = {}  # CPU: reused weight copies (see pre_step)
+        self._reset_step()
+
+    # -- step state -------------------------------------------------------------------------------
+
+    def _reset_step(self) -> None:
+        was_measuring = getattr(self, "measuring", True)
+        self.measuring = self.step % self.every == 0
+        self.hist_now = self.measuring and self.histograms > 0 and self.measured % self.histograms == 0
+        self._gchk: list[Any] = [None] * self.n
+        if was_measuring:  # the per-step path touches only _gchk
+            self._gstats: list[tuple | None] = [None] * self.n
+            self._ghist: list[tuple | None] = [None] * self.n
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def install(self, on_backward: Callable[[], None] | None = None) -> None:
+        """Register the gradient hooks; ``on_backward`` (no optimizer) runs once at the end of each
+        backward pass that reached a watched parameter."""
+        for i, p in enumerate(self.params):
+            self._handles.append(p.register_post_accumulate_grad_hook(self._make_hook(i, on_backward)))
+
+    def _make_hook(self, i: int, on_backward):
+        state = self
+        received = self.received
+        fast = self.params[i].dtype in (torch.float32, torch.float64)
+
+        def hook(p: torch.Tensor) -> None:
+            g = p.grad
+            if g is None:
+                return
+            received[i] = True
+            if not state.measuring:  # every step: one reduction, kept on the device
+                if state.per_step:
+                    state._gchk[i] = g.sum() if fast and not g.is_sparse else check_value(g)
+            else:
+                st = state._gstats[i] = grad_stats(g)
+                state._gchk[i] = st[0][3]  # mean |g|: a float on the CPU path, a device scalar otherwise
+                if state.hist_now:
+                    state._ghist[i] = histogram(g, state.bins)
+            if on_backward is not None and not state._queued:
+                state._queued = True
+                torch.autograd.Variable._execution_engine.queue_callback(on_backward)
+
+        return hook
+
+    def add_handle(self, handle) -> None:
+        self._handles.append(handle)
+
+    def remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # -- the steps --------------------------------------------------------------------------------
+
+    def pre_step(self) -> None:
+        """Before the optimizer changes the weights: keep a copy on measured steps.
+
+        On a GPU the copies are allocated here and freed after the step (the caching allocator
+        makes that cheap). On the CPU a fresh allocation of that size costs a page fault per 4 KiB
+        on every measured step (0.35 ms for 2.7 MB), so the copies go to buffers reused from one
+        measured step to the next, freed at ``stop()``."""
+        if not (self.measuring and any(self.updates)):
+            return
+        with torch.no_grad():
+            before = []
+            for i, (p, u) in enumerate(zip(self.params, self.updates)):
+                if not u:
+                    before.append(None)
+                elif _host(p.device):
+                    buf = self._keep.get(i)
+                    if buf is None or buf.shape != p.shape or buf.dtype != p.dtype:
+                        buf = self._keep[i] = torch.empty_like(p, memory_format=torch.contiguous_format)
+                    before.append(buf.copy_(p))
+                else:
+                    before.append(p.detach().clone())
+            self._before = before
+
+    def backward_step(self) -> None:
+        """No optimizer: a step is a backward pass that reached the watched parameters."""
+        self._queued = False
+        self.post_step()
+
+    def post_step(self) -> None:
+        """After the optimizer step: the per-step NaN/Inf check; on measured steps, measure and commit."""
+        step = self.step
+        new_bad = False
+        with torch.no_grad():
+            if self.per_step or self.measuring:
+                for dev, (ix, ps) in self.groups.items():
+                    if dev in self._first_dev:
+                        self._check_device(step, dev, ix, ps)
+                    else:
+                        new_bad |= self._check_host(step, ix, ps)
+            if self.measuring:
+                self._commit(step)
+        if not self.measuring and new_bad:
+            self._record_first()
+            self._report(self.alerts.nonfinite(self.first[0], self.first[1]))
+        self._before = None
+        self.step += 1
+        self._reset_step()
+
+    def _check_host(self, step: int, ix: list[int], ps: list[torch.Tensor]) -> bool:
+        """CPU: one stacked sum of the per-tensor checks; per-parameter flags only when it is non-finite.
+        On measured steps the weights' norms (computed anyway) serve as their check."""
+        grads = [self._gchk[i] for i in ix]
+        if self.measuring:
+            self._wnorm = {i: host_norm(p) for i, p in zip(ix, ps)}
+            weights = []
+            for i, p in zip(ix, ps):
+                v = self._wnorm[i]
+                # a norm can overflow to Inf (|w| > 1e19) while every value is finite: sum to be sure
+                weights.append(v if math.isfinite(v) else check_value(p).item())
+        else:
+            weights = [p.sum() if fast else check_value(p) for p, fast in zip(ps, self._fast[id(ps)])]
+        tensors = [c for c in grads + weights if isinstance(c, torch.Tensor)]
+        total = torch.stack(tensors).sum().item() if tensors else 0.0
+        if math.isfinite(total) and all(math.isfinite(c) for c in grads + weights if isinstance(c, float)):
+            return False
+        found = False
+        for row, values in ((0, grads), (1, weights)):
+            for k, i in enumerate(ix):
+                v = values[k]
+                if v is None or self.first[row, i] >= 0:
+                    continue
+                if not math.isfinite(v.item() if isinstance(v, torch.Tensor) else v):
+                    self.first[row, i] = step
+                    found = True
+        return found
+
+    def _check_device(self, step: int, dev, ix: list[int], ps: list[torch.Tensor]) -> None:
+        """GPU: fused max|w| over the weights, flags folded into a device tensor; no sync."""
+        wchk = torch.stack(torch._foreach_norm(ps, INF))
+        zero = _zeros((), wchk.dtype, dev)
+        gchk = torch.stack([zero if self._gchk[i] is None else self._gchk[i] for i in ix]).to(wchk.dtype)
+        bad = ~torch.isfinite(torch.stack([gchk, wchk]))
+        first = self._first_dev[dev]
+        first.masked_fill_(bad & (first < 0), step)
+
+    def _commit(self, step: int) -> None:
+        """Gather a measured step on the host (one transfer per device), judge alerts, queue the rows."""
+        n = self.n
+        G = np.full((n, N_GRAD), np.nan)
+        C = np.full((n, 2), -1, dtype=np.int64)  # -1: no gradient at this step
+        W = np.full(n, np.nan)
+        U = np.full(n, np.nan)
+        has_u = np.zeros(n, dtype=bool)
+        hists: list[tuple] = []
+        before = self._before
+        for dev, (ix, ps) in self.groups.items():
+            upd = [i for i in ix if before is not None and before[i] is not None]
+            if dev in self._first_dev:
+                self._gather_device(dev, ix, ps, upd, G, C, W, U, hists)
+            else:
+                for i, p in zip(ix, ps):
+                    st = self._gstats[i]
+                    if st is not None:
+                        G[i], C[i] = st
+                    W[i] = self._wnorm[i]
+                for i in upd:
+                    b = before[i]
+                    b.sub_(self.params[i])
+                    U[i] = host_norm(b)
+                if self.hist_now:
+                    for i, p in zip(ix, ps):
+                        for what, h in (("grad", self._ghist[i]), ("weight", histogram(p, self.bins))):
+                            if h is not None:
+                                hists.append(_hist_row(i, what, h[0].tolist(), h[1].numpy()))
+            has_u[upd] = True
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = U / W
+        self._record_first()
+        since = None if self.per_step else (self._prev_measured if self._prev_measured is not None else -1)
+        alerts = self.alerts.nonfinite(self.first[0], self.first[1], counts=C, count_step=step, since=since)
+        self._prev_measured = step
+        alerts += self.alerts.measured_step(step, G[:, 0], ratio, self.received)
+        Gl, Cl, Wl, Ul, Rl, Hl = G.tolist(), C.tolist(), W.tolist(), U.tolist(), ratio.tolist(), has_u.tolist()
+        rows = []
+        for i in range(n):
+            grad = (*Gl[i], *Cl[i]) if Cl[i][0] >= 0 else (None,) * (N_GRAD + 2)
+            rows.append((i, *grad, Wl[i], Ul[i] if Hl[i] else None, Rl[i] if Hl[i] else None))
+        self.store.put(step, rows, [(a.step, a.param, a.kind, a.message, a.value) for a in alerts], hists)
+        self.measured += 1
+
+    def _gather_device(self, dev, ix, ps, upd, G, C, W, U, hists) -> None:
+        """Everything of one device in one tensor, moved to the host with a single ``.cpu()``."""
+        parts: list[torch.Tensor] = []
+        lay: list[tuple[str, int]] = []
+
+        def add(kind: str, t: torch.Tensor) -> None:
+            t = t.reshape(-1)
+            parts.append(t)
+            lay.append((kind, t.numel()))
+
+        have = [i for i in ix if self._gstats[i] is not None]
+        if have:
+            add("gfloat", torch.stack([self._gstats[i][0] for i in have]))
+            add("gcount", torch.stack([self._gstats[i][1] for i in have]))
+        add("wnorm", torch.stack(torch._foreach_norm(ps, 2, dtype=torch.float32)))
+        if upd:
+            before = [self._before[i] for i in upd]
+            torch._foreach_sub_(before, [self.params[i] for i in upd])
+            add("unorm", torch.stack(torch._foreach_norm(before, 2, dtype=torch.float32)))
+        hist_g = [i for i in ix if self._ghist[i] is not None] if self.hist_now else []
+        if self.hist_now:
+            for i in hist_g:
+                add("hf", self._ghist[i][0])
+                add("hi", self._ghist[i][1])
+            for p in ps:
+                hw = histogram(p, self.bins)
+                add("hf", hw[0])
+                add("hi", hw[1])
+        add("first", self._first_dev[dev])
+        flat = torch.cat([p.to(torch.float64) for p in parts]).cpu().numpy()  # the one transfer
+        pos = 0
+        hf: list = []
+        hi: list = []
+        for kind, size in lay:
+            chunk = flat[pos:pos + size]
+            pos += size
+            if kind == "gfloat":
+                G[have] = chunk.reshape(len(have), N_GRAD)
+            elif kind == "gcount":
+                C[have] = chunk.reshape(len(have), 2).astype(np.int64)
+            elif kind == "wnorm":
+                W[ix] = chunk
+            elif kind == "unorm":
+                U[upd] = chunk
+            elif kind == "first":
+                f = chunk.reshape(2, len(ix)).astype(np.int64)
+                cur = self.first[:, ix]
+                self.first[:, ix] = np.where(cur >= 0, cur, f)
+            elif kind == "hf":
+                hf.append(chunk.tolist())
+            else:
+                hi.append(chunk)
+        owners = [("grad", i) for i in hist_g] + [("weight", i) for i in ix]
+        for (what, i), f, c in zip(owners, hf, hi):
+            hists.append(_hist_row(i, what, f, c))
+
+    def _first_host(self) -> np.ndarray:
+        """Fold the device-side first-bad-step flags into ``self.first`` (one read per device)."""
+        for dev, t in self._first_dev.items():
+            ix = self.groups[dev][0]
+            f = t.cpu().numpy()
+            cur = self.first[:, ix]
+            self.first[:, ix] = np.where(cur >= 0, cur, f)
+        return self.first
+
+    def _record_first(self) -> None:
+        """Keep every parameter's first non-finite gradient/weight step in the run's meta."""
+        known = int((self.first >= 0).sum())
+        if known != self._first_known:
+            self._first_known = known
+            self.store.set_meta(nonfinite_first={
+                self.names[i]: {"grad": int(self.first[0, i]) if self.first[0, i] >= 0 else None,
+                                "weight": int(self.first[1, i]) if self.first[1, i] >= 0 else None}
+                for i in np.nonzero((self.first >= 0).any(axis=0))[0]})
+
+    def _report(self, alerts: list) -> None:
+        if alerts:
+            self.store.put_alerts([(a.step, a.param, a.kind, a.message, a.value) for a in alerts])
+
+    def finish(self) -> None:
+        """Report NaN/Inf flags raised since the last measured step (GPU), then remove the hooks."""
+        try:
+            if self._first_dev:
+                self._first_host()
+                self._record_first()
+                self._report(self.alerts.nonfinite(self.first[0], self.first[1]))
+        finally:
+            self.remove_hooks()
+            release_scratch()
+            self._keep.clear()

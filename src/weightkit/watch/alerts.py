@@ -1,0 +1,199 @@
+"""Alerts: judged on the host from the few numbers a measured step brings back.
+
+Each alert goes to the ``weightkit.watch`` logger as a warning and into the run's store. Each
+kind is raised at most once per parameter (a run that explodes does not print a warning per step).
+
+Kinds and the keyword options of :func:`weightkit.watch` that set them:
+
+``nonfinite_grad`` / ``nonfinite_weight``
+    the first NaN/Inf in a gradient (as backward produced it) or in a weight (after the optimizer
+    step). With ``nan_check="step"`` (the default) every step is checked on the device (one sum
+    per gradient and per weight), so the step and the parameter (the first in model order among
+    those hit at that step) are exact even between measured steps; ``nan_check="measured"`` checks
+    only measured steps (cheaper on CPU loops whose steps take a few milliseconds) and says after
+    which step it appeared.
+``vanishing``
+    a parameter's gradient RMS (‖g‖/√n) stays below ``vanishing`` (default 1e-3) times the largest
+    gradient RMS of the model at the same step, or is exactly zero, for ``patience`` checks.
+``exploding``
+    a gradient norm jumps above ``exploding`` (default 10) times the median of that parameter's
+    previous (up to 20) measured norms (at least 3 of them).
+``lr_high`` / ``lr_low``
+    the update-to-weight ratio ‖Δw‖/‖w‖ (rule of thumb ≈ 1e-3) stays above ``ratio_high`` (1e-1) or
+    below ``ratio_low`` (1e-5) for ``patience`` checks. Only weights with two or more dimensions are
+    judged: zero-initialised biases and normalisation scales have large ratios at first by design.
+``unused``
+    a trainable parameter received no gradient in any backward pass of the first ``unused_after``
+    measured steps (default 3): it is not connected to the loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .store import Alert
+
+log = logging.getLogger("weightkit.watch")
+HISTORY = 20  # measured norms the exploding-gradient median looks back on
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The alert thresholds (keyword options of :func:`weightkit.watch`)."""
+
+    vanishing: float = 1e-3
+    exploding: float = 10.0
+    ratio_high: float = 1e-1
+    ratio_low: float = 1e-5
+    patience: int = 3
+    unused_after: int = 3
+
+    def check(self) -> "Thresholds":
+        from ..errors import WeightkitError
+
+        for name in ("vanishing", "exploding", "ratio_high", "ratio_low"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0 and np.isfinite(v)):
+                raise WeightkitError(f"watch({name}={v!r}): expected a finite number >= 0")
+        for name in ("patience", "unused_after"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise WeightkitError(f"watch({name}={v!r}): expected an integer >= 1")
+        if self.ratio_low >= self.ratio_high:
+            raise WeightkitError(f"watch(ratio_low={self.ratio_low}, ratio_high={self.ratio_high}): "
+                                 "ratio_low must be below ratio_high")
+        return self
+
+
+def _median(columns: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Median of the first ``counts[j]`` (non-NaN) entries of each column; NaN padding sorts last."""
+    s = np.sort(columns, axis=0)
+    j = np.arange(columns.shape[1])
+    return 0.5 * (s[(counts - 1) // 2, j] + s[counts // 2, j])
+
+
+class AlertEngine:
+    """Keeps the per-parameter state the alerts need (streaks, recent norms, what was reported)."""
+
+    def __init__(self, names: list[str], shapes: list[tuple], thresholds: Thresholds, *, run: str = ""):
+        self.names = names
+        self.t = thresholds
+        self.run = run
+        self.numel = np.array([max(1, int(np.prod(s))) for s in shapes], dtype=np.float64)
+        self.sqrt_numel = np.sqrt(self.numel)
+        self.matrix = np.array([len(s) >= 2 for s in shapes], dtype=bool)
+        n = len(names)
+        self.low_streak = np.zeros(n, dtype=np.int64)
+        self.high_streak = np.zeros(n, dtype=np.int64)
+        self.vanish_streak = np.zeros(n, dtype=np.int64)
+        self.history = np.full((HISTORY, n), np.nan)  # ring buffer of recent finite norms
+        self.hist_len = np.zeros(n, dtype=np.int64)
+        self.reported: set[tuple[str, int]] = set()
+        self.nonfinite_done = {"grad": False, "weight": False}
+        self.measured = 0
+        self.unused_done = False
+        self.emitted: list[Alert] = []
+
+    def _emit(self, out: list, step: int, kind: str, i: int | None, message: str, value: float | None = None):
+        if i is not None:
+            if (kind, i) in self.reported:
+                return
+            self.reported.add((kind, i))
+        a = Alert(int(step), None if i is None else self.names[i], kind, message,
+                  None if value is None else float(value))
+        log.warning("weightkit watch%s: step %d: %s", f" [{self.run}]" if self.run else "", a.step, message)
+        out.append(a)
+        self.emitted.append(a)
+
+    # -- NaN / Inf --------------------------------------------------------------------------------
+
+    def nonfinite(self, first_grad: np.ndarray, first_weight: np.ndarray, *, counts: np.ndarray | None = None,
+                  count_step: int | None = None, since: int | None = None) -> list[Alert]:
+        """``first_*``: per parameter, the first step whose gradient/weight was non-finite (-1: never).
+        ``since``: with ``nan_check="measured"``, the previous checked step (the step is then an
+        upper bound)."""
+        out: list[Alert] = []
+        for what, first in (("grad", first_grad), ("weight", first_weight)):
+            if self.nonfinite_done[what] or not (first >= 0).any():
+                continue
+            step = int(first[first >= 0].min())
+            hit = np.nonzero(first == step)[0]
+            i = int(hit[0])
+            self.nonfinite_done[what] = True
+            where = "gradient" if what == "grad" else "weight (after the optimizer step)"
+            detail = ""
+            if what == "grad" and counts is not None and count_step == step:
+                detail = f" ({int(counts[i, 0])} NaN, {int(counts[i, 1])} Inf values)"
+            more = f"; {len(hit) - 1} more parameter(s) hit at this step" if len(hit) > 1 else ""
+            when = f"at step {step}" if since is None else \
+                f"at step {step} (checked on measured steps only: it appeared after step {since})"
+            self._emit(out, step, f"nonfinite_{what}", i,
+                       f"NaN/Inf first appeared in the {where} of '{self.names[i]}' {when}{detail}{more}")
+        return out
+
+    # -- per measured step ----------------------------------------------------------------------
+
+    def measured_step(self, step: int, grad_norm: np.ndarray, ratio: np.ndarray, received: np.ndarray) -> list[Alert]:
+        """Judge one measured step. ``grad_norm``/``ratio``: NaN where not measured; ``received``:
+        which parameters got a gradient in any backward pass so far."""
+        t, out = self.t, []
+        self.measured += 1
+        has = np.isfinite(grad_norm)
+
+        # vanishing: RMS relative to the largest RMS of the model at this step
+        rms = np.where(has, grad_norm, np.nan) / self.sqrt_numel
+        top = np.max(rms[has]) if has.any() else np.nan
+        if np.isfinite(top) and top > 0:
+            rel = rms / top
+            low = has & ((rel < t.vanishing) | (rms == 0))
+            self.vanish_streak = np.where(low, self.vanish_streak + 1, 0)
+            j = int(np.nanargmax(rms)) if (self.vanish_streak >= t.patience).any() else 0
+            for i in np.nonzero(self.vanish_streak >= t.patience)[0]:
+                self._emit(out, step, "vanishing", int(i),
+                           f"vanishing gradient in '{self.names[i]}': gradient RMS {rms[i]:.3g} is {rel[i]:.2g}× that of "
+                           f"'{self.names[j]}' ({top:.3g}) for {t.patience} checks", rel[i])
+        else:
+            self.vanish_streak[:] = 0
+
+        # exploding: jump against the median of the recent measured norms
+        if has.any():
+            enough = has & (self.hist_len >= 3)
+            if enough.any():
+                med = _median(self.history[:, enough], np.minimum(self.hist_len[enough], HISTORY))
+                jump = np.zeros(len(has), dtype=bool)
+                jump[enough] = (med > 0) & (grad_norm[enough] > t.exploding * med)
+                for i in np.nonzero(jump)[0]:
+                    m = float(med[np.searchsorted(np.nonzero(enough)[0], i)])
+                    self._emit(out, step, "exploding", int(i),
+                               f"exploding gradient in '{self.names[i]}': norm {grad_norm[i]:.3g} is "
+                               f"{grad_norm[i] / m:.3g}× its recent median {m:.3g}", grad_norm[i] / m)
+            slot = self.hist_len % HISTORY
+            cols = np.nonzero(has)[0]
+            self.history[slot[cols], cols] = grad_norm[cols]
+            self.hist_len[cols] += 1
+
+        # learning rate per layer from the update-to-weight ratio
+        judged = self.matrix & np.isfinite(ratio) & received
+        self.high_streak = np.where(judged & (ratio > t.ratio_high), self.high_streak + 1, 0)
+        self.low_streak = np.where(judged & (ratio < t.ratio_low), self.low_streak + 1, 0)
+        for i in np.nonzero(self.high_streak >= t.patience)[0]:
+            self._emit(out, step, "lr_high", int(i),
+                       f"learning rate too high for layer '{self.names[i]}': update/weight ratio {ratio[i]:.3g} "
+                       f"(> {t.ratio_high:g}, rule of thumb 1e-3) for {t.patience} checks", ratio[i])
+        for i in np.nonzero(self.low_streak >= t.patience)[0]:
+            self._emit(out, step, "lr_low", int(i),
+                       f"learning rate too low for layer '{self.names[i]}': update/weight ratio {ratio[i]:.3g} "
+                       f"(< {t.ratio_low:g}, rule of thumb 1e-3) for {t.patience} checks", ratio[i])
+
+        # never connected to the loss
+        if not self.unused_done and self.measured >= t.unused_after:
+            self.unused_done = True
+            for i in np.nonzero(~received)[0]:
+                self._emit(out, step, "unused", int(i),
+                           f"'{self.names[i]}' is trainable but received no gradient in the first {self.measured} "
+                           "measured steps: it is not connected to the loss (freeze it with requires_grad_(False) "
+                           "or check the forward pass)")
+        return out

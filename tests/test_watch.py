@@ -1,0 +1,576 @@
+"""weightkit.watch on PyTorch: what a user sees after adding two lines to a plain training loop.
+
+Every measured value is checked against an independent computation on an unwatched twin of
+the model (same seed), and watching must leave training bit-identical."""
+
+import doctest
+import importlib
+import logging
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import weightkit
+import weightkit.watch
+from weightkit.errors import WeightkitError
+from weightkit.watch._torch import grad_stats, histogram
+
+
+def mlp(seed=0, depth=2, width=16, act=nn.ReLU, n_in=8):
+    torch.manual_seed(seed)
+    layers, d = [], n_in
+    for _ in range(depth):
+        layers += [nn.Linear(d, width), act()]
+        d = width
+    return nn.Sequential(*layers, nn.Linear(d, 1))
+
+
+def batch(step, n_in=8, n=32):
+    g = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(n, n_in, generator=g)
+    return x, x.sum(1, keepdim=True).sin()
+
+
+def train_step(net, opt, step):
+    x, y = batch(step)
+    opt.zero_grad()
+    nn.functional.mse_loss(net(x), y).backward()
+    opt.step()
+
+
+def hooks_left(net, opt=None):
+    n = sum(len(p._post_accumulate_grad_hooks or {}) for p in net.parameters())
+    if opt is not None:
+        n += len(opt._optimizer_step_pre_hooks) + len(opt._optimizer_step_post_hooks)
+    return n
+
+
+# ---- the measured values -----------------------------------------------------------------------
+
+
+@pytest.fixture(params=["cpu", "gpu-path"])
+def code_path(request, monkeypatch):
+    """Run a test on the CPU code path and on the GPU one (device-side flags, no host reads; the
+    CPU shortcuts off), so the GPU path is tested on machines without a GPU."""
+    if request.param == "gpu-path":
+        monkeypatch.setattr(weightkit.watch._torch, "CPU_SHORTCUTS", False)
+    return request.param
+
+
+def test_metrics_match_an_independent_computation(tmp_path, code_path):
+    """Two lines in a loop; every value equals what an unwatched twin computes by hand."""
+    net, twin = mlp(), mlp()
+    opt, opt2 = torch.optim.Adam(net.parameters(), lr=1e-2), torch.optim.Adam(twin.parameters(), lr=1e-2)
+    expect = {k: [] for k in ("grad_norm", "grad_mean", "grad_std", "grad_absmean", "grad_absmax", "weight_norm",
+                              "update_norm", "update_ratio")}
+    with weightkit.watch(net, optimizer=opt, every=2, run_dir=tmp_path, name="m") as w:
+        for step in range(7):
+            train_step(net, opt, step)
+            # the twin, by hand
+            x, y = batch(step)
+            opt2.zero_grad()
+            nn.functional.mse_loss(twin(x), y).backward()
+            before = [p.detach().clone() for p in twin.parameters()]
+            grads = [p.grad.detach().double() for p in twin.parameters()]
+            opt2.step()
+            if step % 2 == 0:
+                after = [p.detach().double() for p in twin.parameters()]
+                upd = [(b.double() - a).norm().item() for b, a in zip(before, after)]
+                wn = [a.norm().item() for a in after]
+                expect["grad_norm"].append([g.norm().item() for g in grads])
+                expect["grad_mean"].append([g.mean().item() for g in grads])
+                expect["grad_std"].append([g.std(correction=0).item() for g in grads])
+                expect["grad_absmean"].append([g.abs().mean().item() for g in grads])
+                expect["grad_absmax"].append([g.abs().max().item() for g in grads])
+                expect["weight_norm"].append(wn)
+                expect["update_norm"].append(upd)
+                expect["update_ratio"].append([u / n for u, n in zip(upd, wn)])
+    assert w.step == 7 and not w.running
+    run = weightkit.open_run("m", run_dir=tmp_path)
+    assert run.steps.tolist() == [0, 2, 4, 6]
+    assert [p.name for p in run.params] == [n for n, _ in net.named_parameters()]
+    assert [p.shape for p in run.params] == [tuple(p.shape) for p in net.parameters()]
+    for metric, values in expect.items():
+        np.testing.assert_allclose(run.metric(metric), np.array(values), rtol=2e-4, atol=1e-7, err_msg=metric)
+    assert (run.metric("grad_nan") == 0).all() and (run.metric("grad_inf") == 0).all()
+    # bit-identical training
+    for a, b in zip(net.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+    assert run.meta["optimizer"] == "Adam" and run.meta["every"] == 2 and run.meta["status"] == "finished"
+    assert hooks_left(net, opt) == 0
+
+
+def test_watching_never_changes_training(tmp_path):
+    """Same seed ⇒ bit-identical weights with and without watch (dropout draws random numbers;
+    every=1 with histograms exercises every code path)."""
+
+    def run(watched):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 1))
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+        w = weightkit.watch(net, optimizer=opt, every=1, histograms=1, run_dir=tmp_path) if watched else None
+        for step in range(6):
+            train_step(net, opt, step)
+        if w:
+            w.stop()
+        return [p.detach().clone() for p in net.parameters()], torch.rand(3)
+
+    (a, ra), (b, rb) = run(False), run(True)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert torch.equal(ra, rb)  # the global RNG is where it would have been
+
+
+def test_gpu_path_moves_one_tensor_to_the_host_per_measured_step_and_none_otherwise(tmp_path, monkeypatch):
+    """No per-tensor synchronisation: count every device→host read while training."""
+    monkeypatch.setattr(weightkit.watch._torch, "CPU_SHORTCUTS", False)
+    net = mlp(depth=3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    reads = []
+    for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _name=name, _original=original, **k):
+            reads.append(_name)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    w = weightkit.watch(net, optimizer=opt, every=4, histograms=1, run_dir=tmp_path)
+    per_step = []
+    for step in range(9):
+        reads.clear()
+        train_step(net, opt, step)
+        per_step.append(list(reads))
+    reads.clear()
+    w.stop()
+    at_stop = list(reads)
+    monkeypatch.undo()
+    # .cpu() is the transfer; .numpy() then views the host copy
+    assert per_step == [["cpu", "numpy"] if s % 4 == 0 else [] for s in range(9)], per_step
+    assert at_stop == ["cpu", "numpy"]  # the NaN/Inf flags since the last measured step
+
+
+def test_accumulation_and_eval_do_not_advance_steps(tmp_path):
+    net = mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    accumulated = []
+    with weightkit.watch(net, optimizer=opt, every=1, run_dir=tmp_path, name="acc") as w:
+        for step in range(3):
+            opt.zero_grad()
+            for micro in range(3):
+                x, y = batch(10 * step + micro)
+                (nn.functional.mse_loss(net(x), y) / 3).backward()
+            accumulated.append(net[0].weight.grad.norm().item())
+            opt.step()
+            with torch.no_grad():  # an evaluation pass
+                net(batch(99)[0])
+    assert w.step == 3
+    run = weightkit.open_run("acc", run_dir=tmp_path)
+    assert run.steps.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(run.metric("grad_norm", "0.weight"), accumulated, rtol=1e-5)
+
+
+def test_without_optimizer_a_step_is_a_backward_pass(tmp_path):
+    net = mlp()
+    with weightkit.watch(net, every=2, run_dir=tmp_path, name="noopt") as w:
+        for step in range(5):
+            net.zero_grad()
+            x, y = batch(step)
+            nn.functional.mse_loss(net(x), y).backward()
+            with torch.no_grad():  # a hand-written SGD step
+                for p in net.parameters():
+                    p -= 0.01 * p.grad
+    assert w.step == 5
+    run = weightkit.open_run("noopt", run_dir=tmp_path)
+    assert run.steps.tolist() == [0, 2, 4]
+    assert run.meta["steps_are"] == "backward passes"
+    assert np.isfinite(run.metric("grad_norm")).all()
+    assert not run.measured("update_norm").any()
+    assert hooks_left(net) == 0
+
+
+def test_histograms_are_stored_with_nan_and_inf_counted(tmp_path):
+    net = mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    with weightkit.watch(net, optimizer=opt, every=1, histograms=2, bins=16, run_dir=tmp_path, name="h"):
+        for step in range(5):
+            train_step(net, opt, step)
+    run = weightkit.open_run("h", run_dir=tmp_path)
+    hs = run.histograms("0.weight", what="weight")
+    assert [h.step for h in hs] == [0, 2, 4]
+    w = net[0].weight.detach().numpy().ravel()
+    assert hs[-1].counts.sum() == w.size and len(hs[-1].edges) == 17
+    assert hs[-1].edges[0] == pytest.approx(w.min()) and hs[-1].edges[-1] == pytest.approx(w.max())
+    g = run.histograms("0.bias", what="grad")
+    assert len(g) == 3 and g[0].counts.sum() == 16
+
+
+@pytest.mark.parametrize("device_path", ["cpu-fast", "general"])
+def test_histogram_and_grad_stats_never_strip_nan_inf(device_path):
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0, float("nan"), float("inf"), -float("inf"), float("inf")])
+    if device_path == "cpu-fast":
+        x = x[:4]
+    floats, ints = histogram(x, 4)
+    lo, hi = floats[:2].tolist()
+    assert (lo, hi) == (1.0, 4.0)
+    nan, pinf, ninf, *counts = ints.tolist()
+    assert counts == [1, 1, 1, 1]
+    assert (nan, pinf, ninf) == ((0, 0, 0) if device_path == "cpu-fast" else (1, 2, 1))
+    f, c = (torch.as_tensor(v).tolist() for v in grad_stats(x))
+    assert c == ([0, 0] if device_path == "cpu-fast" else [1, 3])
+    if device_path == "general":
+        assert math.isnan(f[0])  # the norm is NaN, not the norm of the finite part
+
+
+# ---- alerts ---------------------------------------------------------------------------------------
+
+
+def test_done_when_deep_sigmoid_gradients_vanish_toward_the_input(tmp_path):
+    """A 10-layer sigmoid MLP: the first layers' gradients vanish; the run says so and the per-layer
+    gradient norms fall toward the input."""
+    net = mlp(depth=10, width=32, act=nn.Sigmoid)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with weightkit.watch(net, optimizer=opt, every=2, run_dir=tmp_path, name="sigmoid"):  # line 1
+        for step in range(20):
+            train_step(net, opt, step)
+    run = weightkit.open_run("sigmoid", run_dir=tmp_path)
+    vanishing = {a.param for a in run.alerts if a.kind == "vanishing"}
+    assert {"0.weight", "0.bias", "2.weight"} <= vanishing
+    assert "20.weight" not in vanishing  # the output layer learns
+    weights = [i for i, p in enumerate(run.params) if p.name.endswith("weight")]
+    med = np.median(run.metric("grad_norm")[:, weights], axis=0)
+    assert (np.diff(med) > 0).all(), med  # input → output: every layer's gradient is larger
+    rows = {r["name"]: r for r in run.layers()}
+    assert rows["0.weight"]["grad_norm_latest"] < 1e-4 * rows["20.weight"]["grad_norm_latest"]
+
+
+def first_nonfinite_by_hand(make, lr, steps):
+    """Rerun without watch: the first (step, parameter) whose gradient / weight is non-finite."""
+    net = make()
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    first = {}
+    for step in range(steps):
+        x, y = batch(step)
+        opt.zero_grad()
+        nn.functional.mse_loss(net(x), y).backward()
+        for n, p in net.named_parameters():
+            if "grad" not in first and not torch.isfinite(p.grad).all():
+                first["grad"] = (step, n)
+        opt.step()
+        for n, p in net.named_parameters():
+            if "weight" not in first and not torch.isfinite(p).all():
+                first["weight"] = (step, n)
+        if len(first) == 2:
+            return first
+    return first
+
+
+@pytest.mark.parametrize("lr", [3.0, 100.0])
+def test_done_when_absurd_learning_rate_nan_names_exact_step_and_parameter(tmp_path, lr, caplog, code_path):
+    def make():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    expected = first_nonfinite_by_hand(make, lr, 40)
+    assert "grad" in expected  # lr=3: step 5, between measured steps (every=3); lr=100: step 3, a measured one
+    net = make()
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    with caplog.at_level(logging.WARNING, logger="weightkit.watch"):
+        with weightkit.watch(net, optimizer=opt, every=3, run_dir=tmp_path, name="nan") as w:
+            for step in range(expected["grad"][0] + 3):
+                train_step(net, opt, step)
+    run = weightkit.open_run("nan", run_dir=tmp_path)
+    got = {a.kind: a for a in run.alerts if a.kind.startswith("nonfinite")}
+    for what in ("grad", "weight"):
+        a = got[f"nonfinite_{what}"]
+        assert (a.step, a.param) == expected[what]
+        assert f"'{a.param}' at step {a.step}" in a.message
+    assert [a.kind for a in w.alerts if a.kind.startswith("nonfinite")] == ["nonfinite_grad", "nonfinite_weight"]
+    assert any(f"step {expected['grad'][0]}" in r.getMessage() and r.name == "weightkit.watch" for r in caplog.records)
+    row = {r["name"]: r for r in run.layers()}[expected["grad"][1]]
+    assert row["nonfinite_first_step"] == expected["grad"][0]
+
+
+def test_nan_check_on_measured_steps_only_says_when_it_was_seen(tmp_path):
+    def make():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    expected = first_nonfinite_by_hand(make, 3.0, 40)["grad"]  # step 5
+    net = make()
+    opt = torch.optim.SGD(net.parameters(), lr=3.0)
+    with weightkit.watch(net, optimizer=opt, every=3, nan_check="measured", run_dir=tmp_path, name="m"):
+        for step in range(expected[0] + 3):
+            train_step(net, opt, step)
+    a = [a for a in weightkit.open_run("m", run_dir=tmp_path).alerts if a.kind == "nonfinite_grad"][0]
+    seen = (expected[0] // 3 + 1) * 3
+    assert (a.step, a.param) == (seen, expected[1])
+    assert f"at step {seen} (checked on measured steps only: it appeared after step {seen - 3})" in a.message
+
+
+def test_nan_weight_from_the_optimizer_names_that_parameter(tmp_path, code_path):
+    """Adam with eps=0 turns a gradient that is exactly zero into 0/0: the weight in the middle of
+    the model goes NaN at step 0 while every gradient is finite; the next step's gradients follow."""
+
+    class Dead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(8))
+
+        def forward(self, x):
+            return x + 0.0 * self.weight  # its gradient is exactly 0
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.mid, self.b = nn.Linear(8, 8), Dead(), nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.b(self.mid(self.a(x)))
+
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=0.0)
+    with weightkit.watch(net, optimizer=opt, every=5, run_dir=tmp_path, name="eps"):
+        for step in range(3):
+            train_step(net, opt, step)
+    got = {a.kind: (a.step, a.param) for a in weightkit.open_run("eps", run_dir=tmp_path).alerts}
+    assert got["nonfinite_weight"] == (0, "mid.weight")
+    assert got["nonfinite_grad"] == (1, "a.weight")
+
+
+def test_unused_parameter_exploding_and_learning_rate_alerts(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.body = mlp()
+            self.forgotten = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.body(x)
+
+    net = Net()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-9)  # updates ~1e-10 of the weights: far too low
+    with weightkit.watch(net, optimizer=opt, every=1, run_dir=tmp_path, name="al", unused_after=2) as w:
+        for step in range(8):
+            x, y = batch(step)
+            opt.zero_grad()
+            scale = 1e4 if step == 6 else 1.0  # one spike
+            (scale * nn.functional.mse_loss(net(x), y)).backward()
+            opt.step()
+    kinds = {}
+    for a in weightkit.open_run("al", run_dir=tmp_path).alerts:
+        kinds.setdefault(a.kind, []).append(a)
+    assert {a.param for a in kinds["unused"]} == {"forgotten.weight", "forgotten.bias"}
+    assert all(a.step == 1 for a in kinds["unused"])
+    assert {a.step for a in kinds["exploding"]} == {6}
+    assert {a.param for a in kinds["lr_low"]} == {"body.0.weight", "body.2.weight", "body.4.weight"}
+    assert "learning rate too low for layer 'body.0.weight'" in kinds["lr_low"][0].message
+    assert len(w.alerts) == sum(len(v) for v in kinds.values())
+
+    torch.manual_seed(0)
+    net = mlp()
+    opt = torch.optim.Adam(net.parameters(), lr=1.0)  # each step moves weights by ~their own size
+    with weightkit.watch(net, optimizer=opt, every=1, run_dir=tmp_path, name="hi") as w:
+        for step in range(4):
+            train_step(net, opt, step)
+    high = [a for a in w.alerts if a.kind == "lr_high"]
+    assert high and "learning rate too high for layer '0.weight'" in high[0].message
+
+
+# ---- store and crash safety -------------------------------------------------------------------------
+
+
+def test_store_is_one_wal_sqlite_file_with_the_documented_schema(tmp_path):
+    net = mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    with weightkit.watch(net, optimizer=opt, every=1, run_dir=tmp_path, name="s") as w:
+        train_step(net, opt, 0)
+    assert w.path == tmp_path / "s" / "watch.sqlite"
+    con = sqlite3.connect(w.path)
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"meta", "params", "steps", "samples", "alerts", "hists"}
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 6
+    assert weightkit.list_runs(tmp_path)[0].name == "s"
+
+
+CHILD = textwrap.dedent("""
+    import sys, torch, weightkit, weightkit.watch
+    from torch import nn
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    w = weightkit.watch(net, optimizer=opt, every=1, run_dir=sys.argv[1], name="killed")
+    step = 0
+    while True:
+        opt.zero_grad(); net(torch.randn(4, 8)).square().mean().backward(); opt.step()
+        if step == 10:
+            w.flush()
+            print("flushed", step, flush=True)
+        elif step > 10:
+            print("step", step, flush=True)
+        step += 1
+""")
+
+
+def test_a_killed_training_process_leaves_every_committed_step_readable(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if line.startswith("step 40"):
+                break
+        assert lines[-1].startswith("step 40"), lines[-5:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    run = weightkit.open_run("killed", run_dir=tmp_path)
+    n = len(run.steps)
+    assert n >= 11  # every step up to the flush, at least
+    assert run.steps.tolist() == list(range(n))  # a prefix: no step lost in the middle
+    assert run.measured("grad_norm").all() and run.measured("update_norm").all()  # each step complete
+    assert run.meta["status"] == "running"
+
+
+# ---- bad input and faults ------------------------------------------------------------------------------
+
+
+def test_bad_input_is_one_line_weightkit_error(tmp_path):
+    frozen = mlp()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(WeightkitError, match="no trainable parameters"):
+        weightkit.watch(frozen, run_dir=tmp_path)
+    net, other = mlp(), mlp()
+    with pytest.raises(WeightkitError, match="holds none of the 6 trainable parameters of Sequential"):
+        weightkit.watch(net, optimizer=torch.optim.SGD(other.parameters(), lr=0.1), run_dir=tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(WeightkitError, match="cannot be written"):
+        weightkit.watch(net, run_dir=blocker)
+    with pytest.raises(WeightkitError, match="every=0"):
+        weightkit.watch(net, every=0, run_dir=tmp_path)
+    with pytest.raises(WeightkitError, match="not a torch.nn.Module"):
+        weightkit.watch(object(), run_dir=tmp_path)
+    weightkit.watch(net, run_dir=tmp_path, name="x").stop()
+    with pytest.raises(WeightkitError, match="already exists"):
+        weightkit.watch(net, run_dir=tmp_path, name="x")
+    weightkit.watch(net, run_dir=tmp_path, name="x", overwrite=True).stop()
+    with pytest.raises(WeightkitError, match="no such run"):
+        weightkit.open_run("missing", run_dir=tmp_path)
+    assert hooks_left(net) == 0
+    for e in ():
+        assert "\n" not in str(e)
+
+
+def test_hooks_are_removed_even_when_training_raises(tmp_path):
+    net = mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    with pytest.raises(RuntimeError, match="boom"):
+        with weightkit.watch(net, optimizer=opt, every=1, run_dir=tmp_path, name="boom"):
+            for step in range(5):
+                train_step(net, opt, step)
+                if step == 2:
+                    raise RuntimeError("boom")
+    assert hooks_left(net, opt) == 0
+    run = weightkit.open_run("boom", run_dir=tmp_path)
+    assert run.steps.tolist() == [0, 1, 2]
+    assert run.meta["status"] == "failed: RuntimeError: boom"
+    train_step(net, opt, 9)  # training goes on unwatched
+    assert weightkit.open_run("boom", run_dir=tmp_path).steps.tolist() == [0, 1, 2]
+
+    w = weightkit.watch(net, optimizer=opt, run_dir=tmp_path, name="startstop").start()
+    train_step(net, opt, 0)
+    w.stop()
+    w.stop()  # idempotent
+    assert hooks_left(net, opt) == 0
+    with pytest.raises(WeightkitError, match="stopped"):
+        w.start()
+
+
+def test_import_weightkit_imports_neither_torch_nor_keras():
+    code = ("import sys, weightkit, weightkit.watch, weightkit.keras, weightkit.cli; "
+            "print(sorted(m for m in ('torch', 'keras', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["weightkit.watch", "weightkit.watch.store", "weightkit.watch.export",
+                                  "weightkit.watch.plot"])
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    if name == "weightkit.watch":
+        module = sys.modules[name]
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+
+
+# ---- exports --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    net = mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    with weightkit.watch(net, optimizer=opt, every=2, histograms=1, run_dir=tmp_path, name="ex"):
+        for step in range(4):
+            train_step(net, opt, step)
+    return weightkit.open_run("ex", run_dir=tmp_path)
+
+
+def test_export_csv_is_long_format(small_run, tmp_path):
+    from weightkit.watch.export import export_run
+
+    out = tmp_path / "ex.csv"
+    result = export_run(small_run, out)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "step,param,metric,value"
+    assert result["rows"] == len(lines) - 1 == 2 * 6 * 10
+    step, param, metric, value = lines[1].split(",")
+    assert (step, param, metric) == ("0", "0.weight", "grad_norm")
+    assert float(value) == pytest.approx(small_run.metric("grad_norm", "0.weight")[0])
+
+
+def test_export_tensorboard(small_run, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from weightkit.watch.export import export_run
+
+    result = export_run(small_run, tmp_path / "tb", format="tensorboard")
+    ea = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "histograms": 0})
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("grad_norm/0.weight")] == [0, 2]
+    assert ea.Scalars("grad_norm/0.weight")[0].value == pytest.approx(small_run.metric("grad_norm", "0.weight")[0])
+    h = ea.Histograms("weight/0.weight")
+    assert [e.step for e in h] == [0, 2] and h[0].histogram_value.num == 128
+    assert result["histograms"] == 2 * 6 * 2
+
+
+def test_export_parquet_or_clear_error(small_run, tmp_path):
+    from weightkit.watch.export import export_run
+
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        with pytest.raises(WeightkitError, match="pip install pyarrow"):
+            export_run(small_run, tmp_path / "x.parquet", format="parquet")
+        return
+    export_run(small_run, tmp_path / "x.parquet", format="parquet")
+    t = pq.read_table(tmp_path / "x.parquet")
+    assert t.column_names == ["step", "param", "metric", "value"] and t.num_rows == 120
