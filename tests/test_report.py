@@ -160,3 +160,22 @@ def test_report_in_headless_chromium(tmp_path):
         assert any(u.startswith("file://") for u in urls)
     finally:
         driver.quit()
+
+
+def test_report_with_a_watch_run_shows_gradient_flow_and_alerts(tmp_path):
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e6)  # absurd: the run records a NaN alert
+    with weightkit.watch(model, optimizer=opt, every=1, name="r", run_dir=tmp_path / "runs"):
+        for _ in range(8):
+            opt.zero_grad()
+            model(torch.randn(16, 6)).pow(2).mean().backward()
+            opt.step()
+    info = weightkit.report(model, tmp_path / "r.html", run=tmp_path / "runs" / "r")
+    assert "run" in info.sections
+    html = Path(info.path).read_text()
+    assert 'alt="gradient flow"' in html and "nonfinite" in html
+    out = tmp_path / "gf.png"
+    run = subprocess.run([sys.executable, "-m", "weightkit", "plot", "gradflow", str(tmp_path / "runs" / "r"),
+                          "-o", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0 and out.read_bytes()[:4] == b"\x89PNG"

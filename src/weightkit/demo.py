@@ -1,6 +1,6 @@
 """``make demo``: train two classic small networks, save them, and show what weightkit sees.
 
-Run with ``python -m weightkit.demo [OUTDIR]`` (default ``demo/out``).
+Run with ``python -m weightkit.demo [OUTDIR] [REPORT]`` (defaults ``demo/out`` and ``demo/report.html``).
 """
 
 from __future__ import annotations
@@ -54,17 +54,21 @@ def build_rnn(vocab: int = 1000):
     return SentimentRNN()
 
 
-def train(model, make_batch, steps: int):
+def train(model, make_batch, steps: int, *, run_dir: Path, name: str):
+    """A plain training loop; the two ``watch`` lines record gradients and updates to a run."""
     import torch
+
+    import weightkit
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
-    for _ in range(steps):
-        x, y = make_batch()
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
+    with weightkit.watch(model, optimizer=opt, every=2, name=name, run_dir=run_dir):
+        for _ in range(steps):
+            x, y = make_batch()
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
     return opt, loss.item()
 
 
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(32, 3, 32, 32, generator=gen) + y.view(-1, 1, 1, 1) / 5
         return x, y
 
-    _, cnn_loss = train(cnn, image_batch, steps=20)
+    _, cnn_loss = train(cnn, image_batch, steps=20, run_dir=out / "runs", name="cnn")
     cnn_path = out / "cnn.pt"
     torch.save(cnn.state_dict(), cnn_path)
 
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens = torch.randint(0, 500, (32, 20), generator=gen) + 500 * y.view(-1, 1)
         return tokens, y
 
-    opt, rnn_loss = train(rnn, text_batch, steps=20)
+    opt, rnn_loss = train(rnn, text_batch, steps=20, run_dir=out / "runs", name="rnn")
     rnn_path = out / "sentiment_rnn.pt"
     torch.save({"epoch": 1, "step": 20, "loss": rnn_loss, "model_state_dict": rnn.state_dict(),
                 "optimizer_state_dict": opt.state_dict()}, rnn_path)
@@ -122,6 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         if result.returncode != 0:
             return result.returncode
 
+    report = Path(argv[1] if len(argv) > 1 else "demo/report.html")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    console.print()
+    console.print(Panel("The whole picture in one self-contained page: layers, doctor findings, statistics, the CNN's "
+                        "learned filters, weight heatmaps, and the gradient flow that weightkit.watch recorded "
+                        "while the CNN trained.", title=f"$ weightkit report {cnn_path} --run {out / 'runs' / 'cnn'}",
+                        title_align="left", border_style="blue"))
+    result = subprocess.run([sys.executable, "-m", "weightkit", "report", str(cnn_path), "--run",
+                             str(out / "runs" / "cnn"), "-o", str(report)], check=False)
+    if result.returncode != 0:
+        return result.returncode
+    console.print(f"Open [bold cyan]{report.resolve()}[/] in a browser.")
     console.print()
     console.print("Next: [bold]weightkit summary PATH --json[/] for machine-readable output, "
                   "[bold]--filter 'lstm.*'[/] to narrow it, and in Python: "

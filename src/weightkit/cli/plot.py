@@ -10,13 +10,13 @@ import typer
 from ..errors import WeightkitError
 from ._app import app, guard, print_json
 
-KINDS = ("filters", "hist", "heatmap", "norms", "importance", "diff")
+KINDS = ("filters", "hist", "heatmap", "norms", "importance", "diff", "gradflow")
 
 
 @app.command()
 def plot(
     kind: str = typer.Argument(..., help=f"What to draw: {', '.join(KINDS)}."),
-    source: Path = typer.Argument(..., help="Model checkpoint (for diff: the new one)."),
+    source: Path = typer.Argument(..., help="Model checkpoint (for diff: the new one; for gradflow: a watch run)."),
     output: Path = typer.Option(..., "--output", "-o", help="Picture to write (.png, .svg or .pdf)."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer path or tensor name (filters, heatmap)."),
     filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Glob on tensor names (hist, norms)."),
@@ -42,6 +42,10 @@ def plot(
             fig = p.plot_hist(src, select=filter)
         elif kind == "norms":
             fig = p.plot_norms(src, select=filter)
+        elif kind == "gradflow":
+            from ..watch import plot_grad_flow
+
+            fig = plot_grad_flow(src)
         elif kind == "importance":
             names = [f.strip() for f in features.split(",")] if features else None
             fig = p.plot_importance(src, feature_names=names)

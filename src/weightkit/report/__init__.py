@@ -106,17 +106,14 @@ def _pictures(ws, data: ReportData) -> None:
 
 
 def _run_section(run, data: ReportData, pictures: bool) -> dict[str, Any]:
-    try:
-        from .. import watch as _watch  # the training-watch feature, when present
-    except ImportError:
-        raise WeightkitError("--run needs weightkit's watch feature, which this installation lacks") from None
-    opened = _watch.open_run(run)
-    section: dict[str, Any] = {"name": str(run), "alerts": [vars(a) if hasattr(a, "__dict__") else a
-                                                             for a in getattr(opened, "alerts", [])]}
-    if pictures:
-        from ..watch.plot import plot_gradflow
+    from dataclasses import asdict
 
-        data.pictures["gradflow"] = [("gradient flow", _png(plot_gradflow(opened)))]
+    from ..watch import open_run, plot_grad_flow
+
+    opened = open_run(run)
+    section: dict[str, Any] = {"name": str(run), "alerts": [asdict(a) for a in opened.alerts]}
+    if pictures:
+        data.pictures["gradflow"] = [("gradient flow", _png(plot_grad_flow(opened)))]
     return section
 
 
