@@ -1,13 +1,15 @@
 """`make demo` works end to end: two trained networks, their summaries, and a report."""
 
+import os
 import subprocess
 import sys
 
 
 def test_demo_trains_saves_summarises_and_reports(tmp_path):
     out, report = tmp_path / "out", tmp_path / "report.html"
+    env = {**os.environ, "COLUMNS": "160"}
     run = subprocess.run([sys.executable, "-m", "weightkit.demo", str(out), str(report)],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (out / "cnn.pt").exists() and (out / "sentiment_rnn.pt").exists()
     assert (out / "runs" / "cnn" / "watch.sqlite").exists()
