@@ -21,7 +21,11 @@ writes never land in another's timings:
                bucket edges, per tensor; the report says which one ran)
 
 Step time is measured around zero_grad + forward + backward + optimizer step; the ratio is of
-medians over all timed steps. Run:  python bench/watch_bench.py [--steps 300] [--block 10]
+medians over all timed steps. ``--clock wall`` (default) times wall-clock with torch's default
+threads; on a shared machine, where other processes preempt the run, ``--clock cpu`` runs torch on
+one thread and times the CPU time of that thread (``time.thread_time``), which waiting for a core
+does not inflate (the watchers' writer thread is not counted; it does a few SQLite inserts per
+measured step). Run:  python bench/watch_bench.py [--steps 300] [--block 10]
 """
 
 from __future__ import annotations
@@ -91,6 +95,9 @@ class TBHist:
             self.writer.close()
 
 
+CLOCK = time.perf_counter
+
+
 def bench(make, x_shape, *, steps: int, block: int, run_dir: str, batch: int = 64):
     torch.manual_seed(0)
     base = make()
@@ -115,13 +122,13 @@ def bench(make, x_shape, *, steps: int, block: int, run_dir: str, batch: int = 6
     def one(key, k):
         m, opt, w, tb, times = configs[key]
         x, y = batches[k % len(batches)]
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         opt.zero_grad()
         loss_fn(m(x), y).backward()
         opt.step()
         if tb is not None:
             tb.log()
-        return time.perf_counter() - t0
+        return CLOCK() - t0
 
     for key in configs:
         for k in range(20):
@@ -151,8 +158,13 @@ def main(argv=None) -> int:
     ap.add_argument("--block", type=int, default=10)
     ap.add_argument("--mlp-batch", type=int, default=64)
     ap.add_argument("--only", choices=("cnn", "mlp"), default=None)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = ap.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, {args.steps} timed steps per "
+    global CLOCK
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
+        CLOCK = time.thread_time
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, {args.clock} clock, {args.steps} timed steps per "
           f"configuration, interleaved in blocks of {args.block}")
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -162,7 +174,7 @@ def main(argv=None) -> int:
             med, kind, counts = bench(make, shape, steps=args.steps, block=args.block, run_dir=d, batch=batch)
             off = med["off"]
             over = {k: med[k] - off for k in med}
-            print(f"\n{make.__name__} (batch {batch}): median step time over {counts['off']} steps; tb-hist: {kind}")
+            print(f"\n{make.__name__} (batch {batch}): median step {'CPU ' if args.clock == 'cpu' else ''}time over {counts['off']} steps; tb-hist: {kind}")
             for key in med:
                 print(f"  {key:11s} {1e3 * med[key]:8.3f} ms  ratio {med[key] / off:6.3f}  overhead {1e3 * over[key]:+8.3f} ms")
             for key in ("every=10", "every=10,m", "every=1"):
