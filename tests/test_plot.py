@@ -91,7 +91,7 @@ def test_large_heatmap_is_block_averaged():
     img = images(weightkit.plot_heatmap(lin, max_size=100))[0]
     assert img.shape == (100, 100)
     w = lin.weight.detach().numpy()
-    np.testing.assert_allclose(img[0, 0], w[:6, :10].mean(), rtol=1e-5)
+    np.testing.assert_allclose(img[0, 0], w[:6, :10].astype(np.float64).mean(), rtol=1e-5, atol=1e-7)
 
 
 def test_hist_and_norms_panels():
