@@ -37,3 +37,9 @@ browser:
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# Long fuzzing run of every reader: thousands of mutated files per format (FUZZ_EXAMPLES=N to
+# change), each in a memory-limited worker with a per-input time limit; tests/test_fuzz.py.
+.PHONY: fuzz
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --timeout 0 tests/test_fuzz.py

@@ -199,38 +199,50 @@ WRITER = textwrap.dedent("""
         version += 1
         state["layer0.weight"][0, 0] = version
         weightkit.save(state, dest, metadata={"version": str(version)})
+        print("saved", version, flush=True)
 """)
 
 
 def test_sigkill_never_leaves_a_half_written_file(tmp_path):
-    """20 kills at random moments while a 16 MB checkpoint is rewritten in a loop: the
-    destination is always absent, or a complete file whose hashes verify."""
+    """30 kills at random moments while a 16 MB checkpoint is rewritten in a loop: the
+    destination is always the file as it was before the writer started (old) or the last
+    version the writer completed (new), complete and with verifying hashes; never absent once
+    written, never a mix."""
     dest = tmp_path / "ckpt.safetensors"
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     rng = random.Random(0)
-    seen_versions = set()
+    seen_versions, old = set(), None  # old: the destination's bytes before this writer ran
     mid_write = 0
     t0 = time.monotonic()
-    for _ in range(20):
+    for _ in range(30):
         proc = subprocess.Popen([sys.executable, str(script), str(dest)], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.0, 0.12))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        done = [int(line.split()[1]) for line in proc.stdout.read().splitlines() if line.startswith("saved")]
         proc.stdout.close()
+        if old is not None:
+            assert dest.exists(), "a complete destination disappeared"
         if dest.exists():
+            data = dest.read_bytes()
             report = weightkit.verify(dest)
             assert report.ok and report.checked == 8
             ws = weightkit.open(dest)
             version = int(ws.metadata["version"])
             assert ws["layer0.weight"].numpy()[0, 0] == version
+            last = done[-1] if done else 0
+            # old: untouched; new: the writer's last completed version, or the one it finished
+            # just before the kill (replaced but not yet reported)
+            assert data == old or version in (last, last + 1), (version, done)
             seen_versions.add(version)
+            old = data
         leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".wktmp")]
         mid_write += bool(leftovers)
         for p in leftovers:  # a killed writer cannot remove its temporary file; it is never the destination
             p.unlink()
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < 45
     assert seen_versions  # some kills landed after a complete write
     assert mid_write  # and some in the middle of one
 

@@ -27,7 +27,7 @@ def open(source: Any, *, format: str | None = None) -> WeightSet:
 
     Raises:
         WeightkitError: the path is missing, the format is unknown or damaged, or the file
-            needs code to load (never executed).
+            is malicious (scanned first; code in a file is never executed).
 
     Example:
         >>> import torch, weightkit

@@ -15,10 +15,15 @@ otherwise. Only HDF5 headers are read until ``read()``. Optimizer variables are 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import mmap
+import os
 import re
+import shutil
 import struct
+import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,6 +106,42 @@ class _Slice(io.RawIOBase):
         super().close()
 
 
+def _check_global_heaps(path: Path, source) -> None:
+    """Refuse an HDF5 global heap that libhdf5's parser would loop on forever (an object whose
+    size keeps the parser in place; found by fuzzing). Vlen strings, such as the ``name``
+    attribute Keras gives every object, live in these heaps. Costs one scan of the file."""
+    if isinstance(source, _Slice):
+        fh, start, end = source._fh, source._start, source._start + source._size
+    elif isinstance(source, Path) and source.is_file():
+        fh, start, end = None, 0, None
+    elif hasattr(source, "fileno"):
+        fh, start, end = source, 0, None
+    else:
+        return
+    with open(source, "rb") if fh is None else contextlib.nullcontext(fh) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            _scan_heaps(path, mm, start, min(size, end if end is not None else size))
+
+
+def _scan_heaps(path: Path, mm, start: int, end: int) -> None:
+    pos = start
+    while (i := mm.find(b"GCOL\x01", pos, end)) >= 0:
+        pos, size = i + 5, int.from_bytes(mm[i + 8:i + 16], "little")
+        if size < 16 or i + size > end:
+            continue  # libhdf5 cannot read this collection: an error, not a loop
+        p, stop = i + 16, i + size
+        while p + 16 <= stop:
+            index, length = int.from_bytes(mm[p:p + 2], "little"), int.from_bytes(mm[p + 8:p + 16], "little")
+            need = (16 + ((length + 7) & ~7)) % (1 << 64) if index else length
+            if need == 0 or need > stop - p:
+                raise CorruptFileError(f"{path}: corrupt HDF5 global heap at byte {i - start} (an object of "
+                                       f"{length} bytes at byte {p - start}); the file is damaged")
+            p += need
+
+
 def _text(v) -> str | None:
     return v.decode("utf8", "replace") if isinstance(v, bytes) else v if isinstance(v, str) else None
 
@@ -122,7 +163,9 @@ class KerasFileReader(ReaderBase):
         self._names: set[str] = set()
         self._optimizer = self._slice = self._h5 = None
         with _guard(path, "opening the Keras file"):
-            self._h5 = self._h5py.File(self._open_archive() if format == "keras" else path, "r")
+            source = self._open_archive() if format == "keras" else path
+            _check_global_heaps(path, source)
+            self._h5 = self._h5py.File(source, "r")
             self._list()
         if not self._raw:
             self.close()
@@ -152,8 +195,8 @@ class KerasFileReader(ReaderBase):
                 raise CorruptFileError(f"{self.path}: Keras archive holds no weights (no {_WEIGHTS}: saved "
                                        "without weights, or stripped); re-save the model with model.save()")
             info = infos[_WEIGHTS]
-            if info.compress_type != zipfile.ZIP_STORED:  # re-zipped with compression: read it whole
-                self._slice = io.BytesIO(zf.read(_WEIGHTS))
+            if info.compress_type != zipfile.ZIP_STORED:  # re-zipped with compression: unpack it to disk
+                self._slice = self._spool(zf, info)
                 return self._slice
         with open(self.path, "rb") as fh:
             fh.seek(info.header_offset)
@@ -163,6 +206,23 @@ class KerasFileReader(ReaderBase):
             raise CorruptFileError(f"{self.path}: {_WEIGHTS} is cut short; the archive is truncated")
         self._slice = _Slice(self.path, start, info.file_size)
         return self._slice
+
+    def _spool(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo):
+        """A compressed weights member, unpacked into a temporary file (not memory: it may be
+        a zip bomb); only an HDF5 file is unpacked past its first bytes."""
+        tmp = tempfile.TemporaryFile()
+        try:
+            with zf.open(info) as src:
+                head = src.read(8)
+                if head != _HDF5_MAGIC:
+                    raise CorruptFileError(f"{self.path}: {_WEIGHTS} is not an HDF5 file; the archive is corrupt")
+                tmp.write(head)
+                shutil.copyfileobj(src, tmp, 1 << 20)
+            tmp.seek(0)
+            return tmp
+        except BaseException:
+            tmp.close()
+            raise
 
     # --- Keras 3 ---------------------------------------------------------------------------
 
@@ -303,7 +363,12 @@ class KerasFileReader(ReaderBase):
 
     def read(self, key: str) -> np.ndarray:
         with _guard(self.path, f"reading {key}"):
-            arr = np.asarray(self._h5[key][()])
+            ds = self._h5[key]
+            stored = ds.id.get_storage_size()  # h5py allocates the declared size before reading
+            if ds.nbytes > (1 << 26) and ds.nbytes > 1032 * stored:
+                raise CorruptFileError(f"{self.path}: variable {key} declares {ds.nbytes} bytes but the file stores "
+                                       f"{stored} for it; the file is corrupt")
+            arr = np.asarray(ds[()])
         dtype = self._info(key).dtype
         return _dtypes.raw_view(arr, dtype) if _dtypes.is_viewed(dtype) else arr
 

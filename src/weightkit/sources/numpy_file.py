@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import math
+import tokenize
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from ..errors import CorruptFileError, UnsafeCheckpointError
 from ._base import RawTensor, ReaderBase, register_reader
 
 _NPY_MAGIC = b"\x93NUMPY"
+_MAX_HEADER = 1 << 16
 
 
 def _sniff_npz(path: Path, head: bytes | None) -> bool:
@@ -28,10 +32,23 @@ def _sniff_npy(path: Path, head: bytes | None) -> bool:
 
 
 def _read_header(fh) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from a .npy header, without reading the data."""
-    version = np.lib.format.read_magic(fh)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read(fh)
+    """Shape and dtype from a .npy header, without reading the data; ``fh`` ends at the data."""
+    head = fh.read(8)
+    if len(head) < 8 or head[:6] != _NPY_MAGIC or head[6] not in (1, 2, 3):
+        raise ValueError("not a .npy array (bad magic number or version)")
+    size = fh.read(2 if head[6] == 1 else 4)
+    length = int.from_bytes(size, "little")
+    if len(size) < (2 if head[6] == 1 else 4) or length > _MAX_HEADER:  # numpy would allocate it first
+        raise ValueError(f"the header declares {length} bytes; at most {_MAX_HEADER} are allowed")
+    buf = io.BytesIO(head + size + fh.read(length))
+    try:
+        np.lib.format.read_magic(buf)
+        read = np.lib.format.read_array_header_1_0 if head[6] == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(buf)
+    except (SyntaxError, tokenize.TokenError, TypeError, KeyError, OverflowError) as e:  # numpy's parser leaks these
+        raise ValueError(f"bad .npy header ({type(e).__name__}: {e})") from None
+    if any(d < 0 for d in shape):
+        raise ValueError(f"negative dimension in shape {tuple(shape)}")
     return tuple(shape), dtype
 
 
@@ -62,8 +79,21 @@ class NpzReader(ReaderBase):
             raise CorruptFileError(f"{path}: not a readable .npz archive ({e}); the file may be truncated") from None
 
     def _header(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
-        with self._npz.zip.open(f"{name}.npy") as fh:
-            return _read_header(fh)
+        info = self._npz.zip.getinfo(f"{name}.npy")
+        with self._npz.zip.open(info) as fh:
+            shape, dtype = _read_header(fh)
+            start = fh.tell()
+        # numpy allocates the whole array before reading it: the member must really hold it
+        # (its declared size, which deflate cannot inflate more than ~1032-fold, bounds memory)
+        need = start + math.prod(shape) * dtype.itemsize
+        if dtype.hasobject:
+            return shape, dtype  # refused with its own message when listed
+        if need != info.file_size or (info.compress_type == zipfile.ZIP_DEFLATED
+                                      and info.file_size > 1032 * info.compress_size + 1024):
+            raise CorruptFileError(f"{self.path}: array {name!r} declares shape {shape} {dtype} ({need} bytes) but its "
+                                   f"member holds {info.file_size} bytes ({info.compress_size} compressed); "
+                                   "the file is corrupt")
+        return shape, dtype
 
     def tensors(self) -> list[RawTensor]:
         out = []
@@ -90,7 +120,11 @@ class NpyReader(ReaderBase):
         self.description = str(path)
         try:
             with open(path, "rb") as fh:
-                _dtype_name(path, path.stem, _read_header(fh)[1])  # refuses object arrays before loading
+                shape, dtype = _read_header(fh)
+                _dtype_name(path, path.stem, dtype)  # refuses object arrays before loading
+                need = fh.tell() + math.prod(shape) * dtype.itemsize
+            if need > path.stat().st_size:  # numpy's memmap overflows on absurd shapes
+                raise ValueError(f"shape {shape} {dtype} needs {need} bytes, the file has {path.stat().st_size}")
             self._arr = np.load(path, allow_pickle=False, mmap_mode="r")
         except ValueError as e:
             raise CorruptFileError(f"{path}: not a readable .npy file ({e}); the file may be truncated") from None

@@ -46,27 +46,35 @@ def parse_header(path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
         raw = fh.read(n)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CorruptFileError(f"{path}: safetensors header is not valid JSON ({e}); the file is corrupt") from None
     if not isinstance(header, dict):
         raise CorruptFileError(f"{path}: safetensors header is not a JSON object; the file is corrupt")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CorruptFileError(f"{path}: safetensors __metadata__ must map strings to strings; the file is corrupt")
     data_len = size - 8 - n
     spans = []
     for name, info in header.items():
         _check_entry(path, name, info, data_len)
         spans.append((info["data_offsets"][0], info["data_offsets"][1], name))
     spans.sort()
-    pos = 0
+    pos = 0  # tensors must tile the data exactly: no overlap, no hole, nothing after the last one
     for start, end, name in spans:
         if start < pos:
             raise CorruptFileError(f"{path}: tensor {name!r} overlaps the tensor before it; the file is corrupt")
+        if start > pos:
+            raise CorruptFileError(f"{path}: {start - pos} unused bytes (a hole) before tensor {name!r} at data "
+                                   f"offset {pos}; the file is corrupt")
         pos = end
     if pos > data_len:
         raise CorruptFileError(
             f"{path}: tensor data end at byte {pos} but the file holds {data_len} data bytes; the file is truncated"
         )
-    return header, metadata if isinstance(metadata, dict) else {}, 8 + n
+    if pos < data_len:
+        raise CorruptFileError(f"{path}: {data_len - pos} trailing bytes after the last tensor's data; "
+                               "the file is corrupt or something was appended to it")
+    return header, metadata, 8 + n
 
 
 def _check_entry(path: Path, name: str, info: Any, data_len: int) -> None:
@@ -74,10 +82,10 @@ def _check_entry(path: Path, name: str, info: Any, data_len: int) -> None:
         isinstance(info, dict)
         and info.get("dtype") in _dtypes.SAFETENSORS_CODES
         and isinstance(info.get("shape"), list)
-        and all(isinstance(d, int) and d >= 0 for d in info["shape"])
+        and all(type(d) is int and d >= 0 for d in info["shape"])
         and isinstance(info.get("data_offsets"), list)
         and len(info["data_offsets"]) == 2
-        and all(isinstance(o, int) for o in info["data_offsets"])
+        and all(type(o) is int for o in info["data_offsets"])
     )
     if not ok:
         raise CorruptFileError(f"{path}: malformed header entry for tensor {name!r}; the file is corrupt")

@@ -1,21 +1,29 @@
-"""PyTorch checkpoints (``.pt``/``.pth``/``.bin``/``.ckpt``): a state dict, or a training
-checkpoint dict holding one.
+"""PyTorch checkpoints (``.pt``/``.pth``/``.bin``/``.ckpt``): a state dict, a training
+checkpoint dict holding one, or a whole pickled model.
 
-Loaded only with ``torch.load(weights_only=True)`` (memory-mapped for zip files, so opening
-reads the pickle, not the tensor bytes). A file whose pickle needs code is refused.
+Every file is scanned first (:func:`weightkit.scan.scan`, which reads only the pickles): a
+malicious or unreadable file is refused with the scanner's main reason. A safe file loads with
+``torch.load(weights_only=True)`` (memory-mapped for zip files, so opening reads the pickle, not
+the tensor bytes). A file that needs code (``torch.save(model)``, ``argparse.Namespace`` or
+custom classes in a checkpoint) is read by the restricted unpickler
+(:mod:`weightkit.scan._restricted`): tensors are rebuilt, every other class becomes an inert
+stub, nothing from the file is imported or run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pickle
-import re
+import struct
 import zipfile
+import zlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .. import _dtypes
-from ..errors import CorruptFileError, UnsafeCheckpointError
+from ..errors import CorruptFileError, UnsafeCheckpointError, UnsupportedFormatError
 from ._base import RawTensor, ReaderBase, register_reader
 from .torch_module import torch_raw
 
@@ -24,6 +32,9 @@ STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "
                    "model_state", "weights", "params", "ema", "model_ema", "state")
 _LEGACY_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 _OPTIMIZER_KEYS = {"state", "param_groups"}
+_MAX_DEPTH = 64  # nesting walked in a loaded checkpoint
+_MAX_EXPANDED = 1 << 26  # bytes a broadcast (stride-0) tensor may expand to when read
+RESTRICTED = "restricted unpickler (nothing executed)"
 
 
 def _sniff(path: Path, head: bytes | None) -> bool:
@@ -40,19 +51,38 @@ def _sniff(path: Path, head: bytes | None) -> bool:
     return head[257:262] == b"ustar" and b"storages" in head[:512]
 
 
-def _load(path: Path) -> Any:
+def refuse_unsafe(path: Path):
+    """Scan ``path`` and refuse it when malicious or unreadable; returns the :class:`ScanReport`."""
+    from ..scan import scan
+
+    report = scan(path)
+    if report.verdict in ("safe", "needs-code"):
+        return report
+    f = next(f for f in report.sorted_findings() if f.verdict == report.verdict)
+    if f.rule == "global-critical" and f.global_name:
+        verb = "calls" if set(f.ops) & {"REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST"} else "imports"
+        reason = f"the pickle{f' in {f.member}' if f.member else ''} {verb} {f.global_name} ({f.severity})"
+    else:
+        reason = f"{f.message} ({f.severity}{f', in {f.member}' if f.member else ''})"
+    reason = " ".join(reason.split())
+    hint = f"run `weightkit scan {path}` for details"
+    if report.verdict == "malicious":
+        raise UnsafeCheckpointError(f"{path}: refused: {reason}, so loading it needs code execution, "
+                                    f"which weightkit never does; {hint}")
+    raise CorruptFileError(f"{path}: refused: {reason}; the file is damaged, truncated or not a checkpoint; {hint}")
+
+
+def _torch_load(path: Path, is_zip: bool) -> Any:
+    """``torch.load(weights_only=True)``; ``None`` when torch's unpickler refuses a global the
+    scanner accepts (numpy arrays, scalars and dtypes, ``range``…): the restricted unpickler
+    reads those. numpy's rebuilders are not added to torch's allow-list, because torch would
+    hand numpy's ``__setstate__`` unchecked state (a malformed dtype state segfaults numpy)."""
     import torch
 
-    is_zip = zipfile.is_zipfile(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except pickle.UnpicklingError as e:
-        needs = _needed_global(str(e))
-        what = f" (it pickles {needs})" if needs else ""
-        raise UnsafeCheckpointError(
-            f"{path}: this checkpoint needs code to load{what}, and weightkit never runs code from a file; "
-            "re-save it as a state dict (torch.save(model.state_dict(), ...)) or as safetensors"
-        ) from None
+    except pickle.UnpicklingError:
+        return None
     except Exception as e:  # torch raises RuntimeError/EOFError/ValueError/KeyError on damaged files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CorruptFileError(
@@ -60,9 +90,55 @@ def _load(path: Path) -> Any:
         ) from None
 
 
-def _needed_global(message: str) -> str | None:
-    m = re.search(r"(?:Unsupported global: GLOBAL|global) ([\w.]+)", message)
-    return m.group(1) if m else None
+# what a damaged file makes pickle, zipfile, torch and numpy raise inside the restricted unpickler
+_LOAD_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+                RuntimeError, OverflowError, RecursionError, OSError, zipfile.BadZipFile, zlib.error, struct.error)
+
+
+@contextlib.contextmanager
+def _restricted_errors(path: Path, what: str):
+    """One-line errors for everything the restricted unpickler can hit in a damaged file."""
+    try:
+        yield
+    except (UnsafeCheckpointError, CorruptFileError) as e:
+        msg = " ".join(str(e).split())
+        raise type(e)(msg if msg.startswith(str(path)) else f"{path}: {msg}; the file may be damaged") from None
+    except _LOAD_ERRORS as e:
+        detail = " ".join(str(e).split())[:160] or type(e).__name__
+        raise CorruptFileError(f"{path}: not a readable {what} ({type(e).__name__}: {detail}); "
+                               "the file may be truncated or corrupt") from None
+
+
+def _restricted_load(path: Path, is_zip: bool, what: str) -> Any:
+    from ..scan import _torch_files as r
+
+    with _restricted_errors(path, "PyTorch checkpoint"):
+        if is_zip:
+            return r.load_torch_zip(path)
+        if head_is_legacy(path):
+            return r.load_torch_legacy(path)
+    raise UnsafeCheckpointError(
+        f"{path}: this legacy tar checkpoint {what}, and weightkit reads tar checkpoints only when they need no "
+        "code; re-save it as a state dict (torch.save(model.state_dict(), ...)) or as safetensors")
+
+
+def head_is_legacy(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(32)
+    return head[:1] == b"\x80" and _LEGACY_MAGIC in head
+
+
+def _load(path: Path, report) -> tuple[Any, str]:
+    """``(object, how)``: the unpickled checkpoint and how it was loaded."""
+    is_zip = zipfile.is_zipfile(path)
+    # torch.load allocates a legacy file's storages at their declared sizes before reading them;
+    # the restricted loader checks those sizes against the file first
+    if report.verdict == "safe" and (is_zip or not head_is_legacy(path)):
+        obj = _torch_load(path, is_zip)
+        if obj is not None:
+            return obj, "torch.load(weights_only=True)"
+    needs = ", ".join(report.needs_code[:3]) or "globals torch refuses"
+    return _restricted_load(path, is_zip, f"needs code ({needs})"), RESTRICTED
 
 
 def _is_tensor(x: Any) -> bool:
@@ -75,26 +151,32 @@ def _is_state_dict(x: Any) -> bool:
     return isinstance(x, Mapping) and bool(x) and all(_is_tensor(v) for v in x.values())
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Tensor leaves of nested dicts/lists, named with dots."""
+def _flatten(obj: Any, prefix: str = "", depth: int = 0, seen: set | None = None) -> dict[str, Any]:
+    """Tensor leaves of nested dicts/lists, named with dots (a container reached twice is
+    walked once, so shared sub-containers in a pickle cannot multiply the work)."""
     out: dict[str, Any] = {}
+    seen = set() if seen is None else seen
     if _is_tensor(obj):
         out[prefix or "tensor"] = obj
+    elif depth > _MAX_DEPTH or id(obj) in seen:
+        return out
     elif isinstance(obj, Mapping):
+        seen.add(id(obj))
         if _OPTIMIZER_KEYS <= set(obj):
             return out
         for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k), depth + 1, seen))
     elif isinstance(obj, (list, tuple)):
+        seen.add(id(obj))
         for i, v in enumerate(obj):
-            out.update(_flatten(v, f"{prefix}.{i}" if prefix else str(i)))
+            out.update(_flatten(v, f"{prefix}.{i}" if prefix else str(i), depth + 1, seen))
     return out
 
 
 def find_state_dict(obj: Any) -> tuple[dict[str, Any], str | None]:
     """``(state_dict, key_path)``: where in a loaded checkpoint the model's weights are."""
     if _is_state_dict(obj):
-        return dict(obj), None
+        return {str(k): v for k, v in obj.items()}, None  # names are strings, whatever the pickle's keys
     if isinstance(obj, Mapping):
         for key in STATE_DICT_KEYS:
             if key in obj and isinstance(obj[key], Mapping) and not _OPTIMIZER_KEYS <= set(obj[key]):
@@ -105,14 +187,21 @@ def find_state_dict(obj: Any) -> tuple[dict[str, Any], str | None]:
     return flat, ("(nested)" if flat else None)
 
 
-def summarize_value(v: Any, depth: int = 0) -> Any:
-    """A JSON-friendly summary of a non-weight checkpoint value."""
+def summarize_value(v: Any, depth: int = 0, _budget: list | None = None) -> Any:
+    """A JSON-friendly summary of a non-weight checkpoint value (at most 10,000 objects)."""
+    budget = [10_000] if _budget is None else _budget
+    budget[0] -= 1
     if _is_tensor(v):
         if v.numel() == 1:
             return v.item()
         return {"tensor": list(v.shape), "dtype": _dtypes.from_torch(v.dtype)}
     if isinstance(v, (bool, int, float, str)) or v is None:
         return v
+    if depth > 8 or budget[0] < 0:
+        return f"<{type(v).__name__}>"
+    stub = _stub_summary(v, depth, budget)
+    if stub is not None:
+        return stub
     if isinstance(v, Mapping):
         if _OPTIMIZER_KEYS <= set(v):
             return _summarize_optimizer(v)
@@ -120,11 +209,15 @@ def summarize_value(v: Any, depth: int = 0) -> Any:
             tensors = _flatten(v)
             return {"entries": len(v), "tensors": len(tensors),
                     "bytes": sum(t.numel() * t.element_size() for t in tensors.values())}
-        return {str(k): summarize_value(x, depth + 1) for k, x in v.items()}
+        return {str(k): summarize_value(x, depth + 1, budget) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         if len(v) > 20:
             return {"items": len(v)}
-        return [summarize_value(x, depth + 1) for x in v]
+        return [summarize_value(x, depth + 1, budget) for x in v]
+    if isinstance(v, (bytes, bytearray)):
+        return {"bytes": len(v)}
+    if isinstance(v, (set, frozenset)) and len(v) > 20:
+        return {"items": len(v)}
     if hasattr(v, "item") and callable(v.item):  # numpy scalars
         try:
             return v.item()
@@ -133,13 +226,37 @@ def summarize_value(v: Any, depth: int = 0) -> Any:
     return repr(v)[:200]
 
 
+def _stub_summary(v: Any, depth: int, budget: list) -> dict[str, Any] | None:
+    """``{"needs_code": "module.Class", "args": …, "state": …}`` for an object the restricted
+    unpickler left as a stub; ``None`` for anything else."""
+    import sys
+
+    restricted = sys.modules.get("weightkit.scan._restricted")
+    if restricted is None:
+        return None
+    if isinstance(v, type) and issubclass(v, restricted.Stub):
+        return {"needs_code": v.qualname}
+    if not isinstance(v, restricted.Stub):
+        return None
+    out: dict[str, Any] = {"needs_code": v.qualname}
+    if v.args:
+        out["args"] = summarize_value(list(v.args[:20]), depth + 1, budget)
+    if v.state:
+        out["state"] = summarize_value(dict(list(v.state.items())[:50]), depth + 1, budget)
+    return out
+
+
 def _summarize_optimizer(opt: Mapping) -> dict[str, Any]:
     tensors = _flatten(opt.get("state", {}))
     groups = []
-    for g in opt.get("param_groups", []):
-        groups.append({k: summarize_value(x, 3) for k, x in g.items()
+    param_groups = opt.get("param_groups")
+    for g in param_groups if isinstance(param_groups, (list, tuple)) else ():
+        if not isinstance(g, Mapping):
+            continue
+        params = g.get("params")
+        groups.append({str(k): summarize_value(x, 3) for k, x in g.items()
                        if k != "params" and isinstance(x, (int, float, str, bool, tuple, list)) or x is None}
-                      | {"params": len(g.get("params", []))})
+                      | {"params": len(params) if isinstance(params, (list, tuple)) else 0})
     return {
         "optimizer_state": True,
         "param_groups": groups,
@@ -151,16 +268,65 @@ def _summarize_optimizer(opt: Mapping) -> dict[str, Any]:
 @register_reader("torch", suffixes=(".pt", ".pth", ".bin", ".ckpt"), sniff=_sniff,
                  description="PyTorch checkpoint (torch.save)")
 class TorchCheckpointReader(ReaderBase):
+    """A checkpoint: scanned, then loaded with ``torch.load(weights_only=True)`` or, when it
+    needs code, with the restricted unpickler (whole models get kinds from their stub classes)."""
+
     format = "torch"
 
     def __init__(self, path: Path):
         self.path = path
         self.description = str(path)
-        obj = _load(path)
+        report = refuse_unsafe(path)
+        obj, how = self._load(path, report)
+        self._hints: dict[int, dict] = {}
+        root, self._done = obj, {}
+        if how == RESTRICTED:
+            obj = self._materialize(obj, 0)
+        del self._done
         self._tensors, self._weights_from = find_state_dict(obj)
         if not self._tensors:
             raise CorruptFileError(f"{path}: the checkpoint holds no tensors; nothing to show")
+        for name, t in self._tensors.items():
+            if _dtypes.from_torch(t.dtype) not in _dtypes.DTYPES:
+                raise UnsupportedFormatError(f"{path}: tensor {name!r} has dtype {t.dtype}, which weightkit does "
+                                             "not read; convert it (e.g. dequantize) and re-save")
+            stored = t.untyped_storage().nbytes()  # stride-0 views would expand on read
+            if t.numel() * t.element_size() > max(stored, _MAX_EXPANDED):
+                raise CorruptFileError(f"{path}: tensor {name!r} declares shape {tuple(t.shape)} over {stored} stored "
+                                       "bytes (overlapping strides); the file is corrupt")
         self._meta = self._metadata(obj)
+        if how == RESTRICTED:
+            from ..scan._restricted import Stub
+
+            if isinstance(root, Stub):
+                self._meta["class"] = root.qualname
+            if report.needs_code:
+                self._meta["needs_code"] = report.needs_code
+            self._meta["loaded_with"] = how
+
+    def _load(self, path: Path, report) -> tuple[Any, str]:
+        return _load(path, report)
+
+    def _materialize(self, obj: Any, depth: int) -> Any:
+        """Pickled modules (stub trees) become their state dicts; containers are walked (each
+        once: a container shared in the pickle stays shared)."""
+        from ..scan._torch_files import is_module, module_state
+
+        done = self._done
+        if depth > _MAX_DEPTH or id(obj) in done:
+            return done.get(id(obj), (None, obj))[1]
+        if is_module(obj):
+            new, hints = module_state(obj)
+            for k, v in hints.items():
+                self._hints.setdefault(k, v)
+        elif type(obj) in (dict, OrderedDict):
+            new = type(obj)((k, self._materialize(v, depth + 1)) for k, v in obj.items())
+        elif type(obj) in (list, tuple):
+            new = type(obj)(self._materialize(v, depth + 1) for v in obj)
+        else:
+            return obj
+        done[id(obj)] = (obj, new)  # keeps obj alive, so its id is not reused
+        return new
 
     def _metadata(self, obj: Any) -> dict[str, Any]:
         meta: dict[str, Any] = {}
@@ -184,7 +350,12 @@ class TorchCheckpointReader(ReaderBase):
                 first = seen[ident]
                 first.shared_with = (*first.shared_with, name)
                 continue
-            seen[ident] = RawTensor(name, name, tuple(t.shape), _dtypes.from_torch(t.dtype))
+            raw = seen[ident] = RawTensor(name, name, tuple(t.shape), _dtypes.from_torch(t.dtype))
+            hint = self._hints.get(id(t))
+            if hint and (name == hint["role"] or name.endswith("." + hint["role"])):
+                layer = name[: -len(hint["role"])].removesuffix(".")
+                raw.layer, raw.role, raw.kind, raw.kind_from = layer, hint["role"], hint["kind"], "module"
+                raw.trainable, raw.is_buffer, raw.layer_config = hint["trainable"], hint["is_buffer"], hint["layer_config"]
         return list(seen.values())
 
     def read(self, key: str):
@@ -198,3 +369,6 @@ class TorchCheckpointReader(ReaderBase):
 
     def close(self) -> None:
         self._tensors = {}
+
+
+from . import pickle_file  # noqa: E402,F401  (registers the raw-pickle reader right after this one)
