@@ -420,9 +420,6 @@ def test_looping_hdf5_heap_is_refused_before_h5py_reads_it(tmp_path):
         weightkit.open(_looping_heap_h5(tmp_path / "m.h5"))
 
 
-@pytest.mark.xfail(strict=True, raises=subprocess.TimeoutExpired,
-                   reason="the scanner reads .h5 model_config attributes without the global-heap check "
-                          "(scan/_containers.py scan_h5)")
 def test_scanning_a_looping_hdf5_heap_ends(tmp_path):
     path = _looping_heap_h5(tmp_path / "m.h5")
     subprocess.run([sys.executable, "-c", f"import weightkit; weightkit.scan({str(path)!r})"], timeout=6,

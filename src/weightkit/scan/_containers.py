@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import io
+from pathlib import Path
 import json
 import math
 import re
@@ -484,6 +485,17 @@ def scan_h5(ctx, data, member, path=None) -> None:
         import h5py
     except ImportError:
         ctx.add("container-error", "HDF5 file: install h5py to check its Keras config", member)
+        return
+    from ..errors import CorruptFileError
+    from ..sources.keras_file import _check_global_heaps, _scan_heaps
+
+    try:  # the readers' own guard: libhdf5 loops forever on some corrupt global heaps
+        if path is not None:
+            _check_global_heaps(Path(path), Path(path))
+        else:
+            _scan_heaps(Path(member or "hdf5"), bytes(data), 0, len(data))
+    except CorruptFileError as e:
+        ctx.add("container-error", f"HDF5 file unreadable ({str(e)[:120]})", member)
         return
     try:
         with h5py.File(path if path is not None else io.BytesIO(bytes(data)), "r") as f:
