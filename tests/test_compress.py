@@ -149,6 +149,33 @@ def test_make_permanent_and_report():
     assert weightkit.prune.make_permanent(net) == []
 
 
+def test_live_prune_leaves_what_torch_prune_leaves_and_make_permanent_equals_remove():
+    a = mlp()
+    b = twin(a)
+    first = a[0].weight
+    opt = torch.optim.SGD(a.parameters(), lr=0.1)  # built before pruning: must keep updating the same tensor
+    weightkit.prune(a, 0.4, pattern="0.*")
+    tprune.l1_unstructured(b[0], "weight", 0.4)
+    assert list(a.state_dict()) == list(b.state_dict())
+    assert a[0].weight_orig is first and not isinstance(a[0].weight, nn.Parameter)
+    assert [type(h) for h in a[0]._forward_pre_hooks.values()] == [tprune.CustomFromMask]
+    assert torch.equal(a[0].weight, b[0].weight)
+    a[0].weight.pow(2).sum().backward()  # a penalty on the pruned weight reaches weight_orig, as in torch
+    b[0].weight.pow(2).sum().backward()
+    assert torch.equal(a[0].weight_orig.grad, b[0].weight_orig.grad)
+    x = torch.randn(4, 784)
+    assert torch.equal(a(x), b(x))
+    weightkit.prune(a, 0.5, pattern="0.*")  # composes like torch's second call
+    tprune.l1_unstructured(b[0], "weight", 0.5)
+    assert torch.equal(a[0].weight_mask, b[0].weight_mask)
+    assert weightkit.prune.make_permanent(a) == ["0.weight"]
+    tprune.remove(b[0], "weight")
+    assert list(a.state_dict()) == list(b.state_dict()) and not a[0]._forward_pre_hooks
+    assert a[0].weight is first and isinstance(a[0].weight, nn.Parameter)
+    assert torch.equal(a[0].weight, b[0].weight)
+    assert any(p is first for g in opt.param_groups for p in g["params"])
+
+
 def test_pruned_model_still_trains_and_keeps_zeros():
     net = mlp()
     weightkit.prune(net, 0.5, scope="global")

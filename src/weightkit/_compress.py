@@ -9,11 +9,16 @@ the chunks (high 16 bits, then low 16 bits inside the one bin that holds the k-t
 memory stays at one chunk whatever the tensor's (or the whole model's) size, and the count is
 exact: keys below the threshold plus exactly as many keys equal to it as needed, taken in
 stream order. Elements already pruned carry the key ``SENTINEL`` and are never counted.
+
+The chunks are *parts*: functions returning the keys of one chunk, so every pass can run its
+chunks on two threads (the compiled loops release the GIL), each with its own histogram.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -128,42 +133,78 @@ def kernels():
     return _K
 
 
-def kth_threshold(chunks: Callable[[], Iterable[np.ndarray]], k: int) -> tuple[int, int]:
+Part = Callable[[], np.ndarray]
+"""The keys of one chunk; calling it again gives the same keys."""
+
+THREADS = max(1, min(2, os.cpu_count() or 1))
+
+
+def in_threads(fn: Callable[[int], Any], n: int, *, threads: int = THREADS) -> list:
+    """``[fn(0), …, fn(n - 1)]``, run on ``threads`` threads (worker ``w`` takes ``w``,
+    ``w + threads``, …, so at most ``threads`` chunks are in memory at once)."""
+    if threads == 1 or n < 2:
+        return [fn(i) for i in range(n)]
+    out: list = [None] * n
+
+    def worker(w: int) -> None:
+        for i in range(w, n, threads):
+            out[i] = fn(i)
+
+    with ThreadPoolExecutor(threads) as pool:
+        for f in [pool.submit(worker, w) for w in range(threads)]:
+            f.result()
+    return out
+
+
+def _histogram(parts: Sequence[Part], fill: Callable[[np.ndarray, np.ndarray], None], threads: int) -> np.ndarray:
+    hists = [np.zeros(1 << 16, dtype=np.int64) for _ in range(threads)]
+    in_threads(lambda i: fill(np.ascontiguousarray(parts[i](), dtype=np.uint32), hists[i % threads]), len(parts),
+               threads=threads)
+    return np.sum(hists, axis=0)
+
+
+def kth_threshold(parts: Sequence[Part], k: int, *, threads: int = 1) -> tuple[int, int]:
     """``(T, take)`` such that the ``k`` smallest keys are those ``< T`` plus the first ``take``
-    keys ``== T`` in stream order. ``chunks()`` must yield the same key chunks on every call."""
+    keys ``== T`` in the order of ``parts`` (read by ``threads`` threads at once)."""
     if k <= 0:
         return 0, 0
     K = kernels()
-    hi = np.zeros(1 << 16, dtype=np.int64)
-    for c in chunks():
-        K.hist_hi(np.ascontiguousarray(c, dtype=np.uint32), hi)
-    cum = np.cumsum(hi)
+    cum = np.cumsum(_histogram(parts, K.hist_hi, threads))
     if k > cum[-1]:
         raise ValueError(f"k={k} exceeds the {int(cum[-1])} candidates")
     b = int(np.searchsorted(cum, k))
     below = int(cum[b - 1]) if b else 0
-    lo = np.zeros(1 << 16, dtype=np.int64)
-    for c in chunks():
-        K.hist_lo(np.ascontiguousarray(c, dtype=np.uint32), np.uint32(b), lo)
-    cum2 = np.cumsum(lo)
+    cum2 = np.cumsum(_histogram(parts, lambda keys, h: K.hist_lo(keys, np.uint32(b), h), threads))
     low = int(np.searchsorted(cum2, k - below))
     less = below + (int(cum2[low - 1]) if low else 0)
     return (b << 16) | low, k - less
 
 
 class KeepMasker:
-    """Turns key chunks into keep masks (uint8: 1 keep, 0 prune) for one threshold, consuming
-    the ``take`` ties in the order chunks arrive (so a global threshold is shared across tensors)."""
+    """Turns key chunks into keep masks (1 keep, 0 prune) for one threshold, pruning the ``take``
+    ties in the order chunks arrive (so a global threshold is shared across tensors)."""
 
     def __init__(self, threshold: int, take: int):
         self.threshold = np.uint32(threshold)
         self.take = int(take)
 
     def __call__(self, keys: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The keep mask of the next chunk (uint8 unless ``out`` is given)."""
         keys = np.ascontiguousarray(keys, dtype=np.uint32)
         keep = np.empty(keys.size, dtype=np.uint8) if out is None else out
-        self.take = int(kernels().keep_mask(keys, self.threshold, np.int64(self.take), keep))
+        if kernels().keep_above(keys, self.threshold, keep) and self.take:
+            self.take = int(kernels().drop_ties(keys, self.threshold, np.int64(self.take), keep))
         return keep
+
+    def fill(self, parts: Sequence[Part], outs: Sequence[np.ndarray]) -> None:
+        """Write the masks of the next ``len(parts)`` chunks into ``outs``, on two threads."""
+        K = kernels()
+        ties = in_threads(lambda i: K.keep_above(np.ascontiguousarray(parts[i](), dtype=np.uint32), self.threshold,
+                                                 outs[i]), len(parts))
+        for i, n in enumerate(ties):
+            if self.take and n:
+                self.take = int(K.drop_ties(np.ascontiguousarray(parts[i](), dtype=np.uint32), self.threshold,
+                                            np.int64(self.take), outs[i]))
 
 
 def count_zeros(raw: np.ndarray, dtype: str) -> int:

@@ -1,7 +1,7 @@
 """Compiled loops of the pruning selection (numba; cached on disk after the first compile).
 
 See :mod:`weightkit._compress`: two histogram passes find the k-th smallest 32-bit key, a
-third pass writes the keep mask. ``0xFFFFFFFF`` marks an element already pruned (skipped).
+third pass writes the keep mask and a short fourth one drops the ties that are pruned. ``0xFFFFFFFF`` marks an element already pruned (skipped).
 """
 
 from __future__ import annotations
@@ -30,15 +30,22 @@ def hist_lo(keys, b, h):
 
 
 @nb.njit(**_OPTS)
-def keep_mask(keys, threshold, take, out):
-    # branch-free (vectorised) pass; SENT is the largest key, so already-pruned elements stay kept
+def keep_above(keys, threshold, out):
+    # branch-free (vectorised) pass; SENT is the largest key, so already-pruned elements stay kept.
+    # Keys equal to the threshold are kept here and counted: drop_ties removes the right ones after.
+    ties = 0
     for i in range(keys.size):
         out[i] = keys[i] >= threshold
-    if take > 0:
-        for i in range(keys.size):
-            if keys[i] == threshold:
-                out[i] = 0
-                take -= 1
-                if take == 0:
-                    break
+        ties += keys[i] == threshold
+    return ties
+
+
+@nb.njit(**_OPTS)
+def drop_ties(keys, threshold, take, out):
+    for i in range(keys.size):
+        if take == 0:
+            break
+        if keys[i] == threshold:
+            out[i] = 0
+            take -= 1
     return take

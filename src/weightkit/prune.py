@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import _dtypes
-from ._compress import (CHUNK_ELEMENTS, SENTINEL, KeepMasker, abs_keys, count_zeros, float_key, kth_threshold, n_to_prune,
-                        output_axis, random_keys, ranged_reader)
+from ._compress import (CHUNK_ELEMENTS, SENTINEL, THREADS, KeepMasker, Part, abs_keys, count_zeros, float_key, in_threads,
+                        kth_threshold, n_to_prune, output_axis, random_keys, ranged_reader)
 from .errors import WeightkitError
 
 __all__ = ["prune", "make_permanent", "PruneReport", "TensorPrune", "METHODS", "SCOPES"]
@@ -189,15 +189,18 @@ class _Target:
     def array(self) -> np.ndarray:
         return self.w.raw() if self._array is None else self._array
 
-    def keys(self, method: str, seed: int) -> Iterator[np.ndarray]:
-        for ci, (s, e) in enumerate(self.spans()):
+    def parts(self, method: str, seed: int) -> list[Part]:
+        """The keys of each span, as functions (the same keys on every call)."""
+        def keys(ci: int, s: int, e: int) -> np.ndarray:
             if method == "random":
                 k = random_keys(seed, self.index, ci, e - s)
             else:
                 k = abs_keys(self.raw(s, e), self.w.dtype)  # always a new array
             if self.old_mask is not None:
                 k[self.old_mask.reshape(-1)[s:e] == 0] = SENTINEL
-            yield k
+            return k
+
+        return [lambda ci=ci, s=s, e=e: keys(ci, s, e) for ci, (s, e) in enumerate(self.spans())]
 
     def candidates(self) -> int:
         if self.old_mask is None:
@@ -227,6 +230,30 @@ class _Target:
         return m.any(axis=1)
 
 
+class Keeper:
+    """The keep masks of one target: chunk by chunk (uint8, for files, in order) or all at once
+    into a flat array (for live tensors, on two threads)."""
+
+    def __init__(self, t: _Target, masker: KeepMasker | None = None, parts: list[Part] | None = None,
+                 channels: tuple[np.ndarray, int, int] | None = None):
+        self.t, self.masker, self._parts, self.channels = t, masker, parts, channels
+
+    def _channel_mask(self, s: int, e: int) -> np.ndarray:
+        keep_ch, inner, c = self.channels
+        return keep_ch[(np.arange(s, e, dtype=np.int64) // inner) % c]
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        for i, (s, e) in enumerate(self.t.spans()):
+            yield self._channel_mask(s, e) if self.masker is None else self.masker(self._parts[i]())
+
+    def fill(self, into: np.ndarray) -> None:
+        spans = list(self.t.spans())
+        if self.masker is not None:
+            self.masker.fill(self._parts, [into[s:e] for s, e in spans])
+        else:
+            in_threads(lambda i: into.__setitem__(slice(*spans[i]), self._channel_mask(*spans[i])), len(spans))
+
+
 def _structured_keep(norms: np.ndarray, candidates: np.ndarray, amount: float) -> np.ndarray:
     """Output channels to keep: the ``round(amount·n)`` candidates of smallest norm go."""
     k = n_to_prune(amount, int(candidates.sum()))
@@ -237,44 +264,32 @@ def _structured_keep(norms: np.ndarray, candidates: np.ndarray, amount: float) -
 
 
 def _plan(targets: list[_Target], *, method: str, scope: str, amount: float | None, threshold: float | None,
-          dim: int | None, seed: int) -> tuple[dict[int, Callable[[], Iterator[np.ndarray]]], dict[int, int]]:
-    """For each target, a function yielding its keep masks (uint8, one per span), and the
-    structured axis used per target."""
-    keepers: dict[int, Callable[[], Iterator[np.ndarray]]] = {}
+          dim: int | None, seed: int, threads: int = 1) -> tuple[dict[int, Keeper], dict[int, int]]:
+    """For each target its :class:`Keeper`, and the structured axis used per target. ``threads``:
+    how many threads may read the targets at once (file readers are read from one)."""
+    keepers: dict[int, Keeper] = {}
     dims: dict[int, int] = {}
-
-    def masked(t: _Target, masker: KeepMasker, kind: str):
-        return lambda: (masker(k) for k in t.keys(kind, seed))
-
+    parts = {t.index: t.parts(method if threshold is None else "magnitude", seed) for t in targets}
     if threshold is not None:
         for t in targets:
-            keepers[t.index] = masked(t, KeepMasker(float_key(threshold), 0), "magnitude")
+            keepers[t.index] = Keeper(t, KeepMasker(float_key(threshold), 0), parts[t.index])
     elif method in ("magnitude", "random") and scope == "global":
         n = sum(t.candidates() for t in targets)
-        k = n_to_prune(amount, n)
-        thr, take = kth_threshold(lambda: (c for t in targets for c in t.keys(method, seed)), k)
+        thr, take = kth_threshold([p for t in targets for p in parts[t.index]], n_to_prune(amount, n), threads=threads)
         shared = KeepMasker(thr, take)
         for t in targets:
-            keepers[t.index] = masked(t, shared, method)
+            keepers[t.index] = Keeper(t, shared, parts[t.index])
     elif method in ("magnitude", "random"):
         for t in targets:
-            k = n_to_prune(amount, t.candidates())
-            thr, take = kth_threshold(lambda t=t: t.keys(method, seed), k)
-            keepers[t.index] = masked(t, KeepMasker(thr, take), method)
+            thr, take = kth_threshold(parts[t.index], n_to_prune(amount, t.candidates()), threads=threads)
+            keepers[t.index] = Keeper(t, KeepMasker(thr, take), parts[t.index])
     else:
         p = 1 if method == "l1-structured" else 2
         for t in targets:
             d = _resolve_dim(t.w, dim)
             dims[t.index] = d
             keep_ch = _structured_keep(t.channel_norms(d, p), t.channel_candidates(d), amount).astype(np.uint8)
-            inner = math.prod(t.w.shape[d + 1:])
-            c = t.w.shape[d]
-
-            def gen(t=t, keep_ch=keep_ch, inner=inner, c=c):
-                for s, e in t.spans():
-                    yield keep_ch[(np.arange(s, e, dtype=np.int64) // inner) % c]
-
-            keepers[t.index] = gen
+            keepers[t.index] = Keeper(t, channels=(keep_ch, math.prod(t.w.shape[d + 1:]), t.w.shape[d]))
     return keepers, dims
 
 
@@ -403,19 +418,74 @@ def _prune_live(model, amount, *, pattern, kind, role, scope, method, dim, thres
         array = torch_raw(orig.detach())
         mask = None if old_mask is None else old_mask.detach().cpu().numpy()
         targets.append(_Target(shown, i, array.reshape(tuple(shown.shape)), mask))
-    keepers, dims = _plan(targets, method=method, scope=scope, amount=amount, threshold=threshold, dim=dim, seed=seed)
+    keepers, dims = _plan(targets, method=method, scope=scope, amount=amount, threshold=threshold, dim=dim, seed=seed,
+                          threads=THREADS)
     results = []
     for t, (shown, module, base, orig, old_mask) in zip(targets, picked):
-        full = np.empty(t.numel, dtype=np.float32)
-        for (s, e), keep in zip(t.spans(), keepers[t.index]()):
-            full[s:e] = keep
-        newly = int(t.numel - np.count_nonzero(full))
-        mask = torch.from_numpy(full.reshape(tuple(shown.shape))).to(device=orig.device, dtype=orig.dtype)
-        tprune.custom_from_mask(module, base, mask)
-        zeros = count_zeros(torch_raw(getattr(module, base)), shown.dtype)
+        # the mask is written in place, in the weight's dtype when NumPy has it, else as float32 then cast
+        direct = orig.device.type == "cpu" and orig.dtype in (torch.float32, torch.float64)
+        mask = torch.empty(tuple(shown.shape), dtype=orig.dtype if direct else torch.float32)
+        flat = mask.numpy().reshape(-1)
+        keepers[t.index].fill(flat)
+        newly = int(t.numel - np.count_nonzero(flat))
+        mask = mask.to(device=orig.device, dtype=orig.dtype)
+        if old_mask is None:
+            _apply_first_mask(module, base, mask)
+        else:  # composes with the earlier mask through torch's PruningContainer
+            tprune.custom_from_mask(module, base, mask)
+        zeros = count_zeros(torch_raw(getattr(module, base).detach()), shown.dtype)
         results.append(TensorPrune(shown.name, shown.kind, tuple(shown.shape), shown.dtype, t.numel, zeros, newly,
                                    dims.get(t.index)))
     return PruneReport(ws.source, method, scope, amount, threshold, results)
+
+
+_MASKED = None
+
+
+def _masked_product():
+    """``orig * mask`` as torch's ``apply_mask`` computes it (with the gradient ``grad * mask``
+    to ``orig``)."""
+    global _MASKED
+    if _MASKED is None:
+        import torch
+
+        class MaskedProduct(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, orig, mask):
+                ctx.save_for_backward(mask)
+                return torch.mul(mask, orig)
+
+            @staticmethod
+            def backward(ctx, grad):
+                (mask,) = ctx.saved_tensors
+                return grad * mask, None
+
+        _MASKED = MaskedProduct
+    return _MASKED
+
+
+def _apply_first_mask(module, name: str, mask) -> None:
+    """What ``torch.nn.utils.prune.custom_from_mask`` leaves on a parameter pruned for the first
+    time (``name_orig`` parameter, ``name_mask`` buffer, ``name = name_orig * name_mask``, the
+    ``CustomFromMask`` forward pre-hook), without its ``ones_like`` default mask and extra
+    product: on a 100-M-parameter layer those cost more than the whole selection."""
+    import torch
+    from torch.nn.utils import prune as tprune
+
+    orig = getattr(module, name)
+    method = tprune.CustomFromMask(mask)
+    method._tensor_name = name
+    module.register_parameter(name + "_orig", orig)
+    del module._parameters[name]
+    module.register_buffer(name + "_mask", mask)
+    try:
+        setattr(module, name, _masked_product().apply(orig, mask))
+        module.register_forward_pre_hook(method)
+    except BaseException:
+        del module._buffers[name + "_mask"]
+        del module._parameters[name + "_orig"]
+        module.register_parameter(name, orig)
+        raise
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -436,7 +506,7 @@ def _prune_source(source, out, amount, *, pattern, kind, role, scope, method, di
 
         def produce(t: _Target):
             zeros = pruned = 0
-            for (s, e), keep in zip(t.spans(), keepers[t.index]()):
+            for (s, e), keep in zip(t.spans(), keepers[t.index].chunks()):
                 chunk = np.array(t.raw(s, e), copy=True)
                 drop = keep == 0
                 pruned += int(np.count_nonzero(drop))
@@ -555,14 +625,25 @@ def make_permanent(model: Any) -> list[str]:
     """
     if not _is_torch_module(model):
         raise WeightkitError(f"make_permanent needs a live torch.nn.Module; received {type(model).__name__}")
+    import torch
     from torch.nn.utils import prune as tprune
 
     done = []
     for layer, module in model.named_modules():
-        names = [h._tensor_name for h in list(module._forward_pre_hooks.values())
-                 if isinstance(h, tprune.BasePruningMethod)]
-        for name in names:
-            tprune.remove(module, name)
+        hooks = [(k, h) for k, h in module._forward_pre_hooks.items() if isinstance(h, tprune.BasePruningMethod)]
+        for key, hook in hooks:
+            name = hook._tensor_name
+            # torch's remove() recomputes orig * mask into a new tensor and swaps it in via .data; multiplying
+            # in place gives the same values and the same Parameter object without a second copy of the weight
+            orig = module._parameters[name + "_orig"]
+            mask = module._buffers[name + "_mask"]
+            with torch.no_grad():
+                orig.mul_(mask.to(orig.dtype))
+            delattr(module, name)
+            del module._parameters[name + "_orig"]
+            del module._buffers[name + "_mask"]
+            setattr(module, name, orig)
+            del module._forward_pre_hooks[key]
             done.append(f"{layer}.{name}" if layer else name)
     return done
 
