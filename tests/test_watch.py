@@ -18,6 +18,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from torch import nn
 
 import weightkit
@@ -229,6 +232,44 @@ def test_histogram_and_grad_stats_never_strip_nan_inf(device_path):
     assert c == ([0, 0] if device_path == "cpu-fast" else [1, 3])
     if device_path == "general":
         assert math.isnan(f[0])  # the norm is NaN, not the norm of the finite part
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(1, 5000), seed=st.integers(0, 2**32 - 1),
+       scale=st.sampled_from([1e-6, 1.0, 1e6]), special=st.sampled_from(["none", "nan", "inf", "zeros"]),
+       bins=st.sampled_from([1, 7, 64]))
+def test_cpu_grad_stats_and_histogram_match_float64_numpy(dtype, n, seed, scale, special, bins):
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal(n) * scale + rng.standard_normal() * scale).astype(dtype)
+    if special == "nan":
+        a[rng.integers(n)] = np.nan
+    elif special == "inf":
+        a[rng.integers(n)] = -np.inf
+    elif special == "zeros":
+        a[:] = 0
+    x = torch.from_numpy(a)
+    (norm, mean, std, absmean, absmax), (nan, inf) = grad_stats(x)
+    r = a.astype(np.float64)
+    if special in ("nan", "inf"):
+        assert (nan, inf) == ((1, 0) if special == "nan" else (0, 1))
+        assert not math.isfinite(norm) and not math.isfinite(absmean)
+        assert math.isnan(absmax) if special == "nan" else absmax == math.inf
+        return
+    assert (nan, inf) == (0, 0)
+    tol = dict(rel=1e-5, abs=1e-12 * scale)
+    assert norm == pytest.approx(np.sqrt((r * r).sum()), **tol)
+    assert mean == pytest.approx(r.mean(), rel=1e-4, abs=1e-5 * scale)
+    assert std == pytest.approx(r.std(), rel=1e-4, abs=1e-5 * scale)
+    assert absmean == pytest.approx(np.abs(r).mean(), **tol)
+    assert absmax == np.abs(r).max()  # exact: a max is a value of the array
+    floats, ints = histogram(x, bins)
+    lo, hi, total, sq = floats.tolist()
+    assert (lo, hi) == (r.min(), r.max())
+    assert total == pytest.approx(r.sum(), rel=1e-4, abs=1e-5 * scale * n)
+    assert sq == pytest.approx((r * r).sum(), **tol)
+    idx = np.zeros(n, dtype=np.int64) if hi == lo else ((r - lo) * (bins / (hi - lo))).astype(np.int64)
+    expect = np.bincount(np.clip(idx, 0, bins - 1), minlength=bins)
+    assert ints.tolist() == [0, 0, 0, *expect.tolist()]
 
 
 # ---- alerts ---------------------------------------------------------------------------------------

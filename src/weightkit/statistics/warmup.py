@@ -1,5 +1,5 @@
-"""Compile and cache the statistics kernels once (``make venv`` runs this), so that the first
-``weightkit stats`` does not pay numba's compile time."""
+"""Compile and cache the numba kernels once (``make venv`` runs this), so that the first
+``weightkit stats`` or ``weightkit.watch`` does not pay numba's compile time."""
 
 import numpy as np
 
@@ -15,6 +15,9 @@ def main() -> None:
         a.fold(raw, dtype, 0.0, 1e-6)
         b.fold(raw + 1, dtype, 0.0, 1e-6)
         a.merge(b)
+    from ..watch import _kernel
+
+    _kernel.warm()
 
 
 if __name__ == "__main__":

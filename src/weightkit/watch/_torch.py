@@ -46,6 +46,25 @@ def _host(device: torch.device) -> bool:
     return CPU_SHORTCUTS and device.type == "cpu"
 
 
+_K = None
+
+
+def kernels():
+    """The compiled one-pass CPU loops (:mod:`weightkit.watch._kernel`), loaded on first use."""
+    global _K
+    if _K is None:
+        from . import _kernel
+
+        _kernel.warm()
+        _K = _kernel
+    return _K
+
+
+def _compiled(x: torch.Tensor) -> bool:
+    """A flat CPU tensor the compiled loops take (float32/float64, on the CPU path)."""
+    return _host(x.device) and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
+
+
 def _zeros(n: int, dtype, device) -> torch.Tensor:
     key = (n, dtype, device)
     z = _ZEROS.get(key)
@@ -100,12 +119,15 @@ def grad_stats(g: torch.Tensor):
     """``([norm, mean, std, mean|g|, max|g|], [nan, inf])``: device tensors (no host sync) on GPU,
     Python numbers on the CPU (where reading a scalar is free).
 
-    Built from reductions that are fast on every device (``sum``, ``dot``, ``amax``; the CPU's
+    On the CPU, float32/float64 gradients take one compiled pass (:mod:`weightkit.watch._kernel`);
+    elsewhere, reductions that are fast on every device (``sum``, ``dot``, ``amax``;
     ``std_mean`` and ``vector_norm`` are 2-50× slower). The std is two-pass on GPU; on CPU the
     one-pass ``E[x²] − mean²`` is used when ``|mean| < 0.1·rms`` (relative error < 1e-6 there) and
     the two-pass formula otherwise."""
     x = _flat(g)
     n = x.numel()
+    if _compiled(x):  # one compiled pass
+        return _host_stats(x, n, *kernels().moments(x.numpy()))
     buf = _scratch(x)
     a = torch.abs(x, out=buf)
     asum = a.sum()
@@ -113,19 +135,23 @@ def grad_stats(g: torch.Tensor):
     total = x.sum()
     sq = torch.dot(x, x)
     if _host(x.device):
-        m, q, am = total.item() / n, sq.item(), asum.item() / n
-        if math.isfinite(q) and m * m <= 0.01 * q / n:
-            std = math.sqrt(max(q / n - m * m, 0.0))
-        else:
-            d = torch.sub(x, m, out=buf)
-            std = math.sqrt(torch.dot(d, d).item() / n)
-        counts = [0, 0] if math.isfinite(am) else [int(torch.isnan(x).sum()), int(torch.isinf(x).sum())]
-        return [math.sqrt(q) if q >= 0 else q, m, std, am, amax.item()], counts
+        return _host_stats(x, n, total.item(), sq.item(), asum.item(), amax.item())
     mean = total / n
     d = torch.sub(x, mean, out=buf)
     std = (torch.dot(d, d) / n).sqrt()
     counts = torch.stack([torch.isnan(x).sum(), torch.isinf(x).sum()])
     return torch.stack([sq.sqrt(), mean, std, asum / n, amax]), counts
+
+
+def _host_stats(x: torch.Tensor, n: int, total: float, q: float, asum: float, amax: float):
+    m, am = total / n, asum / n
+    if math.isfinite(q) and m * m <= 0.01 * q / n:
+        std = math.sqrt(max(q / n - m * m, 0.0))
+    else:
+        d = torch.sub(x, m, out=_scratch(x))
+        std = math.sqrt(torch.dot(d, d).item() / n)
+    counts = [0, 0] if math.isfinite(am) else [int(torch.isnan(x).sum()), int(torch.isinf(x).sum())]
+    return [math.sqrt(q) if q >= 0 else q, m, std, am, amax], counts
 
 
 def host_norm(t: torch.Tensor) -> float:
@@ -143,7 +169,14 @@ def histogram(t: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
     if _host(x.device):
         lo, hi = torch.aminmax(x)
         if math.isfinite(lo.item()) and math.isfinite(hi.item()):  # the common case, fast on CPU
-            scale = bins / max(hi.item() - lo.item(), torch.finfo(x.dtype).tiny)
+            width = hi.item() - lo.item()
+            scale = bins / width if width > 0 else 0.0  # all values equal: everything in bin 0
+            if _compiled(x):
+                a = x.numpy()
+                counts = np.zeros(bins + 3, dtype=np.int64)
+                kernels().histogram(a, lo.item(), scale, counts[3:])
+                total, q, _, _ = kernels().moments(a)
+                return torch.tensor([lo.item(), hi.item(), total, q], dtype=torch.float64), torch.from_numpy(counts)
             idx = x.sub(lo).mul_(scale).to(torch.int64).clamp_(0, bins - 1)
             counts = torch.bincount(idx, minlength=bins)
             floats = torch.stack([lo, hi, x.sum(), torch.dot(x, x)])
@@ -230,6 +263,8 @@ class Core:
     def install(self, on_backward: Callable[[], None] | None = None) -> None:
         """Register the gradient hooks; ``on_backward`` (no optimizer) runs once at the end of each
         backward pass that reached a watched parameter."""
+        if any(_compiled(p.detach().reshape(-1)) for p in self.params):
+            kernels()  # load the compiled loops now, not inside the first measured step
         for i, p in enumerate(self.params):
             self._handles.append(p.register_post_accumulate_grad_hook(self._make_hook(i, on_backward)))
 
@@ -277,7 +312,8 @@ class Core:
         if not (self.measuring and any(self.updates)):
             return
         with torch.no_grad():
-            before = []
+            before: list[torch.Tensor | None] = []
+            host_dst, host_src = [], []
             for i, (p, u) in enumerate(zip(self.params, self.updates)):
                 if not u:
                     before.append(None)
@@ -285,9 +321,13 @@ class Core:
                     buf = self._keep.get(i)
                     if buf is None or buf.shape != p.shape or buf.dtype != p.dtype:
                         buf = self._keep[i] = torch.empty_like(p, memory_format=torch.contiguous_format)
-                    before.append(buf.copy_(p))
+                    host_dst.append(buf)
+                    host_src.append(p)
+                    before.append(buf)
                 else:
                     before.append(p.detach().clone())
+            if host_dst:
+                torch._foreach_copy_(host_dst, host_src)
             self._before = before
 
     def backward_step(self) -> None:
@@ -320,7 +360,16 @@ class Core:
         On measured steps the weights' norms (computed anyway) serve as their check."""
         grads = [self._gchk[i] for i in ix]
         if self.measuring:
-            self._wnorm = {i: host_norm(p) for i, p in zip(ix, ps)}
+            self._wnorm, self._unorm = {}, {}
+            before = self._before
+            for i, p in zip(ix, ps):
+                b = before[i] if before is not None else None
+                x = p.detach()
+                if b is not None and _compiled(x) and b.is_contiguous():  # both norms in one pass
+                    q, d = kernels().norms(x.reshape(-1).numpy(), b.reshape(-1).numpy())
+                    self._wnorm[i], self._unorm[i] = math.sqrt(q), math.sqrt(d)
+                else:
+                    self._wnorm[i] = host_norm(p)
             weights = []
             for i, p in zip(ix, ps):
                 v = self._wnorm[i]
@@ -373,9 +422,12 @@ class Core:
                         G[i], C[i] = st
                     W[i] = self._wnorm[i]
                 for i in upd:
-                    b = before[i]
-                    b.sub_(self.params[i])
-                    U[i] = host_norm(b)
+                    if i in self._unorm:
+                        U[i] = self._unorm[i]
+                    else:
+                        b = before[i]
+                        b.sub_(self.params[i])
+                        U[i] = host_norm(b)
                 if self.hist_now:
                     for i, p in zip(ix, ps):
                         for what, h in (("grad", self._ghist[i]), ("weight", histogram(p, self.bins))):

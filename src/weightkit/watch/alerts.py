@@ -161,6 +161,9 @@ class AlertEngine:
         # exploding: jump against the median of the recent measured norms
         if has.any():
             enough = has & (self.hist_len >= 3)
+            # a jump over 'exploding' × median is also one over 'exploding' × the window's minimum:
+            # the median (a sort) is needed only where that cheaper test passes
+            enough &= grad_norm > self.t.exploding * np.fmin.reduce(self.history, axis=0)
             if enough.any():
                 med = _median(self.history[:, enough], np.minimum(self.hist_len[enough], HISTORY))
                 jump = np.zeros(len(has), dtype=bool)

@@ -1,0 +1,93 @@
+"""Compiled one-pass reductions for watching CPU tensors (numba; cached on disk).
+
+Per float32/float64 gradient or weight on the CPU, torch needs one call per statistic (sum,
+dot, abs, …), each a pass over memory plus a dispatch; these loops do what a measured step
+needs in one pass each. Sums run in the tensor's dtype within blocks of ``BLOCK`` elements
+(vectorised: only re-association is allowed, so NaN and Inf propagate exactly as in plain
+arithmetic) and in float64 across blocks.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+BLOCK = 1024
+_OPTS = dict(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+
+
+@nb.njit(**_OPTS)
+def _moments(a, bits, mask):
+    # max |x| as the largest masked bit pattern: integer max vectorises where float max does not,
+    # and orders |x| the same way, with NaN above Inf
+    s = 0.0
+    q = 0.0
+    sa = 0.0
+    m = bits.dtype.type(0)
+    for start in range(0, a.size, BLOCK):
+        c = a[start:start + BLOCK]
+        cb = bits[start:start + BLOCK]
+        s_b = c.dtype.type(0)
+        q_b = c.dtype.type(0)
+        a_b = c.dtype.type(0)
+        m_b = bits.dtype.type(0)
+        for i in range(c.size):
+            v = c[i]
+            s_b += v
+            q_b += v * v
+            a_b += abs(v)
+            m_b = max(m_b, cb[i] & mask)
+        s += s_b
+        q += q_b
+        sa += a_b
+        m = max(m, m_b)
+    return s, q, sa, m
+
+
+_BITS = {np.dtype(np.float32): (np.uint32, np.uint32(0x7FFFFFFF)),
+         np.dtype(np.float64): (np.uint64, np.uint64(0x7FFFFFFFFFFFFFFF))}
+
+
+def moments(a: np.ndarray) -> tuple[float, float, float, float]:
+    """``(Σx, Σx², Σ|x|, max|x|)`` of a flat float32/float64 array, in one pass."""
+    ints, mask = _BITS[a.dtype]
+    s, q, sa, m = _moments(a, a.view(ints), mask)
+    return s, q, sa, float(np.array(m, dtype=ints).view(a.dtype))
+
+
+@nb.njit(**_OPTS)
+def norms(w, before):
+    """``(Σw², Σ(before − w)²)``: the weight's squared norm and its update's, in one pass."""
+    q = 0.0
+    d = 0.0
+    for start in range(0, w.size, BLOCK):
+        cw = w[start:start + BLOCK]
+        cb = before[start:start + BLOCK]
+        q_b = cw.dtype.type(0)
+        d_b = cw.dtype.type(0)
+        for i in range(cw.size):
+            v = cw[i]
+            q_b += v * v
+            e = cb[i] - v
+            d_b += e * e
+        q += q_b
+        d += d_b
+    return q, d
+
+
+@nb.njit(nogil=True, cache=True)
+def histogram(a, lo, scale, counts):
+    """Count finite ``a`` into ``counts.size`` equal bins from ``lo`` (``scale`` = bins / width)."""
+    last = counts.size - 1
+    for i in range(a.size):
+        j = int((a[i] - lo) * scale)
+        counts[min(max(j, 0), last)] += 1
+
+
+def warm() -> None:
+    """Compile (or load from the cache) every signature the watcher uses."""
+    for dt in (np.float32, np.float64):
+        a = np.zeros(4, dtype=dt)
+        moments(a)
+        norms(a, a)
+        histogram(a, 0.0, 1.0, np.zeros(2, dtype=np.int64))
