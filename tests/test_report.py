@@ -90,10 +90,32 @@ def test_big_model_stays_small_and_paginated(tmp_path):
     # 300 layers of 64x64: pages of the layer table, pictures limited, file well under 20 MB
     model = nn.Sequential(*[nn.Linear(64, 64) for _ in range(300)])
     info = weightkit.report(model, tmp_path / "big.html")
-    assert info.bytes < 20e6
     html = Path(info.path).read_text()
     assert 'data-pagesize="200"' in html and html.count("<figure>") <= 8
     assert "notes" in info.sections
+    # 900 table rows (300 layers, 600 tensors), each with a histogram: about 1 KB a row, so that a
+    # model with thousands of tensors stays far under 20 MB (each sparkline used to be ~3 KB of <rect>s)
+    rows = html.count("<tr>")
+    assert rows >= 900 and info.bytes < 1.5e3 * rows + 0.5e6, (rows, info.bytes)
+
+
+def test_histogram_sparkline_draws_each_bin_at_its_height():
+    from weightkit.render.html import _svg_hist
+
+    svg = _svg_hist([0, 5, 10, 10, 3, 0, 1], height=22)
+    assert svg.count("<path") == 1 and 'viewBox="0 0 7 22"' in svg
+    d = re.search(r' d="([^"]+)"', svg).group(1)
+    x, y, tops = 0.0, 22.0, {}
+    for op, val in re.findall(r"([MVHZ])\s*([-\d. ]*)", d):
+        if op == "M":
+            x, y = map(float, val.split())
+        elif op == "V":
+            y = float(val)
+        elif op == "H":
+            for i in range(int(x), int(float(val))):
+                tops[i] = y
+            x = float(val)
+    assert [round(22 - tops[i], 1) for i in range(7)] == [0, 11, 22, 22, 6.6, 0, 2.2]
 
 
 def test_cli(tmp_path):

@@ -67,16 +67,24 @@ PAGE_SIZE = 200
 
 
 def _svg_hist(counts: list[int], width: int = 120, height: int = 22) -> str:
+    """A sparkline histogram as one filled step path (bins are x = 0..n in the viewBox).
+
+    One element and ~10 bytes per bin instead of a ``<rect>`` per bin: a model with thousands of
+    tensors otherwise spends most of the page (and of the browser's load time) on these."""
     if not counts:
         return ""
     top = max(counts) or 1
-    bw = width / len(counts)
-    bars = "".join(
-        f'<rect x="{i * bw:.1f}" y="{height - height * c / top:.1f}" width="{max(bw - 0.3, 0.3):.1f}" '
-        f'height="{height * c / top:.1f}"/>'
-        for i, c in enumerate(counts) if c
-    )
-    return f'<svg class="h" width="{width}" height="{height}" fill="#4c72b0">{bars}</svg>'
+    d, last = [f"M0 {height}"], None
+    for i, c in enumerate(counts):
+        y = f"{height - height * c / top:.1f}".replace(".0", "")
+        if y == last:  # same height as the bin before: extend it
+            d[-1] = f"V{y}H{i + 1}"
+        else:
+            d.append(f"V{y}H{i + 1}")
+        last = y
+    d.append(f"V{height}Z")
+    return (f'<svg class="h" width="{width}" height="{height}" viewBox="0 0 {len(counts)} {height}" '
+            f'preserveAspectRatio="none" fill="#4c72b0"><path d="{"".join(d)}"/></svg>')
 
 
 def _td(value: Any, text: str | None = None, numeric: bool = False) -> str:
