@@ -92,6 +92,8 @@ def test_big_model_stays_small_and_paginated(tmp_path):
     info = weightkit.report(model, tmp_path / "big.html")
     html = Path(info.path).read_text()
     assert 'data-pagesize="200"' in html and html.count("<figure>") <= 8
+    # the heatmaps show the network from its first to its last layer, not only its first four
+    assert re.findall(r"<figcaption>(\d+)\.weight</figcaption>", html) == ["0", "100", "199", "299"]
     assert "notes" in info.sections
     # 900 table rows (300 layers, 600 tensors), each with a histogram: about 1 KB a row, so that a
     # model with thousands of tensors stays far under 20 MB (each sparkline used to be ~3 KB of <rect>s)

@@ -86,19 +86,26 @@ def _mlp_like(ws) -> bool:
         return False
 
 
+def _along_depth(items: list, k: int) -> list:
+    """``k`` of ``items`` evenly spaced from the first to the last (all of them when few)."""
+    if len(items) <= k:
+        return items
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
+
+
 def _pictures(ws, data: ReportData) -> None:
     from ..plot import plot_diff, plot_filters, plot_heatmap, plot_importance
 
     convs = [w for w in ws if not w.is_buffer and any(a.startswith("kernel") for a in w.axes)]
-    for w in convs[:MAX_FILTER_LAYERS]:
+    for w in _along_depth(convs, MAX_FILTER_LAYERS):
         data.pictures.setdefault("filters", []).append((w.name, _png(plot_filters(ws, layer=w.name, max_filters=32))))
     if len(convs) > MAX_FILTER_LAYERS:
-        data.notes.append(f"filters drawn for the first {MAX_FILTER_LAYERS} of {len(convs)} conv layers")
+        data.notes.append(f"filters drawn for {MAX_FILTER_LAYERS} of {len(convs)} conv layers, first to last")
     dense = [w for w in ws if not w.is_buffer and w.ndim == 2 and w.kind in ("Linear", "Dense")]
-    for w in dense[:MAX_HEATMAPS]:
+    for w in _along_depth(dense, MAX_HEATMAPS):
         data.pictures.setdefault("heatmaps", []).append((w.name, _png(plot_heatmap(ws, layer=w.name, max_size=128))))
     if len(dense) > MAX_HEATMAPS:
-        data.notes.append(f"heatmaps drawn for the first {MAX_HEATMAPS} of {len(dense)} dense layers")
+        data.notes.append(f"heatmaps drawn for {MAX_HEATMAPS} of {len(dense)} dense layers, first to last")
     if data.importance is not None:
         data.pictures["importance"] = [("input-feature importance", _png(plot_importance(ws)))]
     if data.diff is not None and data.diff.layers:
