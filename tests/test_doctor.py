@@ -5,8 +5,11 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 from torch import nn
 
@@ -66,6 +69,22 @@ def test_all_zero_dead_units_and_identical_rows():
     same = r.by_rule("identical-rows")
     assert [f.tensors for f in same] == [["0.weight"]]
     assert r.exit_code == 0  # warnings only
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(rows=st.integers(2, 40), cols=st.integers(2, 30), copies=st.lists(st.tuples(st.integers(0, 39), st.integers(0, 39)),
+       max_size=12), dtype=st.sampled_from(["float32", "float64", "float16"]), negzero=st.booleans())
+def test_identical_rows_counts_like_numpy_unique(rows, cols, copies, dtype, negzero):
+    from weightkit.doctor.rules import _duplicate_rows
+
+    a = np.random.default_rng(rows * 100 + cols).standard_normal((rows, cols)).astype(dtype)
+    for src, dst in copies:
+        a[dst % rows] = a[src % rows]
+    if negzero:  # -0.0 and 0.0 are the same weight
+        a[0, 0], a[rows - 1] = 0.0, a[0]
+        a[rows - 1, 0] = -0.0
+    _, counts = np.unique(a.astype(np.float64), axis=0, return_counts=True)
+    assert _duplicate_rows(a) == (int((counts - 1).sum()), int((counts > 1).sum()))
 
 
 def test_keras_style_dense_dead_units_use_the_last_axis():

@@ -98,6 +98,30 @@ def dead_units(ctx: Context) -> Iterator[Finding]:
             )
 
 
+def _duplicate_rows(rows: np.ndarray) -> tuple[int, int]:
+    """``(rows equal to an earlier row, groups of equal rows)``: candidates by a row hash, then
+    compared exactly (as values: -0.0 equals 0.0)."""
+    from ._kernel import row_hashes
+
+    _, inverse, counts = np.unique(row_hashes(rows), return_inverse=True, return_counts=True)
+    dup = groups = 0
+    for h in np.flatnonzero(counts > 1):
+        members = np.flatnonzero(inverse == h)
+        distinct: list[np.ndarray] = []  # one representative per group of equal rows under this hash
+        sizes: list[int] = []
+        for m in members:
+            for k, rep in enumerate(distinct):
+                if np.array_equal(rows[m], rep):
+                    sizes[k] += 1
+                    break
+            else:
+                distinct.append(rows[m])
+                sizes.append(1)
+        dup += sum(n - 1 for n in sizes)
+        groups += sum(n > 1 for n in sizes)
+    return dup, groups
+
+
 @rule("identical-rows", title="Output units with identical weights (symmetry never broken)")
 def identical_rows(ctx: Context) -> Iterator[Finding]:
     for w, rows in _matrices(ctx):
@@ -106,17 +130,16 @@ def identical_rows(ctx: Context) -> Iterator[Finding]:
         nonzero = rows[rows.any(axis=1)]
         if nonzero.shape[0] < 2:
             continue
-        _, index, counts = np.unique(np.ascontiguousarray(nonzero), axis=0, return_index=True, return_counts=True)
-        dup = int((counts - 1).sum())
+        dup, groups = _duplicate_rows(nonzero)
         if dup:
             yield Finding(
                 "identical-rows", "warning", [w.name],
-                f"{w.name}: {dup + int((counts > 1).sum())} of {nonzero.shape[0]} output units share identical "
-                f"weights with another unit (in {int((counts > 1).sum())} groups); identical units get identical "
+                f"{w.name}: {dup + groups} of {nonzero.shape[0]} output units share identical "
+                f"weights with another unit (in {groups} groups); identical units get identical "
                 "gradients and never become different.",
                 "Initialise with a random scheme (torch.nn.init.kaiming_uniform_, or the layer's "
                 "reset_parameters()), never a constant.",
-                {"duplicate_units": dup, "groups": int((counts > 1).sum())},
+                {"duplicate_units": dup, "groups": groups},
             )
 
 

@@ -1,5 +1,5 @@
 """Compile and cache the numba kernels once (``make venv`` runs this), so that the first
-``weightkit stats`` or ``weightkit.watch`` does not pay numba's compile time."""
+``weightkit stats``, ``doctor`` or ``weightkit.watch`` does not pay numba's compile time."""
 
 import numpy as np
 
@@ -15,9 +15,12 @@ def main() -> None:
         a.fold(raw, dtype, 0.0, 1e-6)
         b.fold(raw + 1, dtype, 0.0, 1e-6)
         a.merge(b)
+    from ..doctor._kernel import row_hashes
     from ..watch import _kernel
 
     _kernel.warm()
+    for dt in (np.float16, np.float32, np.float64):
+        row_hashes(np.zeros((2, 2), dtype=dt))
 
 
 if __name__ == "__main__":
