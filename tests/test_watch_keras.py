@@ -135,3 +135,22 @@ def test_docstring_example_runs():
     weightkit.keras.WatchCallback  # built on first use
     result = doctest.testmod(weightkit.keras, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_embedding_tables_are_not_called_vanishing(tmp_path):
+    from weightkit.keras import WatchCallback
+
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((3,), dtype="int32"), keras.layers.Embedding(200_000, 16),
+                          keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2)])
+    m.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 200_000, (32, 3)).astype("int32"), rng.integers(0, 2, 32)
+    m.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[WatchCallback(every=1, run_dir=tmp_path, name="bow")])
+    run = weightkit.open_run("bow", run_dir=tmp_path)
+    names = [p.name for p in run.params]
+    rms = run.metric("grad_norm") / np.sqrt([p.numel for p in run.params])
+    emb = next(i for i, n in enumerate(names) if n.endswith("embeddings"))
+    low = rms[:, emb] < 1e-3 * np.delete(rms, emb, axis=1).max(axis=1)  # what the vanishing rule would judge
+    assert max(len(r) for r in "".join("x" if b else " " for b in low).split()) >= 3  # 3 checks in a row
+    assert not [a for a in run.alerts if a.kind == "vanishing"]

@@ -148,8 +148,13 @@ def _build():
             }
             self._store = Store(path, meta=meta, params=[(n, tuple(p.shape), p.numel()) for n, p in zip(names, params)],
                                 overwrite=overwrite)
+            from .edit._backend import keras_layers
+
+            tables = {id(getattr(layer, "embeddings", None)) for layer in keras_layers(model)
+                      if isinstance(layer, keras.layers.Embedding)}
             self._core = Core(names, params, thresholds=self._thresholds, store=self._store, run=run_name,
-                              updates=[True] * len(params), **self._options)
+                              updates=[True] * len(params), embeddings=[id(v) in tables for v in variables],
+                              **self._options)
             self.path, self.name = path, run_name
 
         def _wrap_train_function(self) -> None:

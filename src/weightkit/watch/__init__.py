@@ -233,8 +233,10 @@ def watch(model, *, optimizer=None, every: int = 10, histograms: int = 10, bins:
         "not_in_optimizer": [n for (n, _), u in zip(named, updates or [True] * len(named)) if not u],
     }
     st = Store(path, meta=meta, params=[(n, tuple(p.shape), p.numel()) for n, p in named], overwrite=overwrite)
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))}
     core = Core([n for n, _ in named], [p for _, p in named], every=every, histograms=histograms, bins=bins,
-                thresholds=thresholds, store=st, run=run_name, updates=updates, nan_check=nan_check)
+                thresholds=thresholds, store=st, run=run_name, updates=updates, nan_check=nan_check,
+                embeddings=[id(p) in tables for _, p in named])
     handles: list = []
     try:
         if optimizer is not None:

@@ -214,7 +214,7 @@ class Core:
 
     def __init__(self, names: Sequence[str], params: Sequence[torch.Tensor], *, every: int, histograms: int,
                  bins: int, thresholds: Thresholds, store: Store, run: str, updates: Sequence[bool] | None,
-                 nan_check: str = "step"):
+                 nan_check: str = "step", embeddings: Sequence[bool] | None = None):
         self.names = list(names)
         self.params = list(params)
         self.n = len(self.params)
@@ -223,7 +223,8 @@ class Core:
         self.bins = bins
         self.store = store
         self.updates = list(updates) if updates is not None else [False] * self.n
-        self.alerts = AlertEngine(self.names, [tuple(p.shape) for p in self.params], thresholds, run=run)
+        self.alerts = AlertEngine(self.names, [tuple(p.shape) for p in self.params], thresholds, run=run,
+                                  embeddings=list(embeddings) if embeddings is not None else None)
         self.per_step = nan_check == "step"
         self.step = 0
         self.measured = 0

@@ -15,6 +15,8 @@ Kinds and the keyword options of :func:`weightkit.watch` that set them:
 ``vanishing``
     a parameter's gradient RMS (‖g‖/√n) stays below ``vanishing`` (default 1e-3) times the largest
     gradient RMS of the model at the same step, or is exactly zero, for ``patience`` checks.
+    Embedding tables are not judged (nor set the reference): only the rows of the tokens in a
+    batch get a gradient, so their RMS over the whole table is small by design.
 ``exploding``
     a gradient norm jumps above ``exploding`` (default 10) times the median of that parameter's
     previous (up to 20) measured norms (at least 3 of them).
@@ -78,8 +80,11 @@ def _median(columns: np.ndarray, counts: np.ndarray) -> np.ndarray:
 class AlertEngine:
     """Keeps the per-parameter state the alerts need (streaks, recent norms, what was reported)."""
 
-    def __init__(self, names: list[str], shapes: list[tuple], thresholds: Thresholds, *, run: str = ""):
+    def __init__(self, names: list[str], shapes: list[tuple], thresholds: Thresholds, *, run: str = "",
+                 embeddings: list[bool] | None = None):
         self.names = names
+        # embedding tables: row-sparse gradients, not judged for vanishing
+        self.dense_grad = ~np.array(embeddings if embeddings is not None else [False] * len(names), dtype=bool)
         self.t = thresholds
         self.run = run
         self.numel = np.array([max(1, int(np.prod(s))) for s in shapes], dtype=np.float64)
@@ -144,11 +149,12 @@ class AlertEngine:
         has = np.isfinite(grad_norm)
 
         # vanishing: RMS relative to the largest RMS of the model at this step
-        rms = np.where(has, grad_norm, np.nan) / self.sqrt_numel
-        top = np.max(rms[has]) if has.any() else np.nan
+        judged = has & self.dense_grad
+        rms = np.where(judged, grad_norm, np.nan) / self.sqrt_numel
+        top = np.max(rms[judged]) if judged.any() else np.nan
         if np.isfinite(top) and top > 0:
             rel = rms / top
-            low = has & ((rel < t.vanishing) | (rms == 0))
+            low = judged & ((rel < t.vanishing) | (rms == 0))
             self.vanish_streak = np.where(low, self.vanish_streak + 1, 0)
             j = int(np.nanargmax(rms)) if (self.vanish_streak >= t.patience).any() else 0
             for i in np.nonzero(self.vanish_streak >= t.patience)[0]:
