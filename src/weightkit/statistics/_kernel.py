@@ -36,9 +36,10 @@ _OPTS = dict(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz", "ar
 
 @nb.njit(**_OPTS)
 def _decode(x, lut, start, stop, out):
-    for i in range(start, stop):
-        out[i - start] = lut[x[i]]
-    return out[: stop - start]
+    c = x[start:stop]
+    for i in range(c.size):
+        out[i] = lut[c[i]]
+    return out[: c.size]
 
 
 @nb.njit(**_OPTS)
@@ -267,7 +268,12 @@ def _block_f32(v, shift, eps, mom, cnt, hist, geo, keys):
     if mnk <= _KEY_NEG_INF or mxk >= _KEY_POS_INF:  # NaN or Inf inside
         _careful_block(v, shift, eps, mom, cnt, hist, geo)
         return
-    mn, mx = _key_value(mnk), _key_value(mxk)
+    _finite_block(v, _key_value(mnk), _key_value(mxk), shift, eps, mom, cnt, hist, geo, keys)
+
+
+@nb.njit(nogil=True, cache=True)
+def _finite_block(v, mn, mx, shift, eps, mom, cnt, hist, geo, keys):
+    """A float32 block without NaN/Inf whose extremes are known."""
     cover(hist, geo, mn, mx)
     s, ss, sq, z, sm = _fused_f32(v, shift, eps, geo[0] / geo[1], 1.0 / geo[1], np.int32(hist.size - 1), keys)
     _add_fast(mom, cnt, v.size, s, ss, sq, mn, mx, z, sm)
@@ -304,20 +310,52 @@ def process_lut(x, lut, shift, eps, mom, cnt, hist, geo):
 
 @nb.njit(**_OPTS)
 def _decode_bf16(x, start, stop, out):
-    for i in range(start, stop):
-        out[i - start] = np.uint32(x[i]) << np.uint32(16)
+    # indexing a slice from 0 (not x[i] with out[i - start]) is what lets LLVM vectorise this: 6x faster
+    c = x[start:stop]
+    for i in range(c.size):
+        out[i] = np.uint32(c[i]) << np.uint32(16)
+
+
+# bfloat16 keys, as for float32 but on the 16-bit storage (twice the lanes per vector)
+_KEY16_POS_INF = np.int16(0x7F80)
+_KEY16_NEG_INF = np.int16(-0x7F81)
+
+
+@nb.njit(**_OPTS)
+def _key_minmax16(bits):
+    mn = np.int16(32767)
+    mx = np.int16(-32768)
+    for i in range(bits.size):
+        b = bits[i]
+        key = np.int16(b ^ ((b >> 15) & np.int16(0x7FFF)))
+        mn = min(mn, key)
+        mx = max(mx, key)
+    return mn, mx
+
+
+@nb.njit(nogil=True, cache=True)
+def _key16_value(key):
+    tmp = np.empty(1, np.int32)
+    tmp[0] = np.int32(np.int16(key ^ ((key >> 15) & np.int16(0x7FFF)))) << 16
+    return np.float64(tmp.view(np.float32)[0])
 
 
 @nb.njit(nogil=True, cache=True)
 def process_bf16(x, shift, eps, mom, cnt, hist, geo):
-    """Fold raw bfloat16 storage (uint16): widening is a shift, no table and no float32 copy."""
+    """Fold raw bfloat16 storage (uint16): extremes from the 16-bit keys, widening is a shift,
+    no table and no float32 copy of the tensor."""
     n = x.size
     buf = np.empty(BLOCK, np.uint32)
     keys = np.empty(BLOCK, np.int32)
     for start in range(0, n, BLOCK):
         stop = min(n, start + BLOCK)
+        mnk, mxk = _key_minmax16(x[start:stop].view(np.int16))
         _decode_bf16(x, start, stop, buf)
-        _block_f32(buf[: stop - start].view(np.float32), shift, eps, mom, cnt, hist, geo, keys)
+        v = buf[: stop - start].view(np.float32)
+        if mnk <= _KEY16_NEG_INF or mxk >= _KEY16_POS_INF:  # NaN or Inf inside
+            _careful_block(v, shift, eps, mom, cnt, hist, geo)
+        else:
+            _finite_block(v, _key16_value(mnk), _key16_value(mxk), shift, eps, mom, cnt, hist, geo, keys)
 
 
 def new_accumulator(nbins: int):
