@@ -11,6 +11,7 @@ parts (``name::q``, ``name::scale``, ``name::zero_point``) are what ``weightkit 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,39 @@ def _sniff(path: Path, head: bytes | None) -> bool:
     return head is not None and MARKER in head and sniff_safetensors(path, head)
 
 
+def _check(info: Any, header: dict[str, dict]) -> str | None:
+    """What is wrong with one ``weightkit.quantized.tensors`` entry (``None``: it dequantises
+    into its shape, reading exactly its stored parts), in the layout ``weightkit.quantize`` writes."""
+    if not isinstance(info, dict):
+        return "its entry is not a JSON object"
+    shape, axis = info.get("shape"), info.get("axis")
+    ints = [info.get(k) for k in ("bits", "rows", "cols", "group_size", "groups")]
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+            and all(type(v) is int for v in ints) and isinstance(info.get("dtype"), str)
+            and info.get("scheme") in ("symmetric", "asymmetric") and "axis" in info
+            and (axis is None or type(axis) is int)):
+        return "malformed shape, bits, scheme, axis or layout"
+    bits, rows, cols, group, groups = ints
+    n = math.prod(shape)
+    if not (bits in (4, 8) and rows >= 0 and cols >= 0 and rows * cols == n and 1 <= group <= max(cols, 1)
+            and groups == max(1, -(-cols // group))
+            and (rows == 1 if axis is None else 0 <= axis < len(shape) and rows == shape[axis])):
+        return f"layout rows={rows} cols={cols} group_size={group} groups={groups} does not fit shape {shape}"
+    parts = (("codes", ("U8",) if bits == 4 else ("I8", "U8"), n if bits == 8 else (n + 1) // 2),
+             ("scale", ("F32",), rows * groups), ("zero_point", ("U8",), rows * groups))
+    for key, dtypes, numel in parts:
+        part = info.get(key)
+        if part is None and key == "zero_point":
+            continue
+        entry = header.get(part) if isinstance(part, str) else None
+        if entry is None:
+            return f"its stored part {part!r} ({key}) is missing"
+        if entry["dtype"] not in dtypes or math.prod(entry["shape"]) != numel:
+            return f"its {key} {part!r} is {entry['dtype']} of {math.prod(entry['shape'])} elements, expected " \
+                   f"{'/'.join(dtypes)} of {numel}"
+    return None
+
+
 class QuantizedReader(ReaderBase):
     """A quantised checkpoint, dequantised on read (the last tensor read is cached, so chunked
     reads of one tensor dequantise it once)."""
@@ -47,16 +81,18 @@ class QuantizedReader(ReaderBase):
         try:
             self._q: dict[str, dict] = json.loads(meta.get(TENSORS_KEY, "{}"))
             self._kinds: dict[str, str] = json.loads(meta.get(KINDS_KEY, "{}"))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise CorruptFileError(f"{path}: the quantisation metadata is not valid JSON ({e}); the file is corrupt") from None
+        if not (isinstance(self._q, dict) and isinstance(self._kinds, dict)
+                and all(isinstance(v, str) for v in self._kinds.values())):
+            raise CorruptFileError(f"{path}: malformed quantisation metadata (expected JSON objects); "
+                                   "the file is corrupt")
         parts = set()
         for name, info in self._q.items():
-            for key in ("codes", "scale", "zero_point"):
-                if info.get(key) is not None:
-                    if info[key] not in self._shard.header:
-                        raise CorruptFileError(f"{path}: quantised tensor {name!r} lacks its stored part {info[key]!r}; "
-                                               "the file is corrupt")
-                    parts.add(info[key])
+            problem = _check(info, self._shard.header)
+            if problem:
+                raise CorruptFileError(f"{path}: quantised tensor {name!r}: {problem}; the file is corrupt")
+            parts.update(info[key] for key in ("codes", "scale", "zero_point") if info.get(key) is not None)
         self._plain = [n for n in self._shard.header if n not in parts]
         self._cache: tuple[str, np.ndarray] | None = None
 

@@ -31,6 +31,7 @@ from .torch_module import torch_raw
 STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "network",
                    "model_state", "weights", "params", "ema", "model_ema", "state")
 _LEGACY_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+_TAR_MEMBERS = (b"sys_info", b"pickle", b"storages", b"tensors")  # torch's oldest format: a tar of these
 _OPTIMIZER_KEYS = {"state", "param_groups"}
 _MAX_DEPTH = 64  # nesting walked in a loaded checkpoint
 _MAX_EXPANDED = 1 << 26  # bytes a broadcast (stride-0) tensor may expand to when read
@@ -48,7 +49,11 @@ def _sniff(path: Path, head: bytes | None) -> bool:
             return False
     if head[:1] == b"\x80" and _LEGACY_MAGIC in head[:32]:
         return True
-    return head[257:262] == b"ustar" and b"storages" in head[:512]
+    return _is_tar(head)
+
+
+def _is_tar(head: bytes) -> bool:
+    return head[257:262] == b"ustar" and (head[:100].rstrip(b"\0") in _TAR_MEMBERS or b"storages" in head[:512])
 
 
 def refuse_unsafe(path: Path):
@@ -118,8 +123,8 @@ def _restricted_load(path: Path, is_zip: bool, what: str) -> Any:
         if head_is_legacy(path):
             return r.load_torch_legacy(path)
     raise UnsafeCheckpointError(
-        f"{path}: this legacy tar checkpoint {what}, and weightkit reads tar checkpoints only when they need no "
-        "code; re-save it as a state dict (torch.save(model.state_dict(), ...)) or as safetensors")
+        f"{path}: this checkpoint {what}, and it is neither a zip nor a legacy pickle checkpoint, the two layouts "
+        "weightkit extracts without running code; re-save it as a state dict or as safetensors")
 
 
 def head_is_legacy(path: Path) -> bool:
@@ -131,6 +136,12 @@ def head_is_legacy(path: Path) -> bool:
 def _load(path: Path, report) -> tuple[Any, str]:
     """``(object, how)``: the unpickled checkpoint and how it was loaded."""
     is_zip = zipfile.is_zipfile(path)
+    with open(path, "rb") as fh:
+        if not is_zip and _is_tar(fh.read(512)):  # torch.load reads these only with weights_only=False
+            raise UnsupportedFormatError(
+                f"{path}: a legacy tar checkpoint (PyTorch's oldest torch.save format), which weightkit does not "
+                "read; if you trust the file, load it with torch.load(weights_only=False) and re-save it as a "
+                "state dict or safetensors")
     # torch.load allocates a legacy file's storages at their declared sizes before reading them;
     # the restricted loader checks those sizes against the file first
     if report.verdict == "safe" and (is_zip or not head_is_legacy(path)):
