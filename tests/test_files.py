@@ -443,6 +443,34 @@ def test_sharded_directory_with_a_missing_shard_names_it(tmp_path):
         weightkit.open(d)
 
 
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/hostname", "sub/../../outside.safetensors", 7, ""])
+def test_shard_index_cannot_point_outside_its_directory(tmp_path, shard):
+    d, _, state = _write_shards(tmp_path)
+    save_file({"fc.bias": state["fc.bias"]}, str(tmp_path / "outside.safetensors"))
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    index["weight_map"]["fc.bias"] = shard
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(weightkit.WeightkitError, match="not a file name inside the directory") as e:
+        weightkit.open(d)
+    assert "\n" not in str(e.value)
+
+
+def test_shards_in_a_subfolder_and_symlinked_shards_are_read(tmp_path):
+    d, _, state = _write_shards(tmp_path)
+    (d / "part").mkdir()
+    (d / "model-00002-of-00002.safetensors").rename(d / "part" / "b.safetensors")
+    blob = tmp_path / "blob"  # the Hugging Face cache links shards in a snapshot to blobs elsewhere
+    (d / "model-00001-of-00002.safetensors").rename(blob)
+    (d / "model-00001-of-00002.safetensors").symlink_to(blob)
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    index["weight_map"] = {k: ("part/b.safetensors" if v.startswith("model-00002") else v)
+                           for k, v in index["weight_map"].items()}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    ws = weightkit.open(d)
+    assert sorted(ws.names) == sorted(state)
+    np.testing.assert_array_equal(ws["fc.bias"].numpy(), state["fc.bias"].numpy())
+
+
 # ---- numpy files, sniffing -----------------------------------------------------------------
 
 

@@ -23,15 +23,27 @@ def _sniff(path: Path, head: bytes | None) -> bool:
     return head is None
 
 
+def _inside(name: Any, index_path: Path) -> str:
+    """A shard name from an index, refused unless it is a relative path inside the directory
+    (no absolute path, no ``..``): an index must not make weightkit open files elsewhere.
+    Symlinks inside the directory are followed (the Hugging Face cache links shards to blobs)."""
+    parts = Path(name).parts if isinstance(name, str) and name else ()
+    if not parts or Path(name).is_absolute() or ".." in parts or "\0" in name:
+        raise CorruptFileError(f"{index_path}: shard {name!r} is not a file name inside the directory; "
+                               "a shard index lists files next to it")
+    return name
+
+
 def _shard_files(path: Path) -> tuple[list[Path], dict[str, Any]]:
     indexes = sorted(path.glob("*.index.json"), key=lambda p: (".safetensors." not in p.name, p.name))
     if indexes:
         index_path = indexes[0]
         try:
             index = json.loads(index_path.read_text())
-            files = list(dict.fromkeys(path / f for f in index["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            names = list(dict.fromkeys(index["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise CorruptFileError(f"{index_path}: not a valid shard index ({e}); re-download it") from None
+        files = [path / _inside(f, index_path) for f in names]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise SourceNotFoundError(
