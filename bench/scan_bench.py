@@ -11,46 +11,17 @@ not counted there, so the scan's mapped reads are also bounded by timing). Basel
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 import weightkit.scan as wscan
-
-
-def rchar() -> int:
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    return 0
-
-
-def make_state_dict(total_mb: int, tensors: int = 64) -> dict[str, torch.Tensor]:
-    per = total_mb * (1 << 20) // 4 // tensors
-    cols = 1024
-    rows = max(1, per // cols)
-    return {f"layers.{i}.weight": torch.zeros(rows, cols) for i in range(tensors)}
-
-
-def measure(fn, repeats: int = 7) -> tuple[float, int]:
-    times, reads = [], []
-    for _ in range(repeats):
-        r0, t0 = rchar(), time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        reads.append(rchar() - r0)
-    return statistics.median(times), int(statistics.median(reads))
+from _util import make_state_dict, measure, parse_sizes, print_ratios
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--small-mb", type=int, default=16)
-    ap.add_argument("--big-mb", type=int, default=1024)
-    args = ap.parse_args()
+    args = parse_sizes()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for mb in (args.small_mb, args.big_mb):
@@ -70,10 +41,7 @@ def main() -> None:
     print(f"{'what':22} {'MB':>6} {'median s':>10} {'bytes read':>14}")
     for fmt, mb, t, r in rows:
         print(f"{fmt:22} {mb:>6} {t:>10.4f} {r:>14,}")
-    for fmt in ("scan torch zip", "scan torch legacy", "baseline torch.load"):
-        small, big = [row for row in rows if row[0] == fmt]
-        print(f"{fmt}: time ratio {args.big_mb}MB/{args.small_mb}MB = {big[2] / small[2]:.2f}  "
-              f"(bytes ratio {args.big_mb / args.small_mb:.0f}x)")
+    print_ratios(rows, ("scan torch zip", "scan torch legacy", "baseline torch.load"), args)
     scan_big = next(r for r in rows if r[0] == "scan torch zip" and r[1] == args.big_mb)
     base_big = next(r for r in rows if r[0] == "baseline torch.load" and r[1] == args.big_mb)
     print(f"at {args.big_mb} MB: scan is {base_big[2] / scan_big[2]:.0f}x faster than torch.load(weights_only=True)")

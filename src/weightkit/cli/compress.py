@@ -20,6 +20,11 @@ _IN = typer.Argument(..., help="Checkpoint file or directory of shards (any form
 _OUT = typer.Argument(None, help="The safetensors file to write (optional with --in-place).")
 _IN_PLACE = typer.Option(False, "--in-place", help="Replace IN itself (atomically).")
 _JSON = typer.Option(False, "--json", help="Print the report as JSON.")
+_FILTER = typer.Option(None, "--filter", "-f", help="Only tensors whose name matches this glob.")
+_BITS = typer.Option(8, "--bits", "-b", help="8 or 4.")
+_SCHEME = typer.Option("symmetric", "--scheme", help="symmetric or asymmetric.")
+_GRANULARITY = typer.Option("tensor", "--granularity", "-g", help="tensor, channel or group.")
+_GROUP_SIZE = typer.Option(128, "--group-size", help="Elements per group (--granularity group).")
 
 
 @contextlib.contextmanager
@@ -46,6 +51,25 @@ def _paths(source: Path, out: Optional[Path], in_place: bool) -> tuple[str, str]
     return str(source), str(out)
 
 
+def _show(report, as_json: bool) -> None:
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        console().print(report)
+
+
+def _rewrite(source: Path, out: Optional[Path], in_place: bool, as_json: bool, write) -> None:
+    """Check the paths, run ``write(src, dst)`` and print the report it returns (prune, quantize)."""
+
+    def run():
+        src, dst = _paths(source, out, in_place)
+        with _naming(source, out):
+            report = write(src, dst)
+        _show(report, as_json)
+
+    guard(run)
+
+
 @app.command()
 def prune(
     source: Path = _IN,
@@ -54,7 +78,7 @@ def prune(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Prune every |w| below this instead."),
     scope: str = typer.Option("layer", "--scope", help="layer (each tensor) or global (across selected tensors)."),
     method: str = typer.Option("magnitude", "--method", help="magnitude, random, l1-structured, l2-structured."),
-    filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Only tensors whose name matches this glob."),
+    filter: Optional[str] = _FILTER,
     kind: Optional[str] = typer.Option(None, "--kind", help="Only layers of this kind (Linear, Conv2d…)."),
     role: Optional[str] = typer.Option(None, "--role", help="Tensor role to prune (default: the weight matrices of every layer kind: weight, kernel, weight_ih, …)."),
     dim: Optional[int] = typer.Option(None, "--dim", help="Structured: axis of the removed slices (default: output axis)."),
@@ -64,58 +88,46 @@ def prune(
 ) -> None:
     """Prune a checkpoint into OUT (safetensors): zero the smallest weights, or whole channels."""
 
-    def run():
+    def write(src, dst):
         from ..prune import prune as do_prune
 
-        src, dst = _paths(source, out, in_place)
-        with _naming(source, out):
-            report = do_prune(src, amount, pattern=filter, kind=kind, role=role, scope=scope, method=method, dim=dim,
-                              threshold=threshold, seed=seed, out=dst, in_place=in_place)
-        if as_json:
-            print_json(report.to_dict())
-        else:
-            console().print(report)
+        return do_prune(src, amount, pattern=filter, kind=kind, role=role, scope=scope, method=method, dim=dim,
+                        threshold=threshold, seed=seed, out=dst, in_place=in_place)
 
-    guard(run)
+    _rewrite(source, out, in_place, as_json, write)
 
 
 @app.command()
 def quantize(
     source: Path = _IN,
     out: Optional[Path] = _OUT,
-    bits: int = typer.Option(8, "--bits", "-b", help="8 or 4."),
-    scheme: str = typer.Option("symmetric", "--scheme", help="symmetric or asymmetric."),
-    granularity: str = typer.Option("tensor", "--granularity", "-g", help="tensor, channel or group."),
-    group_size: int = typer.Option(128, "--group-size", help="Elements per group (--granularity group)."),
-    filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Only tensors whose name matches this glob."),
+    bits: int = _BITS,
+    scheme: str = _SCHEME,
+    granularity: str = _GRANULARITY,
+    group_size: int = _GROUP_SIZE,
+    filter: Optional[str] = _FILTER,
     in_place: bool = _IN_PLACE,
     as_json: bool = _JSON,
 ) -> None:
     """Write a weight-only quantised checkpoint (int8 / packed int4 + scales) that weightkit reads back."""
 
-    def run():
+    def write(src, dst):
         from ..quantize import quantize as do_quantize
 
-        src, dst = _paths(source, out, in_place)
-        with _naming(source, out):
-            report = do_quantize(src, dst, bits=bits, scheme=scheme, granularity=granularity, group_size=group_size,
-                                 select=filter, mode="weight-only", in_place=in_place)
-        if as_json:
-            print_json(report.to_dict())
-        else:
-            console().print(report)
+        return do_quantize(src, dst, bits=bits, scheme=scheme, granularity=granularity, group_size=group_size,
+                           select=filter, mode="weight-only", in_place=in_place)
 
-    guard(run)
+    _rewrite(source, out, in_place, as_json, write)
 
 
 @app.command("quantize-error")
 def quantize_error(
     source: Path = _IN,
-    bits: int = typer.Option(8, "--bits", "-b", help="8 or 4."),
-    scheme: str = typer.Option("symmetric", "--scheme", help="symmetric or asymmetric."),
-    granularity: str = typer.Option("tensor", "--granularity", "-g", help="tensor, channel or group."),
-    group_size: int = typer.Option(128, "--group-size", help="Elements per group (--granularity group)."),
-    filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Only tensors whose name matches this glob."),
+    bits: int = _BITS,
+    scheme: str = _SCHEME,
+    granularity: str = _GRANULARITY,
+    group_size: int = _GROUP_SIZE,
+    filter: Optional[str] = _FILTER,
     as_json: bool = _JSON,
 ) -> None:
     """Measure what quantising would cost (relative error, SQNR, max error, bytes); changes nothing."""
@@ -128,10 +140,7 @@ def quantize_error(
         with _naming(source):
             report = measure(str(source), bits=bits, scheme=scheme, granularity=granularity, group_size=group_size,
                              select=filter)
-        if as_json:
-            print_json(report.to_dict())
-        else:
-            console().print(report)
+        _show(report, as_json)
 
     guard(run)
 

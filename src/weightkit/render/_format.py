@@ -1,6 +1,10 @@
-"""Small formatting helpers shared by renderers (display strings live here, never in results)."""
+"""Small formatting helpers shared by renderers (display strings live here, never in results)
+and the table style of the terminal renderers."""
 
 from __future__ import annotations
+
+from rich import box
+from rich.table import Table
 
 
 def human_bytes(n: int) -> str:
@@ -23,9 +27,31 @@ def human_count(n: int) -> str:
     return str(n)
 
 
+def num(value: float | None) -> str:
+    """A statistic in at most four significant digits; ``None`` -> ``"—"``."""
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e4 or abs(value) < 1e-3:
+        return f"{value:.3e}"
+    return f"{value:.4g}"
+
+
 def shape_str(shape) -> str:
     return "×".join(str(d) for d in shape) if shape else "scalar"
 
 
 def tristate(value: bool | None) -> str:
     return {True: "yes", False: "no", None: "?"}[value]
+
+
+def plain_table() -> Table:
+    """An empty table: bold header over a rule, no outer edge."""
+    return Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD, padding=(0, 1))
+
+
+def right_columns(table: Table, *headers: str) -> None:
+    """Add right-justified columns (numbers) to ``table``."""
+    for header in headers:
+        table.add_column(header, justify="right")

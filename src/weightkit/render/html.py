@@ -6,8 +6,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from ._format import human_bytes, human_count, shape_str
-from .stats_table import num
+from ._format import human_bytes, human_count, num, shape_str
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}

@@ -5,13 +5,10 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
-from rich import box
 from rich.console import RenderableType
-from rich.table import Table
 from rich.text import Text
 
-from ._format import shape_str
-from .stats_table import num
+from ._format import num, plain_table, right_columns, shape_str
 
 KIND_STYLE = {"nonfinite_grad": "bold red", "nonfinite_weight": "bold red", "exploding": "red", "vanishing": "yellow",
               "lr_high": "yellow", "lr_low": "yellow", "unused": "magenta"}
@@ -33,12 +30,9 @@ def render_run_list(runs, run_dir: str) -> Iterator[RenderableType]:
     if not runs:
         yield Text(f"no runs in {run_dir}", style="dim")
         return
-    table = Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD, padding=(0, 1))
+    table = plain_table()
     table.add_column("run", overflow="fold")
-    table.add_column("steps", justify="right")
-    table.add_column("last step", justify="right")
-    table.add_column("params", justify="right")
-    table.add_column("alerts", justify="right")
+    right_columns(table, "steps", "last step", "params", "alerts")
     table.add_column("status")
     table.add_column("last modified")
     for r in runs:
@@ -58,16 +52,10 @@ def render_run(run) -> Iterator[RenderableType]:
                         f"  {m.get('framework', '?')} {m.get('model', '?')}, optimizer {m.get('optimizer') or 'none'}, "
                         f"every {m.get('every', '?')} {m.get('steps_are', 'steps')}; {len(steps)} measured ({span}); "
                         f"status {m.get('status', '?')}")
-    table = Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD, padding=(0, 1))
+    table = plain_table()
     table.add_column("parameter", overflow="fold", min_width=14)
-    table.add_column("shape", justify="right")
-    table.add_column("grad norm\nlatest", justify="right")
-    table.add_column("grad norm\nmax (step)", justify="right")
-    table.add_column("update/weight\nlatest", justify="right")
-    table.add_column("update/weight\nmedian", justify="right")
-    table.add_column("weight norm\nlatest", justify="right")
-    table.add_column("NaN/Inf\nfrom step", justify="right")
-    table.add_column("alerts", justify="right")
+    right_columns(table, "shape", "grad norm\nlatest", "grad norm\nmax (step)", "update/weight\nlatest",
+                  "update/weight\nmedian", "weight norm\nlatest", "NaN/Inf\nfrom step", "alerts")
     for row in run.layers():
         gmax = row["grad_norm_max"]
         table.add_row(
@@ -84,7 +72,7 @@ def render_run(run) -> Iterator[RenderableType]:
     if not alerts:
         yield Text("no alerts", style="green")
     else:
-        at = Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD, padding=(0, 1))
+        at = plain_table()
         at.add_column("step", justify="right")
         at.add_column("kind")
         at.add_column("parameter", overflow="fold")

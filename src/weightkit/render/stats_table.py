@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from rich import box
 from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from ..statistics.result import StatsReport, TensorStats
-from ._format import human_bytes, human_count
+from ._format import human_bytes, human_count, num, plain_table, right_columns
 
 SPARK = " ▁▂▃▄▅▆▇█"
 
@@ -25,27 +24,11 @@ def sparkline(counts: list[int], width: int = 16) -> str:
     return "".join(SPARK[min(8, round(8 * c / top))] if c else " " for c in cells)
 
 
-def num(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if value == 0:
-        return "0"
-    if abs(value) >= 1e4 or abs(value) < 1e-3:
-        return f"{value:.3e}"
-    return f"{value:.4g}"
-
-
 def render_stats(r: StatsReport, width: int = 120) -> Iterator[RenderableType]:
     yield Text.assemble(("weightkit stats ", "bold"), (r.source, "cyan"), f"  ({r.format})")
-    table = Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD, padding=(0, 1))
+    table = plain_table()
     table.add_column("tensor", overflow="fold", no_wrap=width >= 140, min_width=14)
-    table.add_column("mean", justify="right")
-    table.add_column("std", justify="right")
-    table.add_column("min", justify="right")
-    table.add_column("max", justify="right")
-    table.add_column("L2 norm", justify="right")
-    table.add_column("zeros", justify="right")
-    table.add_column("nan/inf", justify="right")
+    right_columns(table, "mean", "std", "min", "max", "L2 norm", "zeros", "nan/inf")
     if width >= 110:
         table.add_column("histogram", no_wrap=True)
     for t in r.tensors:

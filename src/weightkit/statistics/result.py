@@ -11,21 +11,9 @@ __all__ = ["TensorStats", "GroupStats", "StatsReport"]
 
 
 @dataclass(frozen=True)
-class TensorStats:
-    """Statistics of one tensor. Moments, extremes and the histogram are over its finite values.
+class _Measures:
+    """Element counts and moments, shared by a tensor and a roll-up."""
 
-    ``mean``/``std``/``min``/``max``/``absmax`` are ``None`` when the tensor has no finite
-    value; ``std`` is the population standard deviation (``ddof=0``, as ``numpy.std``).
-    Quantiles come from a histogram 32× finer than ``hist_counts`` and are within
-    ``quantile_error`` of the exact value.
-    """
-
-    name: str
-    layer: str
-    kind: str
-    role: str
-    dtype: str
-    shape: tuple[int, ...]
     count: int
     finite: int
     mean: float | None
@@ -41,6 +29,36 @@ class TensorStats:
     nan: int
     posinf: int
     neginf: int
+
+
+@dataclass(frozen=True)
+class _TensorHead:
+    name: str
+    layer: str
+    kind: str
+    role: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _GroupHead:
+    name: str
+    kind: str
+    tensors: int
+
+
+# dataclass fields run from the last base to the first, then the class's own: head, measures, rest
+@dataclass(frozen=True)
+class TensorStats(_Measures, _TensorHead):
+    """Statistics of one tensor. Moments, extremes and the histogram are over its finite values.
+
+    ``mean``/``std``/``min``/``max``/``absmax`` are ``None`` when the tensor has no finite
+    value; ``std`` is the population standard deviation (``ddof=0``, as ``numpy.std``).
+    Quantiles come from a histogram 32× finer than ``hist_counts`` and are within
+    ``quantile_error`` of the exact value.
+    """
+
     hist_edges: list[float]
     hist_counts: list[int]
     quantiles: dict[str, float]
@@ -55,25 +73,9 @@ class TensorStats:
 
 
 @dataclass(frozen=True)
-class GroupStats:
+class GroupStats(_Measures, _GroupHead):
     """Roll-up over several tensors (a layer, or the whole model)."""
 
-    name: str
-    kind: str
-    tensors: int
-    count: int
-    finite: int
-    mean: float | None
-    std: float | None
-    min: float | None
-    max: float | None
-    absmax: float | None
-    l2_norm: float
-    zeros: int
-    small: int
-    nan: int
-    posinf: int
-    neginf: int
     unreadable: int = 0
 
 
