@@ -135,6 +135,27 @@ def test_edge_shapes():
     assert got["single"].std == 0.0 and got["scalar"].mean == 7.0
 
 
+@pytest.mark.parametrize("eps", [1e-6, 0.1, 2.0**-20, 0.0, 1e-50, 1e300])
+def test_small_count_is_exact_at_the_eps_boundary(eps):
+    # float32 values on both sides of eps, which float32 itself cannot always represent
+    near = np.float32(eps) if eps < 3e38 else np.float32(3e38)
+    around = [np.nextafter(near, np.float32(-np.inf)), near, np.nextafter(near, np.float32(np.inf))]
+    x = np.array(around * 20 + [0.0, -0.0, 1e-45, -1e-45, 0.5, -0.5] * 10, dtype=np.float32)
+    x[::2] *= -1
+    t = torch.from_numpy(x)
+    check(stats_of({"w": t}, eps=eps)["w"], t, eps=eps)
+
+
+@pytest.mark.parametrize("centre", [0.0, 3.0, 2.0**24 * 2.0**-12, 5e6, -7e5, 1e30])
+def test_histogram_exact_far_from_zero(centre):
+    # narrow spreads far from zero put the grid's base near or past 2**24 bins from zero
+    g = np.random.default_rng(3)
+    x = (centre + g.standard_normal(40_000) * max(abs(centre), 1.0) * 1e-4).astype(np.float32)
+    x[:50] = np.float32(centre)
+    t = torch.from_numpy(x)
+    check(stats_of({"w": t}, chunk_bytes=1 << 14)["w"], t)
+
+
 def test_float32_sum_would_lose_digits():
     # a 4096x4096-style sum in float32 drifts; the engine accumulates in float64
     x = np.full(1 << 22, 0.1, dtype=np.float32)

@@ -233,6 +233,7 @@ def _key_value(key):
 
 @nb.njit(**_OPTS)
 def _fused_f32(v, shift, eps, base, inv_w, top, keys):
+    """Moments and counts in float64, bin keys clamped to ``[0, top]`` (any grid)."""
     s = 0.0
     ss = 0.0
     sq = 0.0
@@ -247,17 +248,84 @@ def _fused_f32(v, shift, eps, base, inv_w, top, keys):
         sq += f * f
         z += a == 0.0
         sm += abs(f) < eps
-        k = np.int32(math.floor(f * inv_w) - base)
-        keys[i] = top if k > top else k
+        k = np.int32(np.floor(f * inv_w) - base)
+        keys[i] = min(max(k, np.int32(0)), top)
     return s, ss, sq, z, sm
+
+
+@nb.njit(**_OPTS)
+def _fused_f32_narrow(v, shift, eps32, base, inv_w, top, keys):
+    """As :func:`_fused_f32`, with keys and counts in float32 (twice the lanes), which is exact
+    on a grid where ``v * inv_w`` and ``floor(..) - base`` are exact float32 (see ``_narrow_ok``)."""
+    s = 0.0
+    ss = 0.0
+    sq = 0.0
+    z = 0
+    sm = 0
+    b32 = np.float32(base)
+    i32 = np.float32(inv_w)
+    zero = np.float32(0.0)
+    for i in range(v.size):
+        a = v[i]
+        f = np.float64(a)
+        d = f - shift
+        s += d
+        ss += d * d
+        sq += f * f
+        z += np.int32(a == zero)
+        sm += np.int32(abs(a) < eps32)
+        k = np.int32(np.floor(a * i32) - b32)
+        keys[i] = min(max(k, np.int32(0)), top)
+    return s, ss, sq, z, sm
+
+
+@nb.njit(**_OPTS)
+def _fused_f32_narrow_unshifted(v, eps32, base, inv_w, top, keys):
+    """:func:`_fused_f32_narrow` for ``shift == 0``, where the shifted sums are the raw ones."""
+    s = 0.0
+    sq = 0.0
+    z = 0
+    sm = 0
+    b32 = np.float32(base)
+    i32 = np.float32(inv_w)
+    zero = np.float32(0.0)
+    for i in range(v.size):
+        a = v[i]
+        f = np.float64(a)
+        s += f
+        sq += f * f
+        z += np.int32(a == zero)
+        sm += np.int32(abs(a) < eps32)
+        k = np.int32(np.floor(a * i32) - b32)
+        keys[i] = min(max(k, np.int32(0)), top)
+    return s, sq, sq, z, sm
+
+
+@nb.njit(nogil=True, cache=True)
+def _narrow_ok(geo, nbins):
+    # w <= 1: scaling by 1/w (a power of two) only grows values, so it never rounds;
+    # |base| + nbins <= 2**24: every bin index and the base are exact float32 integers
+    return geo[1] <= 1.0 and 1.0 / geo[1] < 2.0 ** 126 and abs(geo[0] / geo[1]) + nbins <= 2.0 ** 24
+
+
+@nb.njit(nogil=True, cache=True)
+def eps32(eps):
+    """The float32 ``t`` with ``|a| < t`` exactly when ``|a| < eps``, for every float32 ``a``:
+    the smallest float32 not below ``eps``."""
+    t = np.float32(eps)
+    if np.float64(t) < eps:
+        t = np.nextafter(t, np.float32(np.inf))
+    return t
 
 
 @nb.njit(nogil=True, cache=True)
 def _scatter(keys, n, hist):
-    # int32 counts, half the cache footprint of the int64 histogram, folded in once per block
+    # int32 counts, half the cache footprint of the int64 histogram, folded in once per block;
+    # unsigned keys spare the negative-index check (0.44 -> 0.29 ns per element)
     local = np.zeros(hist.size, np.int32)
+    u = keys.view(np.uint32)
     for i in range(n):
-        local[keys[i]] += 1
+        local[u[i]] += 1
     for j in range(hist.size):
         hist[j] += local[j]
 
@@ -275,7 +343,14 @@ def _block_f32(v, shift, eps, mom, cnt, hist, geo, keys):
 def _finite_block(v, mn, mx, shift, eps, mom, cnt, hist, geo, keys):
     """A float32 block without NaN/Inf whose extremes are known."""
     cover(hist, geo, mn, mx)
-    s, ss, sq, z, sm = _fused_f32(v, shift, eps, geo[0] / geo[1], 1.0 / geo[1], np.int32(hist.size - 1), keys)
+    base, inv_w, top = geo[0] / geo[1], 1.0 / geo[1], np.int32(hist.size - 1)
+    if _narrow_ok(geo, hist.size):
+        if shift == 0.0:
+            s, ss, sq, z, sm = _fused_f32_narrow_unshifted(v, eps32(eps), base, inv_w, top, keys)
+        else:
+            s, ss, sq, z, sm = _fused_f32_narrow(v, shift, eps32(eps), base, inv_w, top, keys)
+    else:
+        s, ss, sq, z, sm = _fused_f32(v, shift, eps, base, inv_w, top, keys)
     _add_fast(mom, cnt, v.size, s, ss, sq, mn, mx, z, sm)
     _scatter(keys, v.size, hist)
 

@@ -122,12 +122,16 @@ def compute(
         accs[i] = _Acc.new(nbins)
         shifts[i] = 0.0
 
-    def first_value(i: int) -> float:
-        """A finite value near the start: the shift that keeps float64 variance sums exact-ish."""
+    def choose_shift(i: int) -> float:
+        """The shift that keeps the float64 variance sums exact-ish: 0 when the values near the
+        start are centred (|mean| <= std: no cancellation, and the kernel's cheaper unshifted
+        loop), otherwise the first finite value."""
         w = weights[i]
         head = _dtypes.decode(w.raw_range(0, min(w.numel, 1 << 16)), w.dtype).astype(np.float64)
         finite = head[np.isfinite(head)]
-        return float(finite[0]) if finite.size else 0.0
+        if not finite.size or abs(finite.mean()) <= finite.std():
+            return 0.0
+        return float(finite[0])
 
     def run(job):
         i, start, stop = job
@@ -140,7 +144,7 @@ def compute(
     # the shift makes the float64 variance exact-ish when |mean| >> std; same for all pieces
     for i in list(accs):
         try:
-            shifts[i] = first_value(i)
+            shifts[i] = choose_shift(i)
         except Exception as e:  # unreadable bytes are reported, the rest are still measured
             errors[i] = _describe(e)
     jobs = [j for j in jobs if j[0] not in errors]
