@@ -644,3 +644,96 @@ def test_export_parquet_or_clear_error(small_run, tmp_path):
     export_run(small_run, tmp_path / "x.parquet", format="parquet")
     t = pq.read_table(tmp_path / "x.parquet")
     assert t.column_names == ["step", "param", "metric", "value"] and t.num_rows == 120
+
+
+def _reference_alerts(shapes, steps, embeddings, t):
+    """The alert rules of weightkit.watch.alerts, written out plainly over Python lists."""
+    n = len(shapes)
+    numel = [max(1, math.prod(s)) for s in shapes]
+    vanish, high, low = [0] * n, [0] * n, [0] * n
+    history = [[] for _ in range(n)]
+    reported, out = set(), []
+
+    def emit(step, kind, i, value):
+        if (kind, i) not in reported:
+            reported.add((kind, i))
+            out.append((step, kind, i, pytest.approx(value, rel=1e-12)))
+
+    for step, (norms, ratios, received) in enumerate(steps):
+        rms = {i: norms[i] / math.sqrt(numel[i]) for i in range(n)
+               if math.isfinite(norms[i]) and not embeddings[i]}
+        top = max(rms.values(), default=None)
+        if top is not None and top > 0:
+            for i in range(n):
+                vanish[i] = vanish[i] + 1 if i in rms and (rms[i] / top < t["vanishing"] or rms[i] == 0) else 0
+            for i in range(n):
+                if vanish[i] >= t["patience"]:
+                    emit(step, "vanishing", i, rms[i] / top)
+        else:
+            vanish = [0] * n
+        for i in range(n):
+            if not math.isfinite(norms[i]):
+                continue
+            recent = history[i][-20:]
+            if len(history[i]) >= 3:
+                med = float(np.median(recent))
+                if med > 0 and norms[i] > t["exploding"] * med:
+                    emit(step, "exploding", i, norms[i] / med)
+            history[i].append(norms[i])
+        for i in range(n):
+            judged = len(shapes[i]) >= 2 and received[i] and math.isfinite(ratios[i])
+            high[i] = high[i] + 1 if judged and ratios[i] > t["ratio_high"] else 0
+            low[i] = low[i] + 1 if judged and ratios[i] < t["ratio_low"] else 0
+        for i in range(n):
+            if high[i] >= t["patience"]:
+                emit(step, "lr_high", i, ratios[i])
+        for i in range(n):
+            if low[i] >= t["patience"]:
+                emit(step, "lr_low", i, ratios[i])
+    return out
+
+
+_norm = st.one_of(st.just(math.nan), st.just(0.0), st.just(math.inf), st.floats(1e-9, 1e9))
+_ratio = st.one_of(st.just(math.nan), st.floats(1e-8, 1.0))
+
+
+@given(st.data())
+@settings(max_examples=150, deadline=None)
+def test_alert_judging_matches_a_plain_reference(data):
+    from weightkit.watch.alerts import AlertEngine, Thresholds
+
+    n = data.draw(st.integers(1, 5))
+    shapes = data.draw(st.lists(st.sampled_from([(3,), (4, 5), (2, 3, 3), (1000, 10)]), min_size=n, max_size=n))
+    embeddings = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    t = {"vanishing": data.draw(st.sampled_from([1e-3, 0.5])), "exploding": data.draw(st.sampled_from([1.5, 10.0])),
+         "ratio_high": 1e-1, "ratio_low": 1e-5, "patience": data.draw(st.integers(1, 3))}
+    steps = data.draw(st.lists(st.tuples(st.lists(_norm, min_size=n, max_size=n),
+                                         st.lists(_ratio, min_size=n, max_size=n),
+                                         st.lists(st.booleans(), min_size=n, max_size=n)), min_size=1, max_size=45))
+    engine = AlertEngine([f"p{i}" for i in range(n)], shapes, Thresholds(**t, unused_after=10**6),
+                         embeddings=embeddings)
+    got = []
+    logging.disable(logging.WARNING)
+    try:
+        for step, (norms, ratios, received) in enumerate(steps):
+            alerts = engine.measured_step(step, np.array(norms), np.array(ratios), np.array(received))
+            got += [(a.step, a.kind, int(a.param[1:]), a.value) for a in alerts]
+    finally:
+        logging.disable(logging.NOTSET)
+    assert got == _reference_alerts(shapes, steps, embeddings, t)
+
+
+def test_exploding_median_covers_the_last_twenty_norms():
+    from weightkit.watch.alerts import AlertEngine, Thresholds
+
+    t = {"vanishing": 1e-3, "exploding": 1.5, "ratio_high": 1e-1, "ratio_low": 1e-5, "patience": 3}
+    steps = [([v], [math.nan], [True]) for v in [2.0] * 10 + [1.0] * 10 + [2.5]]  # median of the 20: 1.5
+    engine = AlertEngine(["p0"], [(4, 5)], Thresholds(**t))
+    logging.disable(logging.WARNING)
+    try:
+        got = [a for s, (g, r, rec) in enumerate(steps) for a in engine.measured_step(s, np.array(g), np.array(r),
+                                                                                      np.array(rec))]
+    finally:
+        logging.disable(logging.NOTSET)
+    assert [(a.step, a.kind, a.value) for a in got] == [(20, "exploding", pytest.approx(2.5 / 1.5))]
+    assert _reference_alerts([(4, 5)], steps, [False], t) == [(20, "exploding", 0, pytest.approx(2.5 / 1.5))]

@@ -52,7 +52,7 @@ def moments(a: np.ndarray) -> tuple[float, float, float, float]:
     """``(Σx, Σx², Σ|x|, max|x|)`` of a flat float32/float64 array, in one pass."""
     ints, mask = _BITS[a.dtype]
     s, q, sa, m = _moments(a, a.view(ints), mask)
-    return s, q, sa, float(np.array(m, dtype=ints).view(a.dtype))
+    return s, q, sa, float(ints(m).view(a.dtype))
 
 
 @nb.njit(**_OPTS)
@@ -75,13 +75,49 @@ def norms(w, before):
     return q, d
 
 
-@nb.njit(nogil=True, cache=True)
+@nb.njit(**_OPTS)
+def centred(a, m):
+    """``Σ(x − m)²``: the second pass of a two-pass variance (in the array's dtype, around ``m``
+    rounded to it, corrected for that rounding)."""
+    mr = a.dtype.type(m)
+    q = 0.0
+    for start in range(0, a.size, BLOCK):
+        c = a[start:start + BLOCK]
+        q_b = c.dtype.type(0)
+        for i in range(c.size):
+            e = c[i] - mr
+            q_b += e * e
+        q += q_b
+    off = np.float64(mr) - m
+    return q - a.size * off * off
+
+
+@nb.njit(**_OPTS)
 def histogram(a, lo, scale, counts):
-    """Count finite ``a`` into ``counts.size`` equal bins from ``lo`` (``scale`` = bins / width)."""
-    last = counts.size - 1
-    for i in range(a.size):
-        j = int((a[i] - lo) * scale)
-        counts[min(max(j, 0), last)] += 1
+    """Count finite ``a`` (all of it finite, in ``[lo, …]``) into ``counts.size`` equal bins from
+    ``lo`` (``scale`` = bins / width); returns ``(Σx, Σx²)`` from the same pass.
+
+    Bin indices are computed a block at a time (vectorised), then counted with unsigned indices,
+    which spares the negative-index check of a signed one."""
+    last = np.int64(counts.size - 1)
+    keys = np.empty(BLOCK, np.uint32)
+    s = 0.0
+    q = 0.0
+    for start in range(0, a.size, BLOCK):
+        c = a[start:start + BLOCK]
+        s_b = c.dtype.type(0)
+        q_b = c.dtype.type(0)
+        for i in range(c.size):
+            v = c[i]
+            s_b += v
+            q_b += v * v
+            k = np.int64((np.float64(v) - lo) * scale)
+            keys[i] = np.uint32(min(max(k, np.int64(0)), last))
+        s += s_b
+        q += q_b
+        for i in range(c.size):
+            counts[keys[i]] += 1
+    return s, q
 
 
 def warm() -> None:
@@ -90,4 +126,5 @@ def warm() -> None:
         a = np.zeros(4, dtype=dt)
         moments(a)
         norms(a, a)
+        centred(a, 0.0)
         histogram(a, 0.0, 1.0, np.zeros(2, dtype=np.int64))

@@ -119,23 +119,22 @@ def grad_stats(g: torch.Tensor):
     """``([norm, mean, std, mean|g|, max|g|], [nan, inf])``: device tensors (no host sync) on GPU,
     Python numbers on the CPU (where reading a scalar is free).
 
-    On the CPU, float32/float64 gradients take one compiled pass (:mod:`weightkit.watch._kernel`);
-    elsewhere, reductions that are fast on every device (``sum``, ``dot``, ``amax``;
-    ``std_mean`` and ``vector_norm`` are 2-50× slower). The std is two-pass on GPU; on CPU the
-    one-pass ``E[x²] − mean²`` is used when ``|mean| < 0.1·rms`` (relative error < 1e-6 there) and
-    the two-pass formula otherwise."""
+    On the CPU, one compiled pass (:mod:`weightkit.watch._kernel`); elsewhere, reductions that are
+    fast on every device (``sum``, ``dot``, ``amax``; ``std_mean`` and ``vector_norm`` are 2-50×
+    slower). The std is two-pass on GPU; on CPU it comes from the same pass when |mean| <= std,
+    and from a second compiled pass otherwise."""
+    if _host(g.device) and g.dtype in _HOST_DTYPES and g.layout == torch.strided and g.is_contiguous():
+        return _array_stats(g.detach().view(-1).numpy())  # the common case, with the least Python
     x = _flat(g)
+    if _host(x.device):
+        return _array_stats(x.numpy())
     n = x.numel()
-    if _compiled(x):  # one compiled pass
-        return _host_stats(x, n, *kernels().moments(x.numpy()))
     buf = _scratch(x)
     a = torch.abs(x, out=buf)
     asum = a.sum()
     amax = a.amax()
     total = x.sum()
     sq = torch.dot(x, x)
-    if _host(x.device):
-        return _host_stats(x, n, total.item(), sq.item(), asum.item(), amax.item())
     mean = total / n
     d = torch.sub(x, mean, out=buf)
     std = (torch.dot(d, d) / n).sqrt()
@@ -143,14 +142,22 @@ def grad_stats(g: torch.Tensor):
     return torch.stack([sq.sqrt(), mean, std, asum / n, amax]), counts
 
 
-def _host_stats(x: torch.Tensor, n: int, total: float, q: float, asum: float, amax: float):
+_HOST_DTYPES = (torch.float32, torch.float64)
+
+
+def _array_stats(a: np.ndarray):
+    """:func:`grad_stats` of a flat float32/float64 array, as Python numbers."""
+    K = kernels()
+    total, q, asum, amax = K.moments(a)
+    n = a.size
     m, am = total / n, asum / n
-    if math.isfinite(q) and m * m <= 0.01 * q / n:
+    # one pass (E[x²] − mean²) when mean² <= var: E[x²] is then at most twice the variance, and
+    # the variance keeps all but a bit of the sums' precision; a second pass otherwise
+    if math.isfinite(q) and m * m <= 0.5 * q / n:
         std = math.sqrt(max(q / n - m * m, 0.0))
     else:
-        d = torch.sub(x, m, out=_scratch(x))
-        std = math.sqrt(torch.dot(d, d).item() / n)
-    counts = [0, 0] if math.isfinite(am) else [int(torch.isnan(x).sum()), int(torch.isinf(x).sum())]
+        std = math.sqrt(K.centred(a, m) / n)
+    counts = [0, 0] if math.isfinite(am) else [int(np.isnan(a).sum()), int(np.isinf(a).sum())]
     return [math.sqrt(q) if q >= 0 else q, m, std, am, amax], counts
 
 
@@ -174,8 +181,7 @@ def histogram(t: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
             if _compiled(x):
                 a = x.numpy()
                 counts = np.zeros(bins + 3, dtype=np.int64)
-                kernels().histogram(a, lo.item(), scale, counts[3:])
-                total, q, _, _ = kernels().moments(a)
+                total, q = kernels().histogram(a, lo.item(), scale, counts[3:])
                 return torch.tensor([lo.item(), hi.item(), total, q], dtype=torch.float64), torch.from_numpy(counts)
             idx = x.sub(lo).mul_(scale).to(torch.int64).clamp_(0, bins - 1)
             counts = torch.bincount(idx, minlength=bins)
@@ -437,9 +443,11 @@ class Core:
             has_u[upd] = True
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = U / W
-        self._record_first()
         since = None if self.per_step else (self._prev_measured if self._prev_measured is not None else -1)
-        alerts = self.alerts.nonfinite(self.first[0], self.first[1], counts=C, count_step=step, since=since)
+        alerts = []
+        if self.first.max() >= 0:
+            self._record_first()
+            alerts = self.alerts.nonfinite(self.first[0], self.first[1], counts=C, count_step=step, since=since)
         self._prev_measured = step
         alerts += self.alerts.measured_step(step, G[:, 0], ratio, self.received)
         Gl, Cl, Wl, Ul, Rl, Hl = G.tolist(), C.tolist(), W.tolist(), U.tolist(), ratio.tolist(), has_u.tolist()

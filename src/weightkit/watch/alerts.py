@@ -70,13 +70,6 @@ class Thresholds:
         return self
 
 
-def _median(columns: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Median of the first ``counts[j]`` (non-NaN) entries of each column; NaN padding sorts last."""
-    s = np.sort(columns, axis=0)
-    j = np.arange(columns.shape[1])
-    return 0.5 * (s[(counts - 1) // 2, j] + s[counts // 2, j])
-
-
 class AlertEngine:
     """Keeps the per-parameter state the alerts need (streaks, recent norms, what was reported)."""
 
@@ -101,6 +94,12 @@ class AlertEngine:
         self.measured = 0
         self.unused_done = False
         self.emitted: list[Alert] = []
+        from . import _judge  # numba: loaded with the first watch, not with ``import weightkit``
+
+        self._judge = _judge.judge
+        self._done = np.zeros((n, 4), dtype=np.int8)  # judged kinds already raised, per parameter
+        self._flags = np.zeros((n, 4), dtype=np.int8)
+        self._values = np.zeros((n, 3))
 
     def _emit(self, out: list, step: int, kind: str, i: int | None, message: str, value: float | None = None):
         if i is not None:
@@ -146,56 +145,32 @@ class AlertEngine:
         which parameters got a gradient in any backward pass so far."""
         t, out = self.t, []
         self.measured += 1
-        has = np.isfinite(grad_norm)
-
-        # vanishing: RMS relative to the largest RMS of the model at this step
-        judged = has & self.dense_grad
-        rms = np.where(judged, grad_norm, np.nan) / self.sqrt_numel
-        top = np.max(rms[judged]) if judged.any() else np.nan
-        if np.isfinite(top) and top > 0:
-            rel = rms / top
-            low = judged & ((rel < t.vanishing) | (rms == 0))
-            self.vanish_streak = np.where(low, self.vanish_streak + 1, 0)
-            j = int(np.nanargmax(rms)) if (self.vanish_streak >= t.patience).any() else 0
-            for i in np.nonzero(self.vanish_streak >= t.patience)[0]:
+        flags, values = self._flags, self._values
+        grad_norm = np.ascontiguousarray(grad_norm, dtype=np.float64)
+        ratio = np.ascontiguousarray(ratio, dtype=np.float64)
+        top, j = self._judge(grad_norm, ratio, np.ascontiguousarray(received, dtype=bool), self.sqrt_numel,
+                       self.dense_grad, self.matrix, self.history, self.hist_len, self.vanish_streak,
+                       self.high_streak, self.low_streak, float(t.vanishing), float(t.exploding),
+                       float(t.ratio_high), float(t.ratio_low), int(t.patience), self._done, flags, values)
+        if flags.any():
+            for i in np.nonzero(flags[:, 0])[0]:  # columns: see _judge (VANISHING, EXPLODING, LR_HIGH, LR_LOW)
                 self._emit(out, step, "vanishing", int(i),
-                           f"vanishing gradient in '{self.names[i]}': gradient RMS {rms[i]:.3g} is {rel[i]:.2g}× that of "
-                           f"'{self.names[j]}' ({top:.3g}) for {t.patience} checks", rel[i])
-        else:
-            self.vanish_streak[:] = 0
-
-        # exploding: jump against the median of the recent measured norms
-        if has.any():
-            enough = has & (self.hist_len >= 3)
-            # a jump over 'exploding' × median is also one over 'exploding' × the window's minimum:
-            # the median (a sort) is needed only where that cheaper test passes
-            enough &= grad_norm > self.t.exploding * np.fmin.reduce(self.history, axis=0)
-            if enough.any():
-                med = _median(self.history[:, enough], np.minimum(self.hist_len[enough], HISTORY))
-                jump = np.zeros(len(has), dtype=bool)
-                jump[enough] = (med > 0) & (grad_norm[enough] > t.exploding * med)
-                for i in np.nonzero(jump)[0]:
-                    m = float(med[np.searchsorted(np.nonzero(enough)[0], i)])
-                    self._emit(out, step, "exploding", int(i),
-                               f"exploding gradient in '{self.names[i]}': norm {grad_norm[i]:.3g} is "
-                               f"{grad_norm[i] / m:.3g}× its recent median {m:.3g}", grad_norm[i] / m)
-            slot = self.hist_len % HISTORY
-            cols = np.nonzero(has)[0]
-            self.history[slot[cols], cols] = grad_norm[cols]
-            self.hist_len[cols] += 1
-
-        # learning rate per layer from the update-to-weight ratio
-        judged = self.matrix & np.isfinite(ratio) & received
-        self.high_streak = np.where(judged & (ratio > t.ratio_high), self.high_streak + 1, 0)
-        self.low_streak = np.where(judged & (ratio < t.ratio_low), self.low_streak + 1, 0)
-        for i in np.nonzero(self.high_streak >= t.patience)[0]:
-            self._emit(out, step, "lr_high", int(i),
-                       f"learning rate too high for layer '{self.names[i]}': update/weight ratio {ratio[i]:.3g} "
-                       f"(> {t.ratio_high:g}, rule of thumb 1e-3) for {t.patience} checks", ratio[i])
-        for i in np.nonzero(self.low_streak >= t.patience)[0]:
-            self._emit(out, step, "lr_low", int(i),
-                       f"learning rate too low for layer '{self.names[i]}': update/weight ratio {ratio[i]:.3g} "
-                       f"(< {t.ratio_low:g}, rule of thumb 1e-3) for {t.patience} checks", ratio[i])
+                           f"vanishing gradient in '{self.names[i]}': gradient RMS {values[i, 0]:.3g} is "
+                           f"{values[i, 1]:.2g}× that of '{self.names[j]}' ({top:.3g}) for {t.patience} checks",
+                           values[i, 1])
+            for i in np.nonzero(flags[:, 1])[0]:
+                m = float(values[i, 2])
+                self._emit(out, step, "exploding", int(i),
+                           f"exploding gradient in '{self.names[i]}': norm {grad_norm[i]:.3g} is "
+                           f"{grad_norm[i] / m:.3g}× its recent median {m:.3g}", grad_norm[i] / m)
+            for i in np.nonzero(flags[:, 2])[0]:
+                self._emit(out, step, "lr_high", int(i),
+                           f"learning rate too high for layer '{self.names[i]}': update/weight ratio {ratio[i]:.3g} "
+                           f"(> {t.ratio_high:g}, rule of thumb 1e-3) for {t.patience} checks", ratio[i])
+            for i in np.nonzero(flags[:, 3])[0]:
+                self._emit(out, step, "lr_low", int(i),
+                           f"learning rate too low for layer '{self.names[i]}': update/weight ratio {ratio[i]:.3g} "
+                           f"(< {t.ratio_low:g}, rule of thumb 1e-3) for {t.patience} checks", ratio[i])
 
         # never connected to the loss
         if not self.unused_done and self.measured >= t.unused_after:
