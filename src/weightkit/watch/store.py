@@ -18,10 +18,12 @@ value that was not measured (a parameter without a gradient, updates without an 
 ``grad_nan``/``grad_inf`` counts say which. Histogram bins are equal-width over the finite range
 ``[lo, hi]``; NaN, +Inf and -Inf are counted apart, never dropped.
 
-Crash safety: every measured step is one committed transaction (``synchronous=NORMAL`` in WAL mode
-survives a killed process; only a power loss can drop the last transactions). The writer runs in
-a background thread fed by a queue, so a crash loses at most the steps still in that queue
-(normally none or one); ``stop()`` and interpreter exit flush it.
+Crash safety: measured steps are committed in transactions of whole steps (``synchronous=NORMAL``
+in WAL mode survives a killed process; only a power loss can drop the last transactions). The
+writer runs in a background thread; the training thread hands it the steps gathered over
+``BATCH_SECONDS`` at a time (and at once anything with an alert), so it wakes a few times a second
+rather than once per step. A killed process loses at most the steps of that last fraction of a
+second; ``flush()``, ``stop()`` and interpreter exit write everything.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = ["METRICS", "COUNT_METRICS", "Store", "Run", "RunInfo", "ParamInfo", "
 
 SCHEMA_VERSION = 1
 FILE_NAME = "watch.sqlite"
+BATCH_SECONDS = 0.25  # the longest a measured step waits before it goes to the writer
 METRICS = ("grad_norm", "grad_mean", "grad_std", "grad_absmean", "grad_absmax", "grad_nan", "grad_inf",
            "weight_norm", "update_norm", "update_ratio")
 COUNT_METRICS = ("grad_nan", "grad_inf")
@@ -108,6 +111,8 @@ class Store:
                                  "pass run_dir= or store= a writable location") from None
         self._conn = conn
         self._queue: queue.Queue | None = None
+        self._pending: list[tuple] = []  # measured steps not yet handed to the writer
+        self._handed = time.time()
         self._thread: threading.Thread | None = None
         if background:
             self._queue = queue.Queue()
@@ -124,11 +129,21 @@ class Store:
         """Queue one measured step: ``rows`` are ``(param_id, *METRICS)``; one transaction on disk."""
         if self._closed:
             return
-        record = (int(step), time.time(), rows, list(alerts), list(hists))
+        now = time.time()
+        record = (int(step), now, rows, list(alerts), list(hists))
         if self._queue is None:
             self._write(record)
-        else:
-            self._queue.put(record)
+            return
+        self._pending.append(record)
+        if alerts or now - self._handed >= BATCH_SECONDS:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the steps gathered so far to the writer, as one transaction."""
+        if self._pending:
+            self._queue.put(("steps", self._pending))
+            self._pending = []
+        self._handed = time.time()
 
     def put_alerts(self, alerts: list[tuple]) -> None:
         """Queue alerts found outside a measured step (``(step, param, kind, message, value)``)."""
@@ -138,6 +153,7 @@ class Store:
         if self._queue is None:
             self._write(record)
         else:
+            self._hand_over()
             self._queue.put(record)
 
     def set_meta(self, **items: Any) -> None:
@@ -147,11 +163,13 @@ class Store:
         if self._queue is None:
             self._write(("meta", items))
         else:
+            self._hand_over()
             self._queue.put(("meta", items))
 
     def flush(self) -> None:
         """Wait until every queued step is committed."""
         if self._queue is not None:
+            self._hand_over()
             self._queue.join()
 
     def close(self) -> None:
@@ -159,6 +177,7 @@ class Store:
         if self._closed:
             return
         if self._queue is not None and self._thread is not None:
+            self._hand_over()
             self._queue.put(None)
             self._thread.join()
         self._closed = True
@@ -188,19 +207,8 @@ class Store:
         conn = self._conn
         try:
             conn.execute("BEGIN")
-            if record[0] == "meta":
-                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                 [(k, json.dumps(v)) for k, v in record[1].items()])
-            elif record[0] == "alerts":
-                conn.executemany(_INSERT_ALERT, [(*map(_nan, a), time.time()) for a in record[1]])
-            else:
-                step, t, rows, alerts, hists = record
-                conn.execute("INSERT OR REPLACE INTO steps VALUES (?, ?)", (step, t))
-                conn.executemany(_INSERT_SAMPLE, [(step, *map(_nan, r)) for r in rows])
-                if alerts:
-                    conn.executemany(_INSERT_ALERT, [(*map(_nan, a), t) for a in alerts])
-                if hists:
-                    conn.executemany(_INSERT_HIST, [(step, *map(_nan, h)) for h in hists])
+            for step_record in (record[1] if record[0] == "steps" else (record,)):
+                self._insert(conn, step_record)
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             self.error = e
@@ -209,6 +217,22 @@ class Store:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+
+    @staticmethod
+    def _insert(conn, record) -> None:
+        if record[0] == "meta":
+            conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                             [(k, json.dumps(v)) for k, v in record[1].items()])
+        elif record[0] == "alerts":
+            conn.executemany(_INSERT_ALERT, [(*map(_nan, a), time.time()) for a in record[1]])
+        else:
+            step, t, rows, alerts, hists = record
+            conn.execute("INSERT OR REPLACE INTO steps VALUES (?, ?)", (step, t))
+            conn.executemany(_INSERT_SAMPLE, [(step, *map(_nan, r)) for r in rows])
+            if alerts:
+                conn.executemany(_INSERT_ALERT, [(*map(_nan, a), t) for a in alerts])
+            if hists:
+                conn.executemany(_INSERT_HIST, [(step, *map(_nan, h)) for h in hists])
 
 
 def _nan(v):
