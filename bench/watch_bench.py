@@ -8,8 +8,8 @@ Two models, Adam, batch 64, on the CPU:
 Configurations, each on its own copy of the model (same initial weights), run in the same process
 interleaved in blocks of ``--block`` consecutive steps (a multiple of 10, so every block holds the
 same share of measured steps), so that drift of a shared machine hits all of them alike; after
-each block (untimed) the watchers' background writers are flushed, so one configuration's disk
-writes never land in another's timings:
+each block (untimed) the watchers' and TensorBoard's background writers are flushed, so one
+configuration's disk writes never land in another's timings:
   off          plain training
   every=10     ``weightkit.watch(model, optimizer=opt)`` (the default every=10, histograms every 10th measured step,
                NaN/Inf looked for on every step)
@@ -31,6 +31,7 @@ measured step). Run:  python bench/watch_bench.py [--steps 300] [--block 10]
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -90,6 +91,11 @@ class TBHist:
                     np.histogram(t.detach().cpu().numpy(), bins=self.bins)
         self.step += 1
 
+    def flush(self):
+        """Wait until TensorBoard's writer thread has written what it was given."""
+        if self.writer is not None:
+            self.writer.flush()
+
     def close(self):
         if self.writer is not None:
             self.writer.close()
@@ -138,8 +144,9 @@ def bench(make, x_shape, *, steps: int, block: int, run_dir: str, batch: int = 6
         for key in configs:
             for j in range(block):
                 configs[key][4].append(one(key, k + j))
-            if configs[key][2] is not None:
-                configs[key][2].flush()
+            for writer in configs[key][2:4]:  # the watcher's or TensorBoard's, untimed
+                if writer is not None:
+                    writer.flush()
         k += block
     kind = None
     for key, (m, opt, w, tb, _) in configs.items():
@@ -152,8 +159,18 @@ def bench(make, x_shape, *, steps: int, block: int, run_dir: str, batch: int = 6
     return med, kind, {key: len(c[4]) for key, c in configs.items()}
 
 
+# glibc's dynamic mmap threshold makes a training step's speed depend on what ran before it
+# (a block of TensorBoard histograms could halve or double the next configuration's step time);
+# fixed thresholds give every configuration the same allocator behaviour
+PINNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
 def main(argv=None) -> int:
+    if argv is None and "--default-malloc" not in sys.argv and any(os.environ.get(k) != v for k, v in PINNED_MALLOC.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PINNED_MALLOC})
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="Keep glibc's dynamic mmap threshold (by default the bench re-runs itself with fixed ones).")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--block", type=int, default=10)
     ap.add_argument("--mlp-batch", type=int, default=64)
@@ -165,7 +182,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
         CLOCK = time.thread_time
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, {args.clock} clock, {args.steps} timed steps per "
-          f"configuration, interleaved in blocks of {args.block}")
+          f"configuration, interleaved in blocks of {args.block}; malloc "
+          f"{'default' if args.default_malloc else 'thresholds fixed (' + ', '.join(f'{k}={v}' for k, v in PINNED_MALLOC.items()) + ')'}")
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for make, shape, batch in ((cnn, (3, 32, 32), 64), (mlp, (1, 28, 28), args.mlp_batch)):
