@@ -356,3 +356,24 @@ def test_no_keras_import_without_keras():
     code = ("import sys; from weightkit.sources import keras_model, keras_file; "
             "assert not keras_model._is_keras_layer(object()); assert 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "KERAS_BACKEND": "torch"})
+
+
+@pytest.mark.parametrize("bad", ['{"class_name": "Sequential", "config": {', "[1, 2]", "\udcff"])
+def test_keras2_unreadable_config_still_lists_the_weights(tmp_path, bad):
+    # a hand-edited or truncated model_config must not hide weights that do not depend on it
+    path = tmp_path / "legacy.h5"
+    _legacy_file(path, with_config=True)
+    with h5py.File(path, "a") as f:
+        f.attrs["model_config"] = bad.encode("utf-8", "surrogateescape")
+        f.attrs["training_config"] = b"not json"
+        f.create_group("optimizer_weights")
+    reader = open_reader(path)
+    rows = [(t.name, t.kind, t.kind_from) for t in reader.tensors()]
+    assert rows[0] == ("dense/kernel", "Dense", "name") and len(rows) == 9
+    notes = reader.metadata().get("notes", [])
+    if bad.startswith("{") or bad.startswith("\udcff"):
+        assert any("model_config is not valid JSON" in n for n in notes)
+    assert any("training_config is not valid JSON" in n for n in notes)
+    with h5py.File(path) as f:
+        assert np.array_equal(reader.read(reader.tensors()[0].key), f["model_weights/dense/dense/kernel:0"][()])
+    reader.close()

@@ -151,6 +151,16 @@ def _json(raw) -> Any:
     return json.loads(raw) if raw else None
 
 
+def _json_or_note(raw, what: str, notes: list[str]) -> Any:
+    """``_json``, but a config that is not valid JSON becomes a note instead of an error: the
+    weights of a Keras 2 file do not depend on it (layer kinds then come from the names)."""
+    try:
+        return _json(raw)
+    except (ValueError, UnicodeError, TypeError):
+        notes.append(f"{what} is not valid JSON (ignored: layer kinds come from the weight names)")
+        return None
+
+
 class KerasFileReader(ReaderBase):
     """A Keras 3 ``.weights.h5`` or ``.keras`` archive, or a Keras 2 HDF5 weights file."""
 
@@ -161,6 +171,7 @@ class KerasFileReader(ReaderBase):
         self._meta: dict[str, Any] = {}
         self._raw: list[RawTensor] = []
         self._names: set[str] = set()
+        self._notes: list[str] = []  # what could not be read but did not stop the weights from being read
         self._optimizer = self._slice = self._h5 = None
         with _guard(path, "opening the Keras file"):
             source = self._open_archive() if format == "keras" else path
@@ -325,7 +336,7 @@ class KerasFileReader(ReaderBase):
     def _legacy(self, f, root) -> None:
         """Keras 2 ``save_weights("x.h5")`` (or ``model_weights`` of a whole-model ``.h5``): a
         group per layer whose ``weight_names`` attribute lists datasets like ``dense/kernel:0``."""
-        self._config = _json(f.attrs.get("model_config"))
+        self._config = _json_or_note(f.attrs.get("model_config"), "model_config", self._notes)
         entries: dict[str, dict] = {}  # every layer config in model_config, by name
         stack = [self._config]
         while stack:
@@ -390,11 +401,14 @@ class KerasFileReader(ReaderBase):
                                        if isinstance(o, self._h5py.Dataset) else None)
             compiled = (cfg.get("compile_config") or {}).get("optimizer")
             cls = compiled.get("class_name") if isinstance(compiled, dict) else compiled
-            training = _json(f.attrs.get("training_config")) or {}
+            training = _json_or_note(f.attrs.get("training_config"), "training_config", self._notes)
+            training = training if isinstance(training, dict) else {}
             cls = cls or (training.get("optimizer_config") or {}).get("class_name")
             if cls is None and "vars" in self._optimizer:
                 cls = _text(self._optimizer["vars"].attrs.get("name"))
             meta["optimizer"] = {"class": cls, "variables": len(sizes), "bytes": int(sum(sizes))}
+        if self._notes:
+            meta["notes"] = list(self._notes)
         return {k: v for k, v in meta.items() if v is not None}
 
     def metadata(self) -> dict[str, Any]:
