@@ -737,3 +737,36 @@ def test_exploding_median_covers_the_last_twenty_norms():
         logging.disable(logging.NOTSET)
     assert [(a.step, a.kind, a.value) for a in got] == [(20, "exploding", pytest.approx(2.5 / 1.5))]
     assert _reference_alerts([(4, 5)], steps, [False], t) == [(20, "exploding", 0, pytest.approx(2.5 / 1.5))]
+
+
+class _LastStepBiLSTM(nn.Module):
+    """The classic mistake: a bidirectional LSTM read at its last time step only."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 6, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(12, 2)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.head(out[:, -1])
+
+
+def test_structurally_dead_gradients_say_why(tmp_path):
+    """At out[:, -1] the backward direction has seen one token, from a zero state: its recurrent
+    weights get a gradient of exactly 0; a conv bias followed by BatchNorm gets only rounding noise."""
+    torch.manual_seed(0)
+    rnn = _LastStepBiLSTM()
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    for net, shape, name in ((rnn, (8, 5, 4), "rnn"), (cnn, (8, 3, 8, 8), "cnn")):
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        with weightkit.watch(net, optimizer=opt, every=1, run_dir=tmp_path, name=name):
+            for _ in range(5):
+                opt.zero_grad()
+                nn.functional.cross_entropy(net(torch.randn(*shape)), torch.randint(0, 2, (8,))).backward()
+                opt.step()
+    rnn_alerts = {a.param: a.message for a in weightkit.open_run("rnn", run_dir=tmp_path).alerts if a.kind == "vanishing"}
+    assert "exactly zero" in rnn_alerts["lstm.weight_hh_l0_reverse"]
+    assert "lstm.weight_hh_l0" not in rnn_alerts  # the forward direction learns
+    cnn_alerts = {a.param: a.message for a in weightkit.open_run("cnn", run_dir=tmp_path).alerts if a.kind == "vanishing"}
+    assert set(cnn_alerts) == {"0.bias"} and "BatchNorm" in cnn_alerts["0.bias"]

@@ -22,7 +22,7 @@ def build_cnn():
     class SmallCNN(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv1 = nn.Conv2d(3, 16, kernel_size=3, padding=1)
+            self.conv1 = nn.Conv2d(3, 16, kernel_size=3, padding=1, bias=False)  # BatchNorm's shift is the bias
             self.bn1 = nn.BatchNorm2d(16)
             self.conv2 = nn.Conv2d(16, 32, kernel_size=3, padding=1)
             self.pool = nn.MaxPool2d(2)
@@ -38,6 +38,7 @@ def build_cnn():
 
 def build_rnn(vocab: int = 1000):
     """A sentiment classifier: embedding, a bidirectional LSTM, and a linear head."""
+    import torch
     from torch import nn
 
     class SentimentRNN(nn.Module):
@@ -48,8 +49,10 @@ def build_rnn(vocab: int = 1000):
             self.head = nn.Linear(2 * 64, 2)
 
         def forward(self, tokens):
-            out, _ = self.lstm(self.embedding(tokens))
-            return self.head(out[:, -1])
+            # the final state of each direction: out[:, -1] would give the backward direction one
+            # token only, and its weight_hh_l0_reverse no gradient at all
+            _, (h, _) = self.lstm(self.embedding(tokens))
+            return self.head(torch.cat([h[-2], h[-1]], dim=1))
 
     return SentimentRNN()
 
@@ -62,7 +65,7 @@ def train(model, make_batch, steps: int, *, run_dir: Path, name: str):
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
-    with weightkit.watch(model, optimizer=opt, every=2, name=name, run_dir=run_dir):
+    with weightkit.watch(model, optimizer=opt, every=2, name=name, run_dir=run_dir, overwrite=True):
         for _ in range(steps):
             x, y = make_batch()
             opt.zero_grad()

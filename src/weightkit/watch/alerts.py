@@ -70,6 +70,20 @@ class Thresholds:
         return self
 
 
+def _structural_hint(rel: float) -> str:
+    """Gradients at or near rounding noise are seldom a slow fade: the loss does not depend on
+    the parameter (a layer bias followed by BatchNorm, the backward direction of a bidirectional
+    RNN read only at its last time step, an unused branch)."""
+    if rel == 0:
+        return ("; it is exactly zero: the loss does not depend on this parameter (a bias followed by "
+                "BatchNorm, the backward direction of a bidirectional RNN read only at its last time step, "
+                "an unused branch?)")
+    if rel < 1e-5:
+        return ("; that is rounding noise: the loss barely depends on this parameter (a bias followed by "
+                "BatchNorm, whose mean subtraction cancels it?)")
+    return ""
+
+
 class AlertEngine:
     """Keeps the per-parameter state the alerts need (streaks, recent norms, what was reported)."""
 
@@ -156,8 +170,8 @@ class AlertEngine:
             for i in np.nonzero(flags[:, 0])[0]:  # columns: see _judge (VANISHING, EXPLODING, LR_HIGH, LR_LOW)
                 self._emit(out, step, "vanishing", int(i),
                            f"vanishing gradient in '{self.names[i]}': gradient RMS {values[i, 0]:.3g} is "
-                           f"{values[i, 1]:.2g}× that of '{self.names[j]}' ({top:.3g}) for {t.patience} checks",
-                           values[i, 1])
+                           f"{values[i, 1]:.2g}× that of '{self.names[j]}' ({top:.3g}) for {t.patience} checks"
+                           f"{_structural_hint(values[i, 1])}", values[i, 1])
             for i in np.nonzero(flags[:, 1])[0]:
                 m = float(values[i, 2])
                 self._emit(out, step, "exploding", int(i),
