@@ -19,7 +19,7 @@ from weightkit.doctor import list_rules
 
 def trained_cnn(steps: int = 15) -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
                           nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(steps):
@@ -183,10 +183,37 @@ def test_shared_weights_are_info_and_mixed_dtypes_warn():
     assert r.by_rule("mixed-dtype-device")[0].tensors == ["mixed.weight", "mixed.bias"]
 
 
+def test_bias_before_batchnorm(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3),
+                          nn.BatchNorm2d(8 // 2), nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.BatchNorm1d(6),
+                          nn.Linear(6, 3), nn.BatchNorm1d(5))
+    for source in (model, _saved(model, tmp_path / "m.safetensors")):
+        found = weightkit.doctor(source).by_rule("bias-before-norm")
+        assert len(found) == 1 and found[0].severity == "info"
+        assert found[0].tensors == ["0.bias", "3.bias", "6.bias"]  # 8 -> 5 channels: not that BatchNorm's input
+        assert found[0].details["pairs"] == [["0", "1"], ["3", "4"], ["6", "7"]]
+    model[0] = nn.Conv2d(3, 8, 3, bias=False)
+    assert weightkit.doctor(model).by_rule("bias-before-norm")[0].tensors == ["3.bias", "6.bias"]
+
+
+def _saved(model, path):
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def test_bias_before_batchnorm_keras():
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(),
+                              keras.layers.Conv2D(4, 3, use_bias=False), keras.layers.BatchNormalization()])
+    found = weightkit.doctor(model).by_rule("bias-before-norm")
+    assert len(found) == 1 and len(found[0].tensors) == 1 and found[0].tensors[0].endswith("bias")
+
+
 def test_every_rule_is_exercised_above():
     ids = {r.id for r in list_rules()}
     assert ids == {"nan-inf", "all-zero", "dead-units", "identical-rows", "scale", "batchnorm",
-                   "unregistered-tensor", "shared-weights", "mixed-dtype-device", "optimizer"}
+                   "unregistered-tensor", "shared-weights", "mixed-dtype-device", "optimizer", "bias-before-norm"}
 
 
 def test_bad_requests():

@@ -205,6 +205,38 @@ def batchnorm(ctx: Context) -> Iterator[Finding]:
             )
 
 
+_NORMS = ("BatchNorm", "SyncBatchNorm")  # kinds starting with these normalise each channel over the batch
+_BIASED = ("Conv", "Linear", "Dense", "DepthwiseConv", "SeparableConv")
+
+
+@rule("bias-before-norm", title="A layer bias that the BatchNorm right after it cancels")
+def bias_before_norm(ctx: Context) -> Iterator[Finding]:
+    layers: list[tuple[str, str, dict]] = []  # (layer, kind, role -> weight), in model order
+    for w in ctx.ws:
+        if not layers or layers[-1][0] != w.layer:
+            layers.append((w.layer, w.kind or "", {}))
+        layers[-1][2][w.role] = w
+    hits = []
+    for (name, kind, roles), (norm, norm_kind, norm_roles) in zip(layers, layers[1:]):
+        bias = roles.get("bias")
+        if bias is None or not kind.startswith(_BIASED) or "Transpose" in kind or not norm_kind.startswith(_NORMS):
+            continue
+        scale = next((norm_roles[r] for r in ("weight", "gamma", "running_mean", "moving_mean") if r in norm_roles), None)
+        if scale is not None and scale.numel == bias.numel:
+            hits.append((bias.name, name, norm))
+    if hits:
+        pairs = ", ".join(f"{layer} → {norm}" for _, layer, norm in hits[:8]) + (" …" if len(hits) > 8 else "")
+        yield Finding(
+            "bias-before-norm", "info", [b for b, _, _ in hits],
+            f"{len(hits)} layer(s) with a bias feed a BatchNorm with as many channels ({pairs}): BatchNorm "
+            "subtracts each channel's batch mean, which removes a constant bias, so it gets (almost) no "
+            "gradient and does nothing, if that layer's output goes straight into that BatchNorm.",
+            "Create the layer without a bias (Conv2d(..., bias=False) / Conv2D(..., use_bias=False)); "
+            "BatchNorm's own shift (bias / beta) plays its role.",
+            details={"pairs": [[layer, norm] for _, layer, norm in hits]},
+        )
+
+
 @rule("unregistered-tensor", title="Tensor attribute that is neither a Parameter nor a buffer", needs="module")
 def unregistered_tensor(ctx: Context) -> Iterator[Finding]:
     import torch
