@@ -542,3 +542,27 @@ def test_object_npz_is_refused_as_unsafe(tmp_path):
     np.savez(path, w=np.zeros(3), meta=np.array([{"a": 1}], dtype=object))
     with pytest.raises(weightkit.UnsafeCheckpointError):
         weightkit.open(path)
+
+
+def test_a_shard_index_file_opens_the_shards_it_lists(tmp_path):
+    d, _, state = _write_shards(tmp_path)
+    ws = weightkit.open(d / "model.safetensors.index.json")
+    assert ws.names == list(state) and ws.format == "safetensors-sharded"
+    np.testing.assert_array_equal(ws["fc.bias"].numpy(), state["fc.bias"].numpy())
+    assert ws.metadata["index"] == "model.safetensors.index.json"
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    index["weight_map"]["fc.bias"] = "../elsewhere.safetensors"
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(weightkit.WeightkitError, match="not a file name inside the directory"):
+        weightkit.open(d / "model.safetensors.index.json")
+
+
+@pytest.mark.parametrize("index", ['{"weight_map": {}}', '{"weight_map": []}', '{"weight_map": {"a": [{"x": 1}]}}',
+                                   '{"weight_map": {"a": [["m.weights.h5"]]}}', '{"weight_map": {"a": null}}',
+                                   '{"weight_map": 5, "metadata": {}}'])
+def test_a_broken_shard_index_is_one_clear_error(tmp_path, index):
+    path = tmp_path / "m.weights.json"
+    path.write_text(index)
+    with pytest.raises(weightkit.WeightkitError, match="m.weights.json") as e:
+        weightkit.open(path)
+    assert "\n" not in str(e.value)

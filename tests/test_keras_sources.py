@@ -377,3 +377,30 @@ def test_keras2_unreadable_config_still_lists_the_weights(tmp_path, bad):
     with h5py.File(path) as f:
         assert np.array_equal(reader.read(reader.tensors()[0].key), f["model_weights/dense/dense/kernel:0"][()])
     reader.close()
+
+
+def test_keras_sharded_weights_json_reads_like_the_unsharded_file(tmp_path):
+    import warnings
+
+    import weightkit
+    from weightkit.errors import SourceNotFoundError
+
+    model = keras.Sequential([keras.Input((10, 6)), L.LSTM(16, return_sequences=True), L.BatchNormalization(),
+                              L.Flatten(), L.Dense(32), L.Dense(4)], name="seq")
+    model.save_weights(tmp_path / "one.weights.h5")
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_weights(shards / "m.weights.json", max_shard_size=0.000022)  # GB: the Dense kernel alone is 20 KB
+    assert len(list(shards.glob("m_*.weights.h5"))) >= 2
+    one, sharded = weightkit.open(tmp_path / "one.weights.h5"), weightkit.open(shards / "m.weights.json")
+    assert sharded.format == "keras-h5-sharded"
+    assert sharded.names == one.names and len(sharded.names) == len(model.weights)
+    assert [(w.kind, w.role, w.shape) for w in sharded] == [(w.kind, w.role, w.shape) for w in one]
+    for w, v in zip(sharded, model.weights):
+        np.testing.assert_array_equal(w.numpy(), keras.ops.convert_to_numpy(v))
+    assert weightkit.open(shards).names == one.names  # the directory, through its index
+    next(shards.glob("m_*.weights.h5")).unlink()
+    with pytest.raises(SourceNotFoundError, match="missing"):
+        weightkit.open(shards / "m.weights.json")

@@ -1,5 +1,6 @@
-"""A directory of weights: shards listed by a ``*.index.json`` (Hugging Face style), or the
-weight files in it, presented as one set of tensors. Each shard is opened by its own reader."""
+"""A directory of weights: shards listed by a ``*.index.json`` (Hugging Face style) or a Keras
+``*.weights.json``, or the weight files in it, presented as one set of tensors; and such an index
+file opened by itself. Each shard is opened by its own reader."""
 
 from __future__ import annotations
 
@@ -34,24 +35,35 @@ def _inside(name: Any, index_path: Path) -> str:
     return name
 
 
+def _index_files(index_path: Path) -> tuple[list[Path], dict[str, Any]]:
+    """The shards a ``weight_map`` index lists, next to it: Hugging Face ``*.index.json`` (tensor
+    name → file) or Keras ``*.weights.json`` (variable path → list of files)."""
+    try:
+        index = json.loads(index_path.read_text())
+        names: list[Any] = []
+        for value in index["weight_map"].values():
+            names.extend(value if isinstance(value, list) else [value])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise CorruptFileError(f"{index_path}: not a valid shard index ({e}); re-download it") from None
+    names = list(dict.fromkeys(_inside(n, index_path) for n in names))
+    if not names:
+        raise CorruptFileError(f"{index_path}: the shard index lists no shards; re-download it")
+    files = [index_path.parent / f for f in names]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise SourceNotFoundError(
+            f"{index_path.parent}: index {index_path.name} lists shards that are missing "
+            f"({', '.join(missing[:3])}); download every shard"
+        )
+    meta = index.get("metadata") if isinstance(index, dict) else None
+    return sorted(files), {"index": index_path.name, **({"index_metadata": meta} if meta else {})}
+
+
 def _shard_files(path: Path) -> tuple[list[Path], dict[str, Any]]:
     indexes = sorted(path.glob("*.index.json"), key=lambda p: (".safetensors." not in p.name, p.name))
+    indexes += sorted(path.glob("*.weights.json"))
     if indexes:
-        index_path = indexes[0]
-        try:
-            index = json.loads(index_path.read_text())
-            names = list(dict.fromkeys(index["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-            raise CorruptFileError(f"{index_path}: not a valid shard index ({e}); re-download it") from None
-        files = [path / _inside(f, index_path) for f in names]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise SourceNotFoundError(
-                f"{path}: index {index_path.name} lists shards that are missing ({', '.join(missing[:3])}); "
-                "download every shard"
-            )
-        return sorted(files), {"index": index_path.name, **({"index_metadata": index["metadata"]}
-                                                             if index.get("metadata") else {})}
+        return _index_files(indexes[0])
     for pattern in _WEIGHT_GLOBS:
         files = sorted(p for p in path.glob(pattern) if p.is_file())
         if files:
@@ -67,11 +79,19 @@ class DirectoryReader(ReaderBase):
     format = "directory"
 
     def __init__(self, path: Path):
+        self.description = str(path)
+        self._open_shards(*_shard_files(path))
+
+    def _open_shards(self, files: list[Path], meta: dict[str, Any]) -> None:
         from . import open_reader
 
-        self.description = str(path)
-        files, self._meta = _shard_files(path)
-        self._shards = [open_reader(f) for f in files]
+        self._meta = meta
+        if meta.get("index", "").endswith(".weights.json"):  # Keras: one model's variables spread over files
+            from .keras_file import keras_shards
+
+            self._shards = keras_shards(files)
+        else:
+            self._shards = [open_reader(f) for f in files]
         self._where: dict[str, tuple[ReaderBase, RawTensor]] = {}
         self._tensors: list[RawTensor] = []
         for shard in self._shards:
@@ -110,3 +130,17 @@ class DirectoryReader(ReaderBase):
     def close(self) -> None:
         for shard in self._shards:
             shard.close()
+
+
+def _sniff_index(path: Path, head: bytes | None) -> bool:
+    return head is not None and head.lstrip()[:1] == b"{" and b'"weight_map"' in head
+
+
+@register_reader("shard-index", suffixes=(".index.json", ".weights.json"), sniff=_sniff_index,
+                 description="shard index (*.safetensors.index.json, Keras *.weights.json) with its shards")
+class ShardIndexReader(DirectoryReader):
+    """A shard index file: the shards it lists, next to it, as one set of tensors."""
+
+    def __init__(self, path: Path):
+        self.description = str(path)
+        self._open_shards(*_index_files(path))

@@ -164,9 +164,14 @@ def _json_or_note(raw, what: str, notes: list[str]) -> Any:
 class KerasFileReader(ReaderBase):
     """A Keras 3 ``.weights.h5`` or ``.keras`` archive, or a Keras 2 HDF5 weights file."""
 
-    def __init__(self, path: Path, format: str):
+    def __init__(self, path: Path, format: str, *, vars_names: dict[str, str] | None = None, shard: bool = False):
+        """``vars_names``/``shard``: one file of a sharded ``*.weights.json`` set, where a ``vars``
+        group's name (which scopes variable paths) may be written in another shard than its
+        variables (``vars_names``: group path -> name, from every shard), and a shard may hold no
+        variable at all."""
         self._h5py = require("h5py", extra="keras", purpose="reading Keras weight files")
         self.path, self.format, self.description = path, format, str(path)
+        self._vars_names = vars_names or {}
         self._config: Any = None
         self._meta: dict[str, Any] = {}
         self._raw: list[RawTensor] = []
@@ -178,7 +183,7 @@ class KerasFileReader(ReaderBase):
             _check_global_heaps(path, source)
             self._h5 = self._h5py.File(source, "r")
             self._list()
-        if not self._raw:
+        if not self._raw and not shard:
             self.close()
             raise CorruptFileError(f"{path}: Keras file without weights (no variables in it); "
                                    "re-save the model after building it")
@@ -241,7 +246,7 @@ class KerasFileReader(ReaderBase):
         f, Group = self._h5, self._h5py.Group
         legacy = f["model_weights"] if isinstance(f.get("model_weights"), Group) else f
         root_vars = f.get("vars")
-        self._named = isinstance(root_vars, Group) and "name" in root_vars.attrs
+        self._named = (isinstance(root_vars, Group) and "name" in root_vars.attrs) or bool(self._vars_names)
         if "vars" in f or "layers" in f or any(isinstance(g, Group) and "vars" in g for g in f.values()):
             self._visit(f, "", None, "")
         elif "layer_names" in legacy.attrs or "layer_names0" in legacy.attrs:
@@ -265,6 +270,8 @@ class KerasFileReader(ReaderBase):
                 self._visit(child, name, parent, container or attr)
             return
         name = _text(vg.attrs.get("name")) if vg is not None else None
+        if name is None and (vg is not None or parent is None):
+            name = self._vars_names.get(f"{group.name.rstrip('/')}/vars")
         entry = self._config if parent is None else (
             child_entry(parent.kind, parent.config, attr, name, container) if parent.config else None)
         lst = group.get("layers")
@@ -438,3 +445,21 @@ def open_keras_h5(path) -> KerasFileReader:
                  description="Keras 3 .keras archive (or the directory of model.save(..., zipped=False))")
 def open_keras_archive(path) -> KerasFileReader:
     return KerasFileReader(Path(path), "keras")
+
+
+def keras_shards(files: list[Path]) -> list[KerasFileReader]:
+    """The files of a Keras sharded ``*.weights.json`` set, each read knowing every ``vars``
+    group's name, which Keras may write in another shard than the group's variables."""
+    h5py = require("h5py", extra="keras", purpose="reading Keras weight files")
+    names: dict[str, str] = {}
+
+    def note(path: str, obj) -> None:  # visititems stops at the first callback that returns a value
+        if isinstance(obj, h5py.Group) and path.split("/")[-1] == "vars" and "name" in obj.attrs:
+            names.setdefault("/" + path, _text(obj.attrs["name"]))
+
+    for f in files:
+        with _guard(f, "opening the Keras shard"):
+            _check_global_heaps(f, f)
+            with h5py.File(f, "r") as h5:
+                h5.visititems(note)
+    return [KerasFileReader(f, "keras-h5", vars_names=names, shard=True) for f in files]
