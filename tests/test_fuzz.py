@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import warnings
 import zipfile
 import zlib
 
@@ -285,6 +286,12 @@ def _seeds(tmp):
     model.save_weights(tmp / "m.weights.h5")
     out["keras"] = ((tmp / "m.keras").read_bytes(), ".keras")
     out["weights-h5"] = ((tmp / "m.weights.h5").read_bytes(), ".weights.h5")
+    ks = tmp / "keras-sharded"
+    ks.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_weights(ks / "k.weights.json", max_shard_size=0.00000003)  # GB (30 bytes): several shards
+    out["keras-sharded"] = ({p.name: p.read_bytes() for p in sorted(ks.iterdir())}, "-sharded")
     out["keras2-h5"] = (_keras2_h5(tmp / "k2.h5"), ".h5")
     full = {"fc.weight": state["fc.weight"], "fc.bias": state["fc.bias"].float(), "n": state["n"]}
     out["torch-tar"] = (legacy_tar_checkpoint(full), ".pt")
@@ -314,7 +321,8 @@ def seeds(tmp_path_factory):
 
 
 FORMATS = ["safetensors", "torch-zip", "torch-zip-model", "torch-legacy", "torch-legacy-model", "pickle", "npz",
-           "npy", "keras", "weights-h5", "keras2-h5", "torch-tar", "sharded", "quantized-int8", "quantized-int4-group"]
+           "npy", "keras", "weights-h5", "keras2-h5", "torch-tar", "sharded", "keras-sharded", "quantized-int8",
+           "quantized-int4-group"]
 INTERESTING = [0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40,
                2**62, 2**63 - 1, 2**63, 2**64 - 1, -1, -2**31]
 
