@@ -404,3 +404,20 @@ def test_keras_sharded_weights_json_reads_like_the_unsharded_file(tmp_path):
     next(shards.glob("m_*.weights.h5")).unlink()
     with pytest.raises(SourceNotFoundError, match="missing"):
         weightkit.open(shards / "m.weights.json")
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_conv_lstm_and_normalization_axes(dims):
+    import weightkit
+
+    conv_lstm = {1: L.ConvLSTM1D, 2: L.ConvLSTM2D, 3: L.ConvLSTM3D}[dims](5, 3)
+    model = keras.Sequential([keras.Input((2, *(6,) * dims, 3)), conv_lstm, L.Normalization(axis=-1)])
+    model.layers[1].adapt(np.random.default_rng(0).random((4, *(4,) * dims, 5)).astype("float32"))
+    ws = weightkit.open(model)
+    kernel, recurrent, bias = (ws[v.path] for v in conv_lstm.weights)
+    spatial = {1: ("kernel_size",), 2: ("kernel_h", "kernel_w"), 3: ("kernel_d", "kernel_h", "kernel_w")}[dims]
+    assert kernel.axes == (*spatial, "in_channels", "4*filters (i,f,c,o)") and kernel.shape[-1] == 4 * 5
+    assert recurrent.axes == (*spatial, "filters", "4*filters (i,f,c,o)") and recurrent.shape[-2] == 5
+    assert bias.axes == ("4*filters (i,f,c,o)",)
+    mean = ws[model.layers[1].weights[0].path]
+    assert mean.kind == "Normalization" and mean.axes == ("features",) and mean.is_buffer

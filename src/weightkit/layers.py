@@ -159,6 +159,8 @@ _KERAS: dict[str, dict[str, tuple[str, ...]]] = {
     "GroupNormalization": {"gamma": ("num_channels",), "beta": ("num_channels",)},
     "Embedding": {"embeddings": ("input_dim", "output_dim")},
     "PReLU": {"alpha": ("features",)},
+    # the preprocessing layer: statistics of the normalised axis (set by adapt(), not trained)
+    "Normalization": {"mean": ("features",), "variance": ("features",), "count": ()},
 }
 
 _KERAS_MHA = {
@@ -169,7 +171,19 @@ _KERAS_MHA = {
 }
 
 
+def _keras_conv_lstm_axes(kind: str, role: str) -> tuple[str, ...] | None:
+    """ConvLSTM1D/2D/3D: convolution kernels whose output channels are the four gates."""
+    k = _KERNEL_DIMS.get(int(kind[-2])) if kind[-2:-1].isdigit() else None
+    gates = "4*filters (i,f,c,o)"
+    if k is None:
+        return None
+    return {"kernel": (*k, "in_channels", gates), "recurrent_kernel": (*k, "filters", gates),
+            "bias": (gates,)}.get(role)
+
+
 def _keras_rnn_axes(kind: str, role: str, ndim: int, facts: LayerFacts) -> tuple[str, ...] | None:
+    if kind.startswith("ConvLSTM"):
+        return _keras_conv_lstm_axes(kind, role)
     gates = _KERAS_RNN_GATES.get(kind)
     if gates is None:
         return None
@@ -189,7 +203,7 @@ _FUNCTIONAL: dict[str, Callable[..., tuple[str, ...] | None]] = {}
 def list_kinds() -> list[str]:
     """Every layer kind whose axes weightkit knows."""
     rnn = [f"{k}{s}" for k in _RNN_GATES for s in ("", "Cell")]
-    return sorted({*_TORCH, *_KERAS, *rnn, *_KERAS_RNN_GATES, "EinsumDense"})
+    return sorted({*_TORCH, *_KERAS, *rnn, *_KERAS_RNN_GATES, "EinsumDense", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"})
 
 
 _RNN_NAME = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)(?:_l(\d+))?(_reverse)?$")
@@ -224,7 +238,7 @@ def _lookup(kind: str, role: str, ndim: int, facts: LayerFacts) -> tuple[str, ..
     rnn = split_rnn_name(role)
     if rnn is not None and kind.removesuffix("Cell") in _RNN_GATES:
         return _rnn_axes(kind, rnn[0], ndim, facts, rnn[1])
-    if kind in _KERAS_RNN_GATES:
+    if kind in _KERAS_RNN_GATES or kind.startswith("ConvLSTM"):
         return _keras_rnn_axes(kind, role, ndim, facts)
     if kind == "EinsumDense":
         sub = facts.config.get("sublayer")
