@@ -270,3 +270,23 @@ def test_cli_json_and_allow(cli_files):
     assert _run(ns, "--allow", "argparse.Namespace").exit_code == 0
     assert _run(evil, "--allow", "os.system").exit_code == 1  # gadgets cannot be allowed
     assert _run(ns, "--allow", "not a name").exit_code == 2
+
+
+def test_a_shard_index_is_judged_by_the_shards_it_lists(tmp_path):
+    from _malicious import evil_p2, torch_zip
+
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    (tmp_path / "model-00002-of-00002.bin").write_bytes(torch_zip(evil_p2(str(tmp_path / "marker"))))
+    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.bin"}}
+    (tmp_path / "model.index.json").write_text(json.dumps(index))
+    report = scan(tmp_path / "model.index.json")
+    assert report.verdict == "malicious" and not (tmp_path / "marker").exists()
+    assert any(f.member and f.member.startswith("model-00002-of-00002.bin") for f in report.findings if f.severity == "critical")
+    index["weight_map"]["b"] = "model-00001-of-00002.safetensors"
+    (tmp_path / "model.index.json").write_text(json.dumps(index))
+    assert scan(tmp_path / "model.index.json").verdict == "safe"
+    index["weight_map"]["b"] = "/etc/passwd"
+    (tmp_path / "model.index.json").write_text(json.dumps(index))
+    assert scan(tmp_path / "model.index.json").verdict == "unreadable"

@@ -101,9 +101,32 @@ def scan(path: str | os.PathLike, *, allow: Iterable[str] = ()) -> ScanReport:
                 skipped += 1
         if skipped:
             ctx.add("skipped", f"{skipped} files that are not weights files (by name and first bytes) were not inspected")
-    else:
+    elif not _shard_index(ctx, p):
         _scan_path(ctx, p, None)
     return ctx.report(str(path))
+
+
+def _shard_index(ctx: Ctx, path: Path) -> bool:
+    """A shard index (``*.safetensors.index.json``, Keras ``*.weights.json``: JSON, which holds no
+    code) is judged by the shards it lists, scanned here; False when ``path`` is not one."""
+    from ..errors import WeightkitError
+    from ..sources.directory import index_shards, looks_like_index
+
+    try:
+        with open(path, "rb") as fh:
+            if not looks_like_index(fh.read(4096)):
+                return False
+    except OSError:
+        return False
+    ctx.format = "shard index"
+    try:
+        files, _ = index_shards(path)
+    except WeightkitError as e:
+        ctx.add("container-error", str(e).splitlines()[0], None)
+        return True
+    for f in files:
+        _scan_path(ctx, f, f.relative_to(path.parent).as_posix())
+    return True
 
 
 scan_file = scan

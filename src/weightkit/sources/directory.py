@@ -35,7 +35,7 @@ def _inside(name: Any, index_path: Path) -> str:
     return name
 
 
-def _index_files(index_path: Path) -> tuple[list[Path], dict[str, Any]]:
+def index_shards(index_path: Path) -> tuple[list[Path], dict[str, Any]]:
     """The shards a ``weight_map`` index lists, next to it: Hugging Face ``*.index.json`` (tensor
     name → file) or Keras ``*.weights.json`` (variable path → list of files)."""
     try:
@@ -63,7 +63,7 @@ def _shard_files(path: Path) -> tuple[list[Path], dict[str, Any]]:
     indexes = sorted(path.glob("*.index.json"), key=lambda p: (".safetensors." not in p.name, p.name))
     indexes += sorted(path.glob("*.weights.json"))
     if indexes:
-        return _index_files(indexes[0])
+        return index_shards(indexes[0])
     for pattern in _WEIGHT_GLOBS:
         files = sorted(p for p in path.glob(pattern) if p.is_file())
         if files:
@@ -132,8 +132,13 @@ class DirectoryReader(ReaderBase):
             shard.close()
 
 
+def looks_like_index(head: bytes) -> bool:
+    """The first bytes of a JSON shard index (a ``weight_map`` object)."""
+    return head.lstrip()[:1] == b"{" and b'"weight_map"' in head
+
+
 def _sniff_index(path: Path, head: bytes | None) -> bool:
-    return head is not None and head.lstrip()[:1] == b"{" and b'"weight_map"' in head
+    return head is not None and looks_like_index(head)
 
 
 @register_reader("shard-index", suffixes=(".index.json", ".weights.json"), sniff=_sniff_index,
@@ -143,4 +148,4 @@ class ShardIndexReader(DirectoryReader):
 
     def __init__(self, path: Path):
         self.description = str(path)
-        self._open_shards(*_index_files(path))
+        self._open_shards(*index_shards(path))
