@@ -754,7 +754,9 @@ class _LastStepBiLSTM(nn.Module):
 
 def test_structurally_dead_gradients_say_why(tmp_path):
     """At out[:, -1] the backward direction has seen one token, from a zero state: its recurrent
-    weights get a gradient of exactly 0; a conv bias followed by BatchNorm gets only rounding noise."""
+    weights get a gradient of exactly 0, and the alert says what usually causes that. A conv bias
+    followed by BatchNorm gets only rounding noise: a plain vanishing alert, and the doctor's
+    bias-before-norm rule names the cause."""
     torch.manual_seed(0)
     rnn = _LastStepBiLSTM()
     cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
@@ -769,4 +771,19 @@ def test_structurally_dead_gradients_say_why(tmp_path):
     assert "exactly zero" in rnn_alerts["lstm.weight_hh_l0_reverse"]
     assert "lstm.weight_hh_l0" not in rnn_alerts  # the forward direction learns
     cnn_alerts = {a.param: a.message for a in weightkit.open_run("cnn", run_dir=tmp_path).alerts if a.kind == "vanishing"}
-    assert set(cnn_alerts) == {"0.bias"} and "BatchNorm" in cnn_alerts["0.bias"]
+    assert set(cnn_alerts) == {"0.bias"} and "exactly zero" not in cnn_alerts["0.bias"]
+    assert weightkit.doctor(cnn).by_rule("bias-before-norm")[0].tensors == ["0.bias"]
+
+
+def test_a_deep_sigmoid_stack_is_called_vanishing_without_a_structural_hint(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(*[m for _ in range(8) for m in (nn.Linear(32, 32), nn.Sigmoid())], nn.Linear(32, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with weightkit.watch(net, optimizer=opt, every=1, run_dir=tmp_path, name="deep"):
+        for _ in range(6):
+            opt.zero_grad()
+            nn.functional.mse_loss(net(torch.randn(64, 32)), torch.randn(64, 1)).backward()
+            opt.step()
+    alerts = {a.param: a.message for a in weightkit.open_run("deep", run_dir=tmp_path).alerts if a.kind == "vanishing"}
+    assert "0.weight" in alerts and "16.weight" not in alerts
+    assert not any("exactly zero" in m or "BatchNorm" in m for m in alerts.values())
