@@ -559,7 +559,7 @@ def test_a_shard_index_file_opens_the_shards_it_lists(tmp_path):
 
 @pytest.mark.parametrize("index", ['{"weight_map": {}}', '{"weight_map": []}', '{"weight_map": {"a": [{"x": 1}]}}',
                                    '{"weight_map": {"a": [["m.weights.h5"]]}}', '{"weight_map": {"a": null}}',
-                                   '{"weight_map": 5, "metadata": {}}'])
+                                   '{"weight_map": 5, "metadata": {}}', '{"weight_map": {"a": "m.weights.json"}}'])
 def test_a_broken_shard_index_is_one_clear_error(tmp_path, index):
     path = tmp_path / "m.weights.json"
     path.write_text(index)

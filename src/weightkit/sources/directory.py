@@ -20,6 +20,9 @@ _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt
                  "*.keras", "*.weights.h5")
 
 
+_MAX_INDEX_BYTES = 64 << 20  # the index of a 1-trillion-parameter model is a few MB
+
+
 def _sniff(path: Path, head: bytes | None) -> bool:
     return head is None
 
@@ -39,6 +42,8 @@ def index_shards(index_path: Path) -> tuple[list[Path], dict[str, Any]]:
     """The shards a ``weight_map`` index lists, next to it: Hugging Face ``*.index.json`` (tensor
     name → file) or Keras ``*.weights.json`` (variable path → list of files)."""
     try:
+        if index_path.stat().st_size > _MAX_INDEX_BYTES:
+            raise ValueError(f"{index_path.stat().st_size} bytes, more than an index of any real model")
         index = json.loads(index_path.read_text())
         names: list[Any] = []
         for value in index["weight_map"].values():
@@ -46,6 +51,9 @@ def index_shards(index_path: Path) -> tuple[list[Path], dict[str, Any]]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise CorruptFileError(f"{index_path}: not a valid shard index ({e}); re-download it") from None
     names = list(dict.fromkeys(_inside(n, index_path) for n in names))
+    nested = [n for n in names if n.lower().endswith(".json")]
+    if nested:
+        raise CorruptFileError(f"{index_path}: lists {nested[0]!r} as a shard; shards hold weights, not another index")
     if not names:
         raise CorruptFileError(f"{index_path}: the shard index lists no shards; re-download it")
     files = [index_path.parent / f for f in names]
