@@ -243,6 +243,9 @@ class Core:
         self.groups = {d: (ix, [self.params[i] for i in ix]) for d, ix in groups.items()}
         # first step at which each parameter's gradient (row 0) / weight (row 1) was non-finite
         self.first = np.full((2, self.n), -1, dtype=np.int64)
+        self._seen_nonfinite = False  # any entry of self.first set: spares a reduction per measured step
+        self._step_arrays = (np.full((self.n, N_GRAD), np.nan), np.full((self.n, 2), -1, dtype=np.int64),
+                             np.full(self.n, np.nan), np.full(self.n, np.nan), np.zeros(self.n, dtype=bool))
         self._first_dev = {d: torch.full((2, len(ix)), -1, dtype=torch.int64, device=d)
                            for d, (ix, _) in self.groups.items() if not _host(d)}
         # dtypes whose plain sum is the check (half types sum in float32)
@@ -396,6 +399,7 @@ class Core:
                     continue
                 if not math.isfinite(v.item() if isinstance(v, torch.Tensor) else v):
                     self.first[row, i] = step
+                    self._seen_nonfinite = True
                     found = True
         return found
 
@@ -411,11 +415,12 @@ class Core:
     def _commit(self, step: int) -> None:
         """Gather a measured step on the host (one transfer per device), judge alerts, queue the rows."""
         n = self.n
-        G = np.full((n, N_GRAD), np.nan)
-        C = np.full((n, 2), -1, dtype=np.int64)  # -1: no gradient at this step
-        W = np.full(n, np.nan)
-        U = np.full(n, np.nan)
-        has_u = np.zeros(n, dtype=bool)
+        G, C, W, U, has_u = self._step_arrays  # reused from step to step: only rows leave (as lists)
+        G.fill(np.nan)
+        C.fill(-1)  # -1: no gradient at this step
+        W.fill(np.nan)
+        U.fill(np.nan)
+        has_u.fill(False)
         hists: list[tuple] = []
         before = self._before
         for dev, (ix, ps) in self.groups.items():
@@ -445,7 +450,7 @@ class Core:
             ratio = U / W
         since = None if self.per_step else (self._prev_measured if self._prev_measured is not None else -1)
         alerts = []
-        if self.first.max() >= 0:
+        if self._seen_nonfinite:
             self._record_first()
             alerts = self.alerts.nonfinite(self.first[0], self.first[1], counts=C, count_step=step, since=since)
         self._prev_measured = step
@@ -506,6 +511,7 @@ class Core:
                 f = chunk.reshape(2, len(ix)).astype(np.int64)
                 cur = self.first[:, ix]
                 self.first[:, ix] = np.where(cur >= 0, cur, f)
+                self._seen_nonfinite |= bool((f >= 0).any())
             elif kind == "hf":
                 hf.append(chunk.tolist())
             else:
@@ -521,6 +527,7 @@ class Core:
             f = t.cpu().numpy()
             cur = self.first[:, ix]
             self.first[:, ix] = np.where(cur >= 0, cur, f)
+            self._seen_nonfinite |= bool((f >= 0).any())
         return self.first
 
     def _record_first(self) -> None:
