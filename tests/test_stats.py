@@ -237,3 +237,22 @@ def test_bad_arguments():
         weightkit.stats(torch.nn.Linear(2, 2), bins=0)
     with pytest.raises(weightkit.WeightkitError, match="eps"):
         weightkit.stats(torch.nn.Linear(2, 2), eps=-1)
+
+
+@pytest.mark.parametrize("eps", [1e-6, 0.1, 2.0**-20, 0.0, 1e300])
+def test_small_count_is_exact_at_the_eps_boundary_bfloat16(eps):
+    near = torch.tensor(min(eps, 3e38), dtype=torch.bfloat16).view(torch.int16).item()
+    bits = torch.tensor([near - 1, near, near + 1, 0, 1, -32768, 0x3F00] * 30, dtype=torch.int16)
+    t = bits.view(torch.bfloat16).clone()
+    t[::2] *= -1
+    check(stats_of({"w": t}, eps=eps)["w"], t, eps=eps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int16])
+def test_histogram_exact_when_the_range_grows_block_after_block(dtype):
+    # one piece of many cache blocks whose spread grows along the tensor: the grid widens
+    # inside a single pass of the kernel, with counts still pending for the old grid
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(300_000, generator=g, dtype=torch.float64) * torch.logspace(-3, 3, 300_000, dtype=torch.float64)
+    t = (x * 100).round().clamp(-30000, 30000).to(dtype) if dtype == torch.int16 else x.clamp(-6e4, 6e4).to(dtype)
+    check(stats_of({"w": t})["w"], t)

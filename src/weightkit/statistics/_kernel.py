@@ -27,6 +27,7 @@ import numba as nb
 import numpy as np
 
 BLOCK = 32768  # elements per cache-resident block (128 KiB of float32)
+_FLUSH_BLOCKS = (1 << 30) // BLOCK  # blocks between folds of the int32 counts: < 2**31 per bin
 
 # moments slots
 S, SS, SQ, MIN, MAX = 0, 1, 2, 3, 4
@@ -215,60 +216,66 @@ _KEY_NEG_INF = np.int32(-0x7F800001)
 
 
 @nb.njit(**_OPTS)
-def _key_minmax(bits):
+def _key_scan(bits, eps_bits):
+    """Extremes as ordered integer keys, and the exact-zero and ``|w| < eps`` counts from the
+    magnitude bits (``eps_bits``: the bits of :func:`eps32`), in one integer pass."""
     mn = np.int32(2147483647)
     mx = np.int32(-2147483648)
+    z = 0
+    sm = 0
     for i in range(bits.size):
         b = bits[i]
         key = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
         mn = min(mn, key)
         mx = max(mx, key)
-    return mn, mx
+        mag = b & np.int32(0x7FFFFFFF)
+        z += np.int32(mag == 0)
+        sm += np.int32(mag < eps_bits)
+    return mn, mx, z, sm
 
 
 @nb.njit(nogil=True, cache=True)
-def _key_value(key):
-    tmp = np.empty(1, np.int32)
+def eps_bits(eps):
+    """The bits of :func:`eps32` as an int32: for non-negative floats, bits order like values."""
+    tmp = np.empty(1, np.float32)
+    tmp[0] = eps32(eps)
+    return tmp.view(np.int32)[0]
+
+
+@nb.njit(nogil=True, cache=True)
+def _key_value(key, tmp):
     tmp[0] = key ^ ((key >> 31) & np.int32(0x7FFFFFFF))
     return np.float64(tmp.view(np.float32)[0])
 
 
 @nb.njit(**_OPTS)
-def _fused_f32(v, shift, eps, base, inv_w, top, keys):
-    """Moments and counts in float64, bin keys clamped to ``[0, top]`` (any grid)."""
+def _fused_f32(v, shift, base, inv_w, top, keys):
+    """Moments in float64, bin keys clamped to ``[0, top]`` (any grid)."""
     s = 0.0
     ss = 0.0
     sq = 0.0
-    z = 0
-    sm = 0
     for i in range(v.size):
-        a = v[i]
-        f = np.float64(a)
+        f = np.float64(v[i])
         d = f - shift
         s += d
         ss += d * d
         sq += f * f
-        z += a == 0.0
-        sm += abs(f) < eps
         k = np.int32(np.floor(f * inv_w) - base)
         keys[i] = min(max(k, np.int32(0)), top)
-    return s, ss, sq, z, sm
+    return s, ss, sq
 
 
 @nb.njit(**_OPTS)
-def _fused_f32_narrow(v, shifted, shift, eps32, base, inv_w, top, keys):
-    """As :func:`_fused_f32`, with keys and counts in float32 (twice the lanes), which is exact
+def _fused_f32_narrow(v, shifted, shift, base, inv_w, top, keys):
+    """As :func:`_fused_f32`, with the keys in float32 (twice the lanes), which is exact
     on a grid where ``v * inv_w`` and ``floor(..) - base`` are exact float32 (see ``_narrow_ok``).
     Unshifted (``shift == 0``), the shifted sums are the raw ones: one subtraction and one
     multiply-add fewer per element (LLVM compiles the two loops apart)."""
     s = 0.0
     ss = 0.0
     sq = 0.0
-    z = 0
-    sm = 0
     b32 = np.float32(base)
     i32 = np.float32(inv_w)
-    zero = np.float32(0.0)
     for i in range(v.size):
         a = v[i]
         f = np.float64(a)
@@ -279,13 +286,11 @@ def _fused_f32_narrow(v, shifted, shift, eps32, base, inv_w, top, keys):
         else:
             s += f
         sq += f * f
-        z += np.int32(a == zero)
-        sm += np.int32(abs(a) < eps32)
         k = np.int32(np.floor(a * i32) - b32)
         keys[i] = min(max(k, np.int32(0)), top)
     if not shifted:
         ss = sq
-    return s, ss, sq, z, sm
+    return s, ss, sq
 
 
 @nb.njit(nogil=True, cache=True)
@@ -306,37 +311,62 @@ def eps32(eps):
 
 
 @nb.njit(nogil=True, cache=True)
-def _scatter(keys, n, hist):
-    # int32 counts, half the cache footprint of the int64 histogram, folded in once per block;
+def _scratch(nbins):
+    """Buffers a ``process_*`` call reuses for every block: bin keys, int32 counts on the current
+    grid (half the cache footprint of the int64 histogram; folded in by :func:`_flush`), and one
+    word for reading float bits."""
+    return np.empty(BLOCK, np.int32), np.zeros(nbins, np.int32), np.empty(1, np.int32)
+
+
+@nb.njit(**_OPTS)
+def _count(keys, n, local):
     # unsigned keys spare the negative-index check (0.44 -> 0.29 ns per element)
-    local = np.zeros(hist.size, np.int32)
     u = keys.view(np.uint32)
     for i in range(n):
         local[u[i]] += 1
+
+
+@nb.njit(**_OPTS)
+def _flush(local, hist):
+    """Fold the int32 counts into the histogram: before the grid changes, and at the end."""
     for j in range(hist.size):
         hist[j] += local[j]
+        local[j] = 0
 
 
 @nb.njit(nogil=True, cache=True)
-def _block_f32(v, shift, eps, mom, cnt, hist, geo, keys):
-    mnk, mxk = _key_minmax(v.view(np.int32))
+def _fits(geo, nbins, mn, mx):
+    """``[mn, mx]`` lies on the current grid (what :func:`cover` checks before changing it)."""
+    w = geo[1]
+    if w == 0.0:
+        return False
+    base = geo[0] / w
+    return math.floor(mn / w) >= base and math.floor(mx / w) - base < nbins
+
+
+@nb.njit(nogil=True, cache=True)
+def _block_f32(v, shift, eps, eb, mom, cnt, hist, geo, keys, local, tmp):
+    mnk, mxk, z, sm = _key_scan(v.view(np.int32), eb)
     if mnk <= _KEY_NEG_INF or mxk >= _KEY_POS_INF:  # NaN or Inf inside
+        _flush(local, hist)
         _careful_block(v, shift, eps, mom, cnt, hist, geo)
         return
-    _finite_block(v, _key_value(mnk), _key_value(mxk), shift, eps, mom, cnt, hist, geo, keys)
+    _finite_block(v, _key_value(mnk, tmp), _key_value(mxk, tmp), z, sm, shift, mom, cnt, hist, geo, keys, local)
 
 
 @nb.njit(nogil=True, cache=True)
-def _finite_block(v, mn, mx, shift, eps, mom, cnt, hist, geo, keys):
-    """A float32 block without NaN/Inf whose extremes are known."""
-    cover(hist, geo, mn, mx)
+def _finite_block(v, mn, mx, z, sm, shift, mom, cnt, hist, geo, keys, local):
+    """A float32 block without NaN/Inf whose extremes and counts are known."""
+    if not _fits(geo, hist.size, mn, mx):
+        _flush(local, hist)
+        cover(hist, geo, mn, mx)
     base, inv_w, top = geo[0] / geo[1], 1.0 / geo[1], np.int32(hist.size - 1)
     if _narrow_ok(geo, hist.size):
-        s, ss, sq, z, sm = _fused_f32_narrow(v, shift != 0.0, shift, eps32(eps), base, inv_w, top, keys)
+        s, ss, sq = _fused_f32_narrow(v, shift != 0.0, shift, base, inv_w, top, keys)
     else:
-        s, ss, sq, z, sm = _fused_f32(v, shift, eps, base, inv_w, top, keys)
+        s, ss, sq = _fused_f32(v, shift, base, inv_w, top, keys)
     _add_fast(mom, cnt, v.size, s, ss, sq, mn, mx, z, sm)
-    _scatter(keys, v.size, hist)
+    _count(keys, v.size, local)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -351,9 +381,13 @@ def process(x, shift, eps, mom, cnt, hist, geo):
 def process_f32(x, shift, eps, mom, cnt, hist, geo):
     """Fold float32 values into the accumulator (the fast path)."""
     n = x.size
-    keys = np.empty(BLOCK, np.int32)
+    keys, local, tmp = _scratch(hist.size)
+    eb = eps_bits(eps)
     for start in range(0, n, BLOCK):
-        _block_f32(x[start : min(n, start + BLOCK)], shift, eps, mom, cnt, hist, geo, keys)
+        _block_f32(x[start : min(n, start + BLOCK)], shift, eps, eb, mom, cnt, hist, geo, keys, local, tmp)
+        if (start // BLOCK) % _FLUSH_BLOCKS == _FLUSH_BLOCKS - 1:  # int32 counts stay below 2**31
+            _flush(local, hist)
+    _flush(local, hist)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -361,10 +395,14 @@ def process_lut(x, lut, shift, eps, mom, cnt, hist, geo):
     """Fold raw 8/16-bit storage ``x``, decoded to float32 through ``lut``, into the accumulator."""
     n = x.size
     buf = np.empty(BLOCK, np.float32)
-    keys = np.empty(BLOCK, np.int32)
+    keys, local, tmp = _scratch(hist.size)
+    eb = eps_bits(eps)
     for start in range(0, n, BLOCK):
         v = _decode(x, lut, start, min(n, start + BLOCK), buf)
-        _block_f32(v, shift, eps, mom, cnt, hist, geo, keys)
+        _block_f32(v, shift, eps, eb, mom, cnt, hist, geo, keys, local, tmp)
+        if (start // BLOCK) % _FLUSH_BLOCKS == _FLUSH_BLOCKS - 1:
+            _flush(local, hist)
+    _flush(local, hist)
 
 
 @nb.njit(**_OPTS)
@@ -381,20 +419,26 @@ _KEY16_NEG_INF = np.int16(-0x7F81)
 
 
 @nb.njit(**_OPTS)
-def _key_minmax16(bits):
+def _key_scan16(bits, eps_bits16):
+    """:func:`_key_scan` on bfloat16 storage; ``eps_bits16`` is the smallest bfloat16 magnitude
+    pattern not below ``eps32`` (a bfloat16 widens to the float32 with these bits << 16)."""
     mn = np.int16(32767)
     mx = np.int16(-32768)
+    z = 0
+    sm = 0
     for i in range(bits.size):
         b = bits[i]
         key = np.int16(b ^ ((b >> 15) & np.int16(0x7FFF)))
         mn = min(mn, key)
         mx = max(mx, key)
-    return mn, mx
+        mag = np.int16(b & np.int16(0x7FFF))
+        z += np.int32(mag == 0)
+        sm += np.int32(mag < eps_bits16)
+    return mn, mx, z, sm
 
 
 @nb.njit(nogil=True, cache=True)
-def _key16_value(key):
-    tmp = np.empty(1, np.int32)
+def _key16_value(key, tmp):
     tmp[0] = np.int32(np.int16(key ^ ((key >> 15) & np.int16(0x7FFF)))) << 16
     return np.float64(tmp.view(np.float32)[0])
 
@@ -405,16 +449,23 @@ def process_bf16(x, shift, eps, mom, cnt, hist, geo):
     no table and no float32 copy of the tensor."""
     n = x.size
     buf = np.empty(BLOCK, np.uint32)
-    keys = np.empty(BLOCK, np.int32)
+    keys, local, tmp = _scratch(hist.size)
+    # |a| < t for a = m << 16 (m: the 15 magnitude bits) exactly when m < ceil(bits(t) / 2**16)
+    eb16 = np.int16((np.int64(eps_bits(eps)) + 0xFFFF) >> 16)
     for start in range(0, n, BLOCK):
         stop = min(n, start + BLOCK)
-        mnk, mxk = _key_minmax16(x[start:stop].view(np.int16))
+        mnk, mxk, z, sm = _key_scan16(x[start:stop].view(np.int16), eb16)
         _decode_bf16(x, start, stop, buf)
         v = buf[: stop - start].view(np.float32)
         if mnk <= _KEY16_NEG_INF or mxk >= _KEY16_POS_INF:  # NaN or Inf inside
+            _flush(local, hist)
             _careful_block(v, shift, eps, mom, cnt, hist, geo)
         else:
-            _finite_block(v, _key16_value(mnk), _key16_value(mxk), shift, eps, mom, cnt, hist, geo, keys)
+            _finite_block(v, _key16_value(mnk, tmp), _key16_value(mxk, tmp), z, sm, shift, mom, cnt, hist, geo,
+                          keys, local)
+        if (start // BLOCK) % _FLUSH_BLOCKS == _FLUSH_BLOCKS - 1:
+            _flush(local, hist)
+    _flush(local, hist)
 
 
 def new_accumulator(nbins: int):

@@ -127,7 +127,7 @@ def compute(
         start are centred (|mean| <= std: no cancellation, and the kernel's cheaper unshifted
         loop), otherwise the first finite value."""
         w = weights[i]
-        head = _dtypes.decode(w.raw_range(0, min(w.numel, 1 << 16)), w.dtype).astype(np.float64)
+        head = _dtypes.decode(w.raw_range(0, min(w.numel, 1 << 12)), w.dtype).astype(np.float64)
         finite = head[np.isfinite(head)]
         if not finite.size or abs(finite.mean()) <= finite.std():
             return 0.0
