@@ -142,3 +142,29 @@ def test_missing_input(tmp_path):
     for args in (["prune", missing, tmp_path / "o.safetensors", "--amount", "0.5"],
                  ["quantize", missing, tmp_path / "o.safetensors"], ["quantize-error", missing], ["verify", missing]):
         assert_bad_input(cli(*args), missing, "no such file")
+
+
+def test_convert_a_whole_model_pickle_whose_class_is_gone(tmp_path):
+    import subprocess
+    import sys
+
+    # the class lives only in a process that has exited: nothing can import it now
+    code = ("import sys, torch\nfrom torch import nn\nfrom safetensors.torch import save_file\n"
+            "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+            "        self.fc = nn.Linear(5, 3)\n        self.bn = nn.BatchNorm1d(3)\n        self.note = {'lr': 0.1}\n"
+            "torch.manual_seed(0)\nnet = Net()\ntorch.save(net, sys.argv[1] + '/whole.pt')\n"
+            "save_file({k: v.contiguous() for k, v in net.state_dict().items()}, sys.argv[1] + '/expected.safetensors')\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    r = cli("convert", tmp_path / "whole.pt", tmp_path / "out.safetensors", "--json")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["tensors"] == 7 and report["out"] == str(tmp_path / "out.safetensors")
+    got, expected = weightkit.open(tmp_path / "out.safetensors"), weightkit.open(tmp_path / "expected.safetensors")
+    assert sorted(got.names) == sorted(expected.names)
+    for name in expected.names:
+        np.testing.assert_array_equal(got[name].numpy(), expected[name].numpy())
+    assert cli("verify", tmp_path / "out.safetensors").exit_code == 0
+    before = (tmp_path / "whole.pt").read_bytes()
+    assert_bad_input(cli("convert", tmp_path / "whole.pt", tmp_path / "whole.pt"), tmp_path / "whole.pt",
+                     "is the input file")
+    assert (tmp_path / "whole.pt").read_bytes() == before

@@ -1,4 +1,4 @@
-"""``weightkit prune``, ``weightkit quantize``, ``weightkit quantize-error``, ``weightkit verify``.
+"""``weightkit convert``, ``prune``, ``quantize``, ``quantize-error``, ``verify``.
 
 All work on files (any format weightkit opens), stream tensor by tensor, and write OUT
 atomically as safetensors; OUT never replaces IN unless ``--in-place``. Bad input exits 2 with
@@ -141,6 +141,38 @@ def quantize_error(
             report = measure(str(source), bits=bits, scheme=scheme, granularity=granularity, group_size=group_size,
                              select=filter)
         _show(report, as_json)
+
+    guard(run)
+
+
+@app.command()
+def convert(
+    source: Path = _IN,
+    out: Path = typer.Argument(..., help="The safetensors file to write."),
+    as_json: bool = _JSON,
+) -> None:
+    """Write any checkpoint (a pickled whole model, a training checkpoint, npz, Keras, shards) as one
+    safetensors file, atomically, with a sha256 per tensor; nothing from IN is executed."""
+
+    def run():
+        from .._api import open as open_weights
+        from ..io.save import save
+
+        src, dst = _paths(source, out, False)
+        if Path(src).resolve() == Path(dst).resolve():
+            raise WeightkitError(f"{out}: is the input file; write the safetensors file to another path")
+        with _naming(source, out):
+            ws = open_weights(src)
+            kept = {"format": ws.format, "tensors": len(ws), "bytes": ws.summary().totals.bytes}
+            path = save(ws, dst, metadata={"converted_from": Path(src).name})
+        result = {"source": src, "out": str(path), **kept}
+        if as_json:
+            print_json(result)
+        else:
+            from ..render._format import human_bytes
+
+            console().print(f"wrote {path}: {kept['tensors']} tensors, {human_bytes(kept['bytes'])} "
+                            f"(from {src}, {kept['format']}); check it with: weightkit verify {path}")
 
     guard(run)
 
