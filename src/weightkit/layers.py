@@ -182,8 +182,6 @@ def _keras_conv_lstm_axes(kind: str, role: str) -> tuple[str, ...] | None:
 
 
 def _keras_rnn_axes(kind: str, role: str, ndim: int, facts: LayerFacts) -> tuple[str, ...] | None:
-    if kind.startswith("ConvLSTM"):
-        return _keras_conv_lstm_axes(kind, role)
     gates = _KERAS_RNN_GATES.get(kind)
     if gates is None:
         return None
@@ -238,8 +236,10 @@ def _lookup(kind: str, role: str, ndim: int, facts: LayerFacts) -> tuple[str, ..
     rnn = split_rnn_name(role)
     if rnn is not None and kind.removesuffix("Cell") in _RNN_GATES:
         return _rnn_axes(kind, rnn[0], ndim, facts, rnn[1])
-    if kind in _KERAS_RNN_GATES or kind.startswith("ConvLSTM"):
+    if kind in _KERAS_RNN_GATES:
         return _keras_rnn_axes(kind, role, ndim, facts)
+    if kind.startswith("ConvLSTM"):
+        return _keras_conv_lstm_axes(kind, role)
     if kind == "EinsumDense":
         sub = facts.config.get("sublayer")
         if facts.config.get("parent") == "MultiHeadAttention" and sub in _KERAS_MHA:

@@ -42,8 +42,9 @@ def index_shards(index_path: Path) -> tuple[list[Path], dict[str, Any]]:
     """The shards a ``weight_map`` index lists, next to it: Hugging Face ``*.index.json`` (tensor
     name → file) or Keras ``*.weights.json`` (variable path → list of files)."""
     try:
-        if index_path.stat().st_size > _MAX_INDEX_BYTES:
-            raise ValueError(f"{index_path.stat().st_size} bytes, more than an index of any real model")
+        size = index_path.stat().st_size
+        if size > _MAX_INDEX_BYTES:
+            raise ValueError(f"{size} bytes, more than an index of any real model")
         index = json.loads(index_path.read_text())
         names: list[Any] = []
         for value in index["weight_map"].values():

@@ -11,10 +11,11 @@ One call of :func:`process` folds a flat chunk of raw storage into an accumulato
   every count exact; so the range is found in the same single pass as everything else.
 
 The chunk is processed in blocks that stay in the L1/L2 cache. For float32 (and bfloat16,
-float16, int8… decoded to float32): extremes from the bits as ordered integers (a block
-holding NaN/Inf goes to a careful path instead), then one vectorised pass for the float64
-moments, the counts and each value's bin index (in float32 lanes when the grid makes that
-exact), then the scatter of the indices into the histogram over the same cached block. Values are decoded from raw storage through a
+float16, int8… decoded to float32): an integer pass over the bits for the extremes (ordered
+keys) and the exact-zero and ``|w| < eps`` counts (a block holding NaN/Inf goes to a careful
+path instead), then one vectorised pass for the float64 moments and each value's bin index
+(in float32 lanes when the grid makes that exact), then the count of the indices into int32
+bins reused across the chunk's blocks. Values are decoded from raw storage through a
 lookup table for 8- and 16-bit types (bfloat16, float16, float8, int8…), so bfloat16 never
 takes a detour through a float32 copy of the tensor.
 """
@@ -106,6 +107,16 @@ def _occupied(hist, geo):
 
 
 @nb.njit(nogil=True, cache=True)
+def _fits(geo, nbins, mn, mx):
+    """``[mn, mx]`` lies on the current grid (a width of 0: no grid yet)."""
+    w = geo[1]
+    if w == 0.0:
+        return False
+    base = geo[0] / w
+    return math.floor(mn / w) >= base and math.floor(mx / w) - base < nbins
+
+
+@nb.njit(nogil=True, cache=True)
 def cover(hist, geo, mn, mx, min_w=0.0):
     """Re-grid the histogram so that it covers ``[mn, mx]`` with a width of at least ``min_w``.
 
@@ -128,11 +139,11 @@ def cover(hist, geo, mn, mx, min_w=0.0):
         geo[0], geo[1] = math.floor(mn / w) * w, w
         return
     base = lo / w  # an integer: lo is a multiple of w
-    if w >= min_w and math.floor(mn / w) >= base and math.floor(mx / w) - base < nbins:
+    if w >= min_w and _fits(geo, nbins, mn, mx):
         return
     first, last = _occupied(hist, geo)
     need_lo, need_hi = min(mn, first), max(mx, last)
-    if w >= min_w and math.floor(need_lo / w) >= base and math.floor(need_hi / w) - base < nbins:
+    if w >= min_w and _fits(geo, nbins, need_lo, need_hi):
         return
     w2 = max(w, min_w)
     while True:
@@ -335,13 +346,10 @@ def _flush(local, hist):
 
 
 @nb.njit(nogil=True, cache=True)
-def _fits(geo, nbins, mn, mx):
-    """``[mn, mx]`` lies on the current grid (what :func:`cover` checks before changing it)."""
-    w = geo[1]
-    if w == 0.0:
-        return False
-    base = geo[0] / w
-    return math.floor(mn / w) >= base and math.floor(mx / w) - base < nbins
+def _flush_every(start, local, hist):
+    """Fold the int32 counts in every ``_FLUSH_BLOCKS`` blocks, so no bin passes 2**31."""
+    if (start // BLOCK) % _FLUSH_BLOCKS == _FLUSH_BLOCKS - 1:
+        _flush(local, hist)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -385,8 +393,7 @@ def process_f32(x, shift, eps, mom, cnt, hist, geo):
     eb = eps_bits(eps)
     for start in range(0, n, BLOCK):
         _block_f32(x[start : min(n, start + BLOCK)], shift, eps, eb, mom, cnt, hist, geo, keys, local, tmp)
-        if (start // BLOCK) % _FLUSH_BLOCKS == _FLUSH_BLOCKS - 1:  # int32 counts stay below 2**31
-            _flush(local, hist)
+        _flush_every(start, local, hist)
     _flush(local, hist)
 
 
@@ -400,8 +407,7 @@ def process_lut(x, lut, shift, eps, mom, cnt, hist, geo):
     for start in range(0, n, BLOCK):
         v = _decode(x, lut, start, min(n, start + BLOCK), buf)
         _block_f32(v, shift, eps, eb, mom, cnt, hist, geo, keys, local, tmp)
-        if (start // BLOCK) % _FLUSH_BLOCKS == _FLUSH_BLOCKS - 1:
-            _flush(local, hist)
+        _flush_every(start, local, hist)
     _flush(local, hist)
 
 
@@ -463,8 +469,7 @@ def process_bf16(x, shift, eps, mom, cnt, hist, geo):
         else:
             _finite_block(v, _key16_value(mnk, tmp), _key16_value(mxk, tmp), z, sm, shift, mom, cnt, hist, geo,
                           keys, local)
-        if (start // BLOCK) % _FLUSH_BLOCKS == _FLUSH_BLOCKS - 1:
-            _flush(local, hist)
+        _flush_every(start, local, hist)
     _flush(local, hist)
 
 

@@ -60,9 +60,13 @@ def kernels():
     return _K
 
 
+_HOST_DTYPES = (torch.float32, torch.float64)
+
+
 def _compiled(x: torch.Tensor) -> bool:
-    """A flat CPU tensor the compiled loops take (float32/float64, on the CPU path)."""
-    return _host(x.device) and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
+    """A CPU tensor the compiled loops take as a flat array (float32/float64, dense, contiguous,
+    on the CPU path)."""
+    return _host(x.device) and x.dtype in _HOST_DTYPES and x.layout == torch.strided and x.is_contiguous()
 
 
 def _zeros(n: int, dtype, device) -> torch.Tensor:
@@ -123,7 +127,7 @@ def grad_stats(g: torch.Tensor):
     fast on every device (``sum``, ``dot``, ``amax``; ``std_mean`` and ``vector_norm`` are 2-50×
     slower). The std is two-pass on GPU; on CPU it comes from the same pass when |mean| <= std,
     and from a second compiled pass otherwise."""
-    if _host(g.device) and g.dtype in _HOST_DTYPES and g.layout == torch.strided and g.is_contiguous():
+    if _compiled(g):
         return _array_stats(g.detach().view(-1).numpy())  # the common case, with the least Python
     x = _flat(g)
     if _host(x.device):
@@ -140,9 +144,6 @@ def grad_stats(g: torch.Tensor):
     std = (torch.dot(d, d) / n).sqrt()
     counts = torch.stack([torch.isnan(x).sum(), torch.isinf(x).sum()])
     return torch.stack([sq.sqrt(), mean, std, asum / n, amax]), counts
-
-
-_HOST_DTYPES = (torch.float32, torch.float64)
 
 
 def _array_stats(a: np.ndarray):
