@@ -126,6 +126,19 @@ def test_each_dtype_with_nan_inf_and_zeros(dtype):
     check(stats_of({"w": t}, chunk_bytes=1000)["w"], t)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.bool])
+def test_eight_bit_floats_and_bool(dtype):
+    # these go through the value-count table too: every pattern, NaN and e5m2's Inf included
+    g = torch.Generator().manual_seed(2)
+    if dtype == torch.bool:
+        t = torch.rand(3001, generator=g) < 0.3
+    else:
+        t = (torch.randn(3001, generator=g) * 4).to(dtype)
+        t[:5] = torch.tensor([math.nan, 0.0, -0.0, 448.0 if dtype == torch.float8_e4m3fn else math.inf, 2.0**-9])
+    ref = t.to(torch.float64) if dtype != torch.bool else t.to(torch.int64)
+    check(stats_of({"w": t}, chunk_bytes=700)["w"], ref)
+
 def test_edge_shapes():
     cases = {"empty": torch.zeros(0, 3), "single": torch.tensor([2.5]), "zeros": torch.zeros(4, 4),
              "all_nan": torch.full((5,), math.nan), "scalar": torch.tensor(7.0)}

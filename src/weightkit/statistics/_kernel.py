@@ -10,14 +10,14 @@ One call of :func:`process` folds a flat chunk of raw storage into an accumulato
   When new values fall outside, the width doubles and pairs of bins merge, which keeps
   every count exact; so the range is found in the same single pass as everything else.
 
-The chunk is processed in blocks that stay in the L1/L2 cache. For float32 (and bfloat16,
-float16, int8… decoded to float32): an integer pass over the bits for the extremes (ordered
-keys) and the exact-zero and ``|w| < eps`` counts (a block holding NaN/Inf goes to a careful
-path instead), then one vectorised pass for the float64 moments and each value's bin index
-(in float32 lanes when the grid makes that exact), then the count of the indices into int32
-bins reused across the chunk's blocks. Values are decoded from raw storage through a
-lookup table for 8- and 16-bit types (bfloat16, float16, float8, int8…), so bfloat16 never
-takes a detour through a float32 copy of the tensor.
+The chunk is processed in blocks that stay in the L1/L2 cache. For float32: an integer pass
+over the bits for the extremes (ordered keys) and the exact-zero and ``|w| < eps`` counts
+(a block holding NaN/Inf goes to a careful path instead), then one vectorised pass for the
+float64 moments and each value's bin index (in float32 lanes when the grid makes that
+exact), then the count of the indices into int32 bins reused across the chunk's blocks.
+8- and 16-bit types (bfloat16, float16, float8, int8…) take another road: one pass counts
+each bit pattern into a table of at most 65,536 entries, and the distinct values are folded
+in with their counts, so bfloat16 never takes a detour through a float32 copy of the tensor.
 """
 
 from __future__ import annotations
@@ -36,14 +36,6 @@ S, SS, SQ, MIN, MAX = 0, 1, 2, 3, 4
 FINITE, NAN, PINF, NINF, ZERO, SMALL, TOTAL = 0, 1, 2, 3, 4, 5, 6
 
 _OPTS = dict(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
-
-
-@nb.njit(**_OPTS)
-def _decode(x, lut, start, stop, out):
-    c = x[start:stop]
-    for i in range(c.size):
-        out[i] = lut[c[i]]
-    return out[: c.size]
 
 
 @nb.njit(**_OPTS)
@@ -220,6 +212,8 @@ def _block(v, shift, eps, mom, cnt, hist, geo):
     _fast_hist(v, geo[0] / geo[1], 1.0 / geo[1], hist)
 
 
+_I32 = np.int32
+
 # float32 keys: the bit pattern mapped to an int32 whose order is the float order, so that
 # min/max become integer reductions, which vectorise (float select-reductions do not)
 _KEY_POS_INF = np.int32(0x7F800000)
@@ -229,19 +223,22 @@ _KEY_NEG_INF = np.int32(-0x7F800001)
 @nb.njit(**_OPTS)
 def _key_scan(bits, eps_bits):
     """Extremes as ordered integer keys, and the exact-zero and ``|w| < eps`` counts from the
-    magnitude bits (``eps_bits``: the bits of :func:`eps32`), in one integer pass."""
-    mn = np.int32(2147483647)
-    mx = np.int32(-2147483648)
-    z = 0
-    sm = 0
+    magnitude bits (``eps_bits``: the bits of :func:`eps32`), in one integer pass.
+
+    Every intermediate is cast back to int32: numba widens int32 arithmetic to int64, which
+    halves the vector lanes (0.22 -> 0.16 ns per element). A block has < 2**31 elements."""
+    mn = _I32(2147483647)
+    mx = _I32(-2147483648)
+    z = _I32(0)
+    sm = _I32(0)
     for i in range(bits.size):
         b = bits[i]
-        key = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
+        key = _I32(b ^ _I32(_I32(b >> _I32(31)) & _I32(0x7FFFFFFF)))
         mn = min(mn, key)
         mx = max(mx, key)
-        mag = b & np.int32(0x7FFFFFFF)
-        z += np.int32(mag == 0)
-        sm += np.int32(mag < eps_bits)
+        mag = _I32(b & _I32(0x7FFFFFFF))
+        z = _I32(z + _I32(mag == _I32(0)))
+        sm = _I32(sm + _I32(mag < eps_bits))
     return mn, mx, z, sm
 
 
@@ -323,26 +320,35 @@ def eps32(eps):
 
 @nb.njit(nogil=True, cache=True)
 def _scratch(nbins):
-    """Buffers a ``process_*`` call reuses for every block: bin keys, int32 counts on the current
-    grid (half the cache footprint of the int64 histogram; folded in by :func:`_flush`), and one
-    word for reading float bits."""
-    return np.empty(BLOCK, np.int32), np.zeros(nbins, np.int32), np.empty(1, np.int32)
+    """Buffers a ``process_f32`` call reuses for every block: bin keys, int32 counts on the current
+    grid (two interleaved copies, see :func:`_count`; folded in by :func:`_flush`), and one word
+    for reading float bits."""
+    return np.empty(BLOCK, np.int32), np.zeros(2 * nbins, np.int32), np.empty(1, np.int32)
 
 
 @nb.njit(**_OPTS)
 def _count(keys, n, local):
-    # unsigned keys spare the negative-index check (0.44 -> 0.29 ns per element)
+    # unsigned keys spare the negative-index check (0.44 -> 0.29 ns per element); even and odd
+    # elements count into two copies, so a run of one bin (the zeros of a pruned tensor) does
+    # not wait on one counter (0.89 -> 0.46 ns per element)
     u = keys.view(np.uint32)
-    for i in range(n):
-        local[u[i]] += 1
+    m = np.uint32(local.size // 2)
+    n2 = n // 2
+    for i in range(n2):
+        local[u[2 * i]] += 1
+        local[m + u[2 * i + 1]] += 1
+    if n % 2:
+        local[u[n - 1]] += 1
 
 
 @nb.njit(**_OPTS)
 def _flush(local, hist):
     """Fold the int32 counts into the histogram: before the grid changes, and at the end."""
-    for j in range(hist.size):
-        hist[j] += local[j]
+    m = hist.size
+    for j in range(m):
+        hist[j] += local[j] + local[m + j]
         local[j] = 0
+        local[m + j] = 0
 
 
 @nb.njit(nogil=True, cache=True)
@@ -397,80 +403,75 @@ def process_f32(x, shift, eps, mom, cnt, hist, geo):
     _flush(local, hist)
 
 
-@nb.njit(nogil=True, cache=True)
-def process_lut(x, lut, shift, eps, mom, cnt, hist, geo):
-    """Fold raw 8/16-bit storage ``x``, decoded to float32 through ``lut``, into the accumulator."""
-    n = x.size
-    buf = np.empty(BLOCK, np.float32)
-    keys, local, tmp = _scratch(hist.size)
-    eb = eps_bits(eps)
-    for start in range(0, n, BLOCK):
-        v = _decode(x, lut, start, min(n, start + BLOCK), buf)
-        _block_f32(v, shift, eps, eb, mom, cnt, hist, geo, keys, local, tmp)
-        _flush_every(start, local, hist)
-    _flush(local, hist)
+_TALLY_MAX = 1 << 30  # elements tallied between folds of the table: < 2**31 per entry
 
 
 @nb.njit(**_OPTS)
-def _decode_bf16(x, start, stop, out):
-    # indexing a slice from 0 (not x[i] with out[i - start]) is what lets LLVM vectorise this: 6x faster
-    c = x[start:stop]
-    for i in range(c.size):
-        out[i] = np.uint32(c[i]) << np.uint32(16)
-
-
-# bfloat16 keys, as for float32 but on the 16-bit storage (twice the lanes per vector)
-_KEY16_POS_INF = np.int16(0x7F80)
-_KEY16_NEG_INF = np.int16(-0x7F81)
-
-
-@nb.njit(**_OPTS)
-def _key_scan16(bits, eps_bits16):
-    """:func:`_key_scan` on bfloat16 storage; ``eps_bits16`` is the smallest bfloat16 magnitude
-    pattern not below ``eps32`` (a bfloat16 widens to the float32 with these bits << 16)."""
-    mn = np.int16(32767)
-    mx = np.int16(-32768)
-    z = 0
-    sm = 0
-    for i in range(bits.size):
-        b = bits[i]
-        key = np.int16(b ^ ((b >> 15) & np.int16(0x7FFF)))
-        mn = min(mn, key)
-        mx = max(mx, key)
-        mag = np.int16(b & np.int16(0x7FFF))
-        z += np.int32(mag == 0)
-        sm += np.int32(mag < eps_bits16)
-    return mn, mx, z, sm
+def _tally(x, table, m):
+    """Count each bit pattern of ``x`` into ``table`` (two interleaved copies of ``m`` entries:
+    a run of one value, such as the zeros of a pruned tensor, then increments two counters in
+    turn instead of waiting on one, 0.89 -> 0.46 ns per element)."""
+    n2 = x.size // 2
+    for i in range(n2):
+        table[x[2 * i]] += 1
+        table[m + x[2 * i + 1]] += 1
+    if x.size % 2:
+        table[x[x.size - 1]] += 1
 
 
 @nb.njit(nogil=True, cache=True)
-def _key16_value(key, tmp):
-    tmp[0] = np.int32(np.int16(key ^ ((key >> 15) & np.int16(0x7FFF)))) << 16
-    return np.float64(tmp.view(np.float32)[0])
-
-
-@nb.njit(nogil=True, cache=True)
-def process_bf16(x, shift, eps, mom, cnt, hist, geo):
-    """Fold raw bfloat16 storage (uint16): extremes from the 16-bit keys, widening is a shift,
-    no table and no float32 copy of the tensor."""
-    n = x.size
-    buf = np.empty(BLOCK, np.uint32)
-    keys, local, tmp = _scratch(hist.size)
-    # |a| < t for a = m << 16 (m: the 15 magnitude bits) exactly when m < ceil(bits(t) / 2**16)
-    eb16 = np.int16((np.int64(eps_bits(eps)) + 0xFFFF) >> 16)
-    for start in range(0, n, BLOCK):
-        stop = min(n, start + BLOCK)
-        mnk, mxk, z, sm = _key_scan16(x[start:stop].view(np.int16), eb16)
-        _decode_bf16(x, start, stop, buf)
-        v = buf[: stop - start].view(np.float32)
-        if mnk <= _KEY16_NEG_INF or mxk >= _KEY16_POS_INF:  # NaN or Inf inside
-            _flush(local, hist)
-            _careful_block(v, shift, eps, mom, cnt, hist, geo)
+def _fold_table(table, lut, shift, eps, mom, cnt, hist, geo):
+    """Fold a table of value counts (``table[j]`` values equal to ``lut[j]``) into the accumulator,
+    exactly as folding the values one by one would."""
+    m = lut.size
+    mn, mx = np.inf, -np.inf
+    for j in range(m):
+        c = table[j] + table[m + j]
+        table[j] = c
+        if c == 0:
+            continue
+        f = np.float64(lut[j])
+        cnt[TOTAL] += c
+        if f != f:
+            cnt[NAN] += c
+        elif f == np.inf:
+            cnt[PINF] += c
+        elif f == -np.inf:
+            cnt[NINF] += c
         else:
-            _finite_block(v, _key16_value(mnk, tmp), _key16_value(mxk, tmp), z, sm, shift, mom, cnt, hist, geo,
-                          keys, local)
-        _flush_every(start, local, hist)
-    _flush(local, hist)
+            d = f - shift
+            mom[S] += c * d
+            mom[SS] += c * d * d
+            mom[SQ] += c * f * f
+            mn = min(mn, f)
+            mx = max(mx, f)
+            cnt[FINITE] += c
+            cnt[ZERO] += c * (f == 0.0)
+            cnt[SMALL] += c * (abs(f) < eps)
+    if mn > mx:
+        return
+    mom[MIN] = min(mom[MIN], mn)
+    mom[MAX] = max(mom[MAX], mx)
+    cover(hist, geo, mn, mx)
+    base, inv_w, top = geo[0] / geo[1], 1.0 / geo[1], hist.size - 1
+    for j in range(m):
+        f = np.float64(lut[j])
+        if table[j] and math.isfinite(f):
+            hist[min(max(int(math.floor(f * inv_w) - base), 0), top)] += table[j]
+
+
+@nb.njit(nogil=True, cache=True)
+def process_table(x, lut, shift, eps, mom, cnt, hist, geo):
+    """Fold raw 8/16-bit storage ``x`` (bfloat16, float16, float8, int8…: ``lut`` maps each bit
+    pattern to its float32 value) into the accumulator: one pass counts each pattern, then the
+    at most 65,536 distinct values are folded with their counts. No float32 copy of the tensor."""
+    m = lut.size
+    table = np.zeros(2 * m, np.int32)
+    n = x.size
+    for start in range(0, n, _TALLY_MAX):
+        _tally(x[start : min(n, start + _TALLY_MAX)], table, m)
+        _fold_table(table, lut, shift, eps, mom, cnt, hist, geo)
+        table[:] = 0
 
 
 def new_accumulator(nbins: int):

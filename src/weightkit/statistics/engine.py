@@ -77,13 +77,11 @@ class _Acc:
         raw = np.ascontiguousarray(raw).reshape(-1)
         if dtype == "float32":
             K.process_f32(raw, *args)
-        elif dtype == "bfloat16":
-            K.process_bf16(raw.view(np.uint16), *args)
         elif dtype in _GENERIC:
             K.process(raw, *args)
         else:
             lut = _luts()[dtype]
-            K.process_lut(raw.view(np.uint8 if lut.size == 256 else np.uint16), lut, *args)
+            K.process_table(raw.view(np.uint8 if lut.size == 256 else np.uint16), lut, *args)
 
     def merge(self, other: _Acc) -> None:
         _kernel().merge_into(self.mom, self.cnt, self.hist, self.geo,
