@@ -3,12 +3,13 @@
 The MLP of ``watch_bench.py`` (784 → 512 → 256 → 10, Adam, batch 64), torch on one thread, CPU
 time of the training thread, configurations interleaved in blocks of 10 steps in one process:
 
-  off              plain training
-  step             ``watch(every=10)``: NaN/Inf looked for in every gradient and weight on every step
-  measured         ``watch(every=10, nan_check="measured")``: only on measured steps
-  no-weight-check  ``step`` without the weights' half (the gradients are still checked in their hooks)
+  off        plain training
+  step       ``watch(every=10)`` (the default ``nan_check="step"``): NaN/Inf looked for in every
+             gradient on every step; the weights on measured steps and around a non-finite gradient
+  all        ``watch(every=10, nan_check="all")``: in every gradient and every weight on every step
+  measured   ``watch(every=10, nan_check="measured")``: only on measured steps
 
-``step − measured`` is the whole per-step check, ``step − no-weight-check`` its weights' half.
+``step − measured`` is the gradients' per-step check, ``all − step`` the weights'.
 
     python bench/watch_check_cost.py [--steps 2000]
 """
@@ -47,18 +48,14 @@ def main() -> int:
     loss_fn = nn.CrossEntropyLoss()
     configs = {}
     with tempfile.TemporaryDirectory() as run_dir:
-        for key in ("off", "step", "measured", "no-weight-check"):
+        for key in ("off", "step", "all", "measured"):
             model = watch_bench.mlp()
             model.load_state_dict(base.state_dict())
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
             w = None
             if key != "off":
                 w = weightkit.watch(model, optimizer=opt, run_dir=run_dir,
-                                    nan_check="measured" if key == "measured" else "step")
-            if key == "no-weight-check":
-                core, check = w._core, w._core._check_host
-                core._check_host = lambda step, ix, ps, core=core, check=check: (
-                    check(step, ix, ps) if core.measuring else False)
+                                    nan_check=key)
             configs[key] = (model, opt, w, [])
 
         def one(key: str, k: int) -> float:
@@ -82,7 +79,7 @@ def main() -> int:
         print(f"MLP, {args.steps} steps per configuration, median CPU time per step")
         for key, (_, _, w, times) in configs.items():
             med = statistics.median(times)
-            print(f"  {key:16s} {med * 1e3:7.3f} ms  ratio {med / off:6.3f}  overhead {1e6 * (med - off):+7.1f} us")
+            print(f"  {key:10s} {med * 1e3:7.3f} ms  ratio {med / off:6.3f}  overhead {1e6 * (med - off):+7.1f} us")
             if w is not None:
                 w.stop()
     return 0

@@ -344,8 +344,10 @@ def first_nonfinite_by_hand(make, lr, steps):
     return first
 
 
+@pytest.mark.parametrize("nan_check", ["step", "all"])
 @pytest.mark.parametrize("lr", [3.0, 100.0])
-def test_done_when_absurd_learning_rate_nan_names_exact_step_and_parameter(tmp_path, lr, caplog, code_path):
+def test_done_when_absurd_learning_rate_nan_names_exact_step_and_parameter(tmp_path, lr, caplog, code_path,
+                                                                           nan_check):
     def make():
         torch.manual_seed(3)
         return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
@@ -355,7 +357,7 @@ def test_done_when_absurd_learning_rate_nan_names_exact_step_and_parameter(tmp_p
     net = make()
     opt = torch.optim.SGD(net.parameters(), lr=lr)
     with caplog.at_level(logging.WARNING, logger="weightkit.watch"):
-        with weightkit.watch(net, optimizer=opt, every=3, run_dir=tmp_path, name="nan") as w:
+        with weightkit.watch(net, optimizer=opt, every=3, run_dir=tmp_path, name="nan", nan_check=nan_check) as w:
             for step in range(expected["grad"][0] + 3):
                 train_step(net, opt, step)
     run = weightkit.open_run("nan", run_dir=tmp_path)
@@ -368,6 +370,93 @@ def test_done_when_absurd_learning_rate_nan_names_exact_step_and_parameter(tmp_p
     assert any(f"step {expected['grad'][0]}" in r.getMessage() and r.name == "weightkit.watch" for r in caplog.records)
     row = {r["name"]: r for r in run.layers()}[expected["grad"][1]]
     assert row["nonfinite_first_step"] == expected["grad"][0]
+
+
+class Gated(nn.Module):
+    """A weight that can turn -Inf without reaching the loss: relu(-inf) = 0, and so is its gradient."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 1)
+        self.gate = nn.Parameter(torch.ones(8))
+
+    def forward(self, x):
+        return self.b(self.a(x) * (1 + torch.relu(self.gate)))
+
+
+def break_at(opt, weight, at, value=-math.inf):
+    """After optimizer step ``at``, write ``value`` into one element of ``weight``, as a buggy update would."""
+    n = [0]
+
+    def hook(*_):
+        if n[0] == at:
+            with torch.no_grad():
+                weight.view(-1)[3] = value
+        n[0] += 1
+
+    opt.register_step_post_hook(hook)  # before watch's: runs first
+
+
+@pytest.mark.parametrize("nan_check, steps, expected", [
+    ("all", 8, (3, None)),  # summed on every step: exact
+    ("step", 8, (5, 0)),  # no gradient turned non-finite: found on measured step 5, seen finite at 0
+    ("step", 5, (4, 0)),  # stopped before step 5: found by the last check at stop()
+])
+def test_a_weight_that_never_reaches_the_loss(tmp_path, nan_check, steps, expected):
+    net = Gated()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+    break_at(opt, net.gate, 3)
+    with weightkit.watch(net, optimizer=opt, every=5, run_dir=tmp_path, name="g", nan_check=nan_check):
+        for step in range(steps):
+            train_step(net, opt, step)
+    alerts = {a.kind: a for a in weightkit.open_run("g", run_dir=tmp_path).alerts}
+    assert "nonfinite_grad" not in alerts
+    a = alerts["nonfinite_weight"]
+    step, since = expected
+    assert (a.step, a.param) == (step, "gate")
+    assert f"'gate' at step {step}" in a.message
+    assert (f"it appeared after step {since}" in a.message) == (since is not None)
+
+
+@pytest.mark.parametrize("at", [2, 4])  # the next step: unmeasured, measured
+def test_a_nan_weight_that_reaches_the_loss_is_named_at_its_exact_step(tmp_path, at):
+    """nan_check="step" sums the weights when gradients turn non-finite: the weight that caused it
+    is named at the step that broke it, not at the next measured step."""
+    net = Gated()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+    break_at(opt, net.a.weight, at, math.nan)
+    with weightkit.watch(net, optimizer=opt, every=5, run_dir=tmp_path, name="w"):
+        for step in range(8):
+            train_step(net, opt, step)
+    alerts = {a.kind: a for a in weightkit.open_run("w", run_dir=tmp_path).alerts}
+    assert (alerts["nonfinite_weight"].step, alerts["nonfinite_weight"].param) == (at, "a.weight")
+    assert "appeared after" not in alerts["nonfinite_weight"].message
+    assert alerts["nonfinite_grad"].step == at + 1
+
+
+@pytest.mark.parametrize("nan_check", ["step", "all", "measured"])
+def test_huge_finite_values_are_not_called_non_finite(tmp_path, nan_check, code_path):
+    """Sums and norms of float32 values near 3e38 overflow; the values themselves are finite."""
+
+    class Huge(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(4096))  # its gradient: 3e38 everywhere
+            self.big = nn.Parameter(torch.full((4096,), 3e38))
+
+        def forward(self, x):
+            return (self.w * 3e38).sum() + (self.big * 0).sum() + x.sum()
+
+    net = Huge()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    with weightkit.watch(net, optimizer=opt, every=3, run_dir=tmp_path, name="h", nan_check=nan_check) as w:
+        for _ in range(5):
+            opt.zero_grad()
+            net(torch.ones(2)).backward()
+            opt.step()
+    assert torch.isfinite(net.w.grad).all() and torch.isfinite(net.big).all()
+    assert not [a for a in w.alerts if a.kind.startswith("nonfinite")]
 
 
 def test_nan_check_on_measured_steps_only_says_when_it_was_seen(tmp_path):

@@ -58,8 +58,8 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
 
 
 def _check_nan_check(value: Any) -> str:
-    if value not in ("step", "measured"):
-        raise WeightkitError(f"watch(nan_check={value!r}): choose 'step' (every step, exact) or 'measured'")
+    if value not in ("step", "all", "measured"):
+        raise WeightkitError(f"watch(nan_check={value!r}): choose 'step' (the default), 'all' or 'measured'")
     return value
 
 
@@ -173,9 +173,14 @@ def watch(model, *, optimizer=None, every: int = 10, histograms: int = 10, bins:
         store: the run's directory or ``.sqlite`` file; default ``run_dir/name/watch.sqlite``.
         name: the run's name (default: the time and the model's class); an existing run is an
             error unless ``overwrite=True``.
-        nan_check: ``"step"`` looks for NaN/Inf on every step (one sum per gradient and per
-            weight: the first step and parameter are exact); ``"measured"`` only on measured
-            steps (cheaper where a step takes a few milliseconds on the CPU).
+        nan_check: ``"step"`` looks for NaN/Inf in every gradient on every step (one sum each:
+            the first step and parameter are exact), and in the weights on measured steps and
+            around any step whose gradients are non-finite (on a GPU, where it costs no sync: on
+            every step); a weight that turns non-finite reaches the next loss and gradients, so
+            its step is exact too, and when it did not (a row of an embedding no batch reads),
+            the alert says after which step it appeared. ``"all"`` sums every weight on every
+            step as well (exact in every case; on the CPU it costs as much again as the
+            gradients' check); ``"measured"`` checks on measured steps only.
         vanishing, exploding, ratio_high, ratio_low, patience, unused_after: alert thresholds,
             see :mod:`weightkit.watch.alerts`.
 

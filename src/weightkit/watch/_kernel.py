@@ -120,11 +120,27 @@ def histogram(a, lo, scale, counts):
     return s, q
 
 
+@nb.njit(**_OPTS)
+def total(a):
+    """The sum of ``a`` in blocks of its own dtype folded in float64: non-finite exactly when ``a``
+    holds a NaN or an Inf (a float32 block of values near 1e38 can overflow: check again then).
+    The per-step NaN/Inf check of a gradient, with none of a torch call's dispatch."""
+    s = 0.0
+    for start in range(0, a.size, BLOCK):
+        c = a[start : start + BLOCK]
+        s_b = c[0] * 0  # the block's dtype
+        for i in range(c.size):
+            s_b += c[i]
+        s += s_b
+    return s
+
+
 def warm() -> None:
     """Compile (or load from the cache) every signature the watcher uses."""
     for dt in (np.float32, np.float64):
         a = np.zeros(4, dtype=dt)
         moments(a)
+        total(a)
         norms(a, a)
         centred(a, 0.0)
         histogram(a, 0.0, 1.0, np.zeros(2, dtype=np.int64))

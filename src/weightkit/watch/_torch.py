@@ -10,7 +10,10 @@ Per backward pass, a ``post_accumulate_grad`` hook on each trainable parameter:
 
 Around the optimizer step (``register_step_pre_hook``/``register_step_post_hook``): on measured
 steps a copy of the weights is taken before the step and ``‖w_before − w_after‖`` after it, then
-freed; every step checks the weights for NaN/Inf the same cheap way. Everything a measured step
+freed. The weights are checked for NaN/Inf the same cheap way: on a GPU on every step; on the
+CPU, where that read is a few percent of a small model's step, on measured steps, before and
+after any step whose gradients are non-finite (a weight that turned non-finite has reached the
+loss: the step is exact), and at ``stop()``; ``nan_check="all"`` checks them on every step. Everything a measured step
 needs is concatenated on the device and moved to the host with a single ``.cpu()`` per device: no
 per-tensor synchronisation. On a GPU the per-step NaN/Inf flags stay on the device (a running
 "first bad step" per parameter) and are read at the next measured step or ``stop()`` — still
@@ -88,12 +91,14 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 def check_value(t: torch.Tensor) -> torch.Tensor:
-    """One cheap reduction that is non-finite exactly when ``t`` holds a NaN or an Inf (barring a
-    float32 sum overflowing, i.e. values near 1e38): the per-step NaN/Inf check."""
+    """One reduction that is non-finite exactly when ``t`` holds a NaN or an Inf, on the device:
+    max |t| (a sum would also overflow on finite values near the dtype's maximum)."""
     t = t.detach()
     if t.is_sparse:
         t = t.coalesce().values()
-    return t.sum() if t.dtype in (torch.float32, torch.float64) else t.sum(dtype=torch.float32)
+    if t.numel() == 0:
+        return torch.zeros((), dtype=t.dtype, device=t.device)
+    return torch.linalg.vector_norm(t, INF)
 
 
 _SCRATCH: dict[tuple, torch.Tensor] = {}
@@ -232,7 +237,10 @@ class Core:
         self.updates = list(updates) if updates is not None else [False] * self.n
         self.alerts = AlertEngine(self.names, [tuple(p.shape) for p in self.params], thresholds, run=run,
                                   embeddings=list(embeddings) if embeddings is not None else None)
-        self.per_step = nan_check == "step"
+        self.per_step = nan_check in ("step", "all")
+        # CPU, nan_check="step": weights are summed on measured steps and around steps whose
+        # gradients are non-finite, not on every step (see _check_host)
+        self.weights_per_step = nan_check == "all"
         self.step = 0
         self.measured = 0
         self._prev_measured: int | None = None
@@ -244,6 +252,11 @@ class Core:
         self.groups = {d: (ix, [self.params[i] for i in ix]) for d, ix in groups.items()}
         # first step at which each parameter's gradient (row 0) / weight (row 1) was non-finite
         self.first = np.full((2, self.n), -1, dtype=np.int64)
+        # CPU: the last step after which each weight was seen finite (-1: the start), and for a
+        # weight first seen non-finite later than one step after that, that step (-2: exact)
+        self._w_ok = np.full(self.n, -1, dtype=np.int64)
+        self.w_since = np.full(self.n, -2, dtype=np.int64)
+        self._gbad: dict[int, bool] = {}
         self._seen_nonfinite = False  # any entry of self.first set: spares a reduction per measured step
         self._step_arrays = (np.full((self.n, N_GRAD), np.nan), np.full((self.n, 2), -1, dtype=np.int64),
                              np.full(self.n, np.nan), np.full(self.n, np.nan), np.zeros(self.n, dtype=bool))
@@ -265,6 +278,7 @@ class Core:
         self.measuring = self.step % self.every == 0
         self.hist_now = self.measuring and self.histograms > 0 and self.measured % self.histograms == 0
         self._gchk: list[Any] = [None] * self.n
+        self._gbad.clear()
         if was_measuring:  # the per-step path touches only _gchk
             self._gstats: list[tuple | None] = [None] * self.n
             self._ghist: list[tuple | None] = [None] * self.n
@@ -282,19 +296,27 @@ class Core:
     def _make_hook(self, i: int, on_backward):
         state = self
         received = self.received
-        fast = self.params[i].dtype in (torch.float32, torch.float64)
+        compiled = _compiled(self.params[i].detach())
 
         def hook(p: torch.Tensor) -> None:
             g = p.grad
             if g is None:
                 return
             received[i] = True
-            if not state.measuring:  # every step: one reduction, kept on the device
+            if not state.measuring:  # every step: one reduction (kept on the device on a GPU)
                 if state.per_step:
-                    state._gchk[i] = g.sum() if fast and not g.is_sparse else check_value(g)
+                    if compiled and _compiled(g):  # a float; in a training loop a torch call costs 5-20 us
+                        v = kernels().total(g.numpy().reshape(-1))
+                        if not math.isfinite(v) and bool(torch.isfinite(g).all()):
+                            v = 0.0  # a float32 block of values near 1e38 overflowed: all are finite
+                        state._gchk[i] = v
+                    else:
+                        state._gchk[i] = check_value(g)
             else:
                 st = state._gstats[i] = grad_stats(g)
-                state._gchk[i] = st[0][3]  # mean |g|: a float on the CPU path, a device scalar otherwise
+                # max |g| on the device; on the CPU the NaN/Inf counts (sums and means can overflow)
+                c = st[1]
+                state._gchk[i] = st[0][4] if isinstance(c, torch.Tensor) else (math.nan if c[0] or c[1] else 0.0)
                 if state.hist_now:
                     state._ghist[i] = histogram(g, state.bins)
             if on_backward is not None and not state._queued:
@@ -320,6 +342,11 @@ class Core:
         makes that cheap). On the CPU a fresh allocation of that size costs a page fault per 4 KiB
         on every measured step (0.35 ms for 2.7 MB), so the copies go to buffers reused from one
         measured step to the next, freed at ``stop()``."""
+        if self.per_step and not self.weights_per_step:
+            with torch.no_grad():
+                for dev, (ix, ps) in self.groups.items():
+                    if dev not in self._first_dev and self._grads_bad(ix):
+                        self._check_weights_host(self.step - 1, ix, ps, fed=True)  # as the last step left them
         if not (self.measuring and any(self.updates)):
             return
         with torch.no_grad():
@@ -361,15 +388,67 @@ class Core:
                 self._commit(step)
         if not self.measuring and new_bad:
             self._record_first()
-            self._report(self.alerts.nonfinite(self.first[0], self.first[1]))
+            self._report(self.alerts.nonfinite(self.first[0], self.first[1], weight_since=self.w_since))
         self._before = None
         self.step += 1
         self._reset_step()
 
+    def _grads_bad(self, ix: list[int]) -> bool:
+        """CPU: whether this step's gradient sums hold a NaN/Inf (one stacked sum, once per step)."""
+        bad = self._gbad.get(id(ix))
+        if bad is None:
+            total, t = 0.0, []
+            for i in ix:
+                c = self._gchk[i]
+                if isinstance(c, torch.Tensor):
+                    t.append(c)
+                elif c is not None:
+                    total += c  # finite floats can only overflow to a false alarm, which _flag clears
+            if t:
+                total += torch.stack(t).sum().item()
+            bad = self._gbad[id(ix)] = not math.isfinite(total)
+        return bad
+
+    def _flag(self, row: int, step: int, ix: list[int], values: list, *, fed: bool = False) -> bool:
+        """Mark the parameters whose check value is non-finite as first bad at ``step``; weights
+        seen finite are recorded as such. ``fed``: the weights were checked because the gradients
+        they led to are non-finite, while the previous step's were finite: so the weights were
+        finite one step before (the step is exact); otherwise a weight last seen finite more than
+        one step before keeps that step in ``w_since``."""
+        found = False
+        for k, i in enumerate(ix):
+            v = values[k]
+            if v is None:
+                continue
+            ok = math.isfinite(v.item() if isinstance(v, torch.Tensor) else v)
+            if row == 1 and ok:
+                self._w_ok[i] = step
+            elif not ok and self.first[row, i] < 0:
+                self.first[row, i] = step
+                if row == 1 and not fed and self._w_ok[i] < step - 1:
+                    self.w_since[i] = self._w_ok[i]
+                self._seen_nonfinite = True
+                found = True
+        return found
+
+    def _check_weights_host(self, step: int, ix: list[int], ps: list[torch.Tensor], *, fed: bool = False) -> bool:
+        """Sum each weight as it is after ``step``; flag the non-finite ones (``fed``: see :meth:`_flag`)."""
+        weights = [p.sum() if fast else check_value(p) for p, fast in zip(ps, self._fast[id(ps)])]
+        if math.isfinite(torch.stack(weights).sum().item()):
+            self._w_ok[ix] = step
+            return False
+        # a float32 sum of values near 1e38 can overflow: a non-finite sum is confirmed value by value
+        exact = [w if math.isfinite(w.item()) or not bool(torch.isfinite(p).all()) else 0.0
+                 for w, p in zip(weights, ps)]
+        return self._flag(1, step, ix, exact, fed=fed)
+
     def _check_host(self, step: int, ix: list[int], ps: list[torch.Tensor]) -> bool:
-        """CPU: one stacked sum of the per-tensor checks; per-parameter flags only when it is non-finite.
-        On measured steps the weights' norms (computed anyway) serve as their check."""
-        grads = [self._gchk[i] for i in ix]
+        """CPU: the gradients' sums on every step, stacked into one; the weights' on measured steps
+        (their norms, computed anyway), on every step with ``nan_check="all"``, and otherwise only
+        around a step whose gradients are non-finite: a weight that turns non-finite reaches the
+        next step's loss and so its gradients, almost always (``bench/watch_check_cost.py`` shows
+        what summing them on every step costs)."""
+        found = False
         if self.measuring:
             self._wnorm, self._unorm = {}, {}
             before = self._before
@@ -381,27 +460,14 @@ class Core:
                     self._wnorm[i], self._unorm[i] = math.sqrt(q), math.sqrt(d)
                 else:
                     self._wnorm[i] = host_norm(p)
-            weights = []
-            for i, p in zip(ix, ps):
-                v = self._wnorm[i]
-                # a norm can overflow to Inf (|w| > 1e19) while every value is finite: sum to be sure
-                weights.append(v if math.isfinite(v) else check_value(p).item())
-        else:
-            weights = [p.sum() if fast else check_value(p) for p, fast in zip(ps, self._fast[id(ps)])]
-        tensors = [c for c in grads + weights if isinstance(c, torch.Tensor)]
-        total = torch.stack(tensors).sum().item() if tensors else 0.0
-        if math.isfinite(total) and all(math.isfinite(c) for c in grads + weights if isinstance(c, float)):
-            return False
-        found = False
-        for row, values in ((0, grads), (1, weights)):
-            for k, i in enumerate(ix):
-                v = values[k]
-                if v is None or self.first[row, i] >= 0:
-                    continue
-                if not math.isfinite(v.item() if isinstance(v, torch.Tensor) else v):
-                    self.first[row, i] = step
-                    self._seen_nonfinite = True
-                    found = True
+            # a norm can overflow to Inf (|w| > 1e19) while every value is finite: look to be sure
+            weights = [v if math.isfinite(v) else (0.0 if bool(torch.isfinite(p).all()) else math.nan)
+                       for v, p in ((self._wnorm[i], p) for i, p in zip(ix, ps))]
+            found |= self._flag(1, step, ix, weights)
+        elif self.weights_per_step or self._grads_bad(ix):
+            found |= self._check_weights_host(step, ix, ps, fed=True)
+        if self._grads_bad(ix):
+            found |= self._flag(0, step, ix, [self._gchk[i] for i in ix])
         return found
 
     def _check_device(self, step: int, dev, ix: list[int], ps: list[torch.Tensor]) -> None:
@@ -453,7 +519,8 @@ class Core:
         alerts = []
         if self._seen_nonfinite:
             self._record_first()
-            alerts = self.alerts.nonfinite(self.first[0], self.first[1], counts=C, count_step=step, since=since)
+            alerts = self.alerts.nonfinite(self.first[0], self.first[1], counts=C, count_step=step, since=since,
+                                           weight_since=self.w_since)
         self._prev_measured = step
         alerts += self.alerts.measured_step(step, G[:, 0], ratio, self.received)
         Gl, Cl, Wl, Ul, Rl, Hl = G.tolist(), C.tolist(), W.tolist(), U.tolist(), ratio.tolist(), has_u.tolist()
@@ -548,10 +615,18 @@ class Core:
     def finish(self) -> None:
         """Report NaN/Inf flags raised since the last measured step (GPU), then remove the hooks."""
         try:
+            last = self.step - 1
+            host = [(ix, ps) for dev, (ix, ps) in self.groups.items() if dev not in self._first_dev]
+            if self.per_step and not self.weights_per_step and last >= 0 and host:
+                with torch.no_grad():
+                    for ix, ps in host:
+                        if (self._w_ok[ix] < last).any():
+                            self._check_weights_host(last, ix, ps)
             if self._first_dev:
                 self._first_host()
+            if self._seen_nonfinite:
                 self._record_first()
-                self._report(self.alerts.nonfinite(self.first[0], self.first[1]))
+                self._report(self.alerts.nonfinite(self.first[0], self.first[1], weight_since=self.w_since))
         finally:
             self.remove_hooks()
             release_scratch()

@@ -127,10 +127,12 @@ class AlertEngine:
     # -- NaN / Inf --------------------------------------------------------------------------------
 
     def nonfinite(self, first_grad: np.ndarray, first_weight: np.ndarray, *, counts: np.ndarray | None = None,
-                  count_step: int | None = None, since: int | None = None) -> list[Alert]:
+                  count_step: int | None = None, since: int | None = None,
+                  weight_since: np.ndarray | None = None) -> list[Alert]:
         """``first_*``: per parameter, the first step whose gradient/weight was non-finite (-1: never).
         ``since``: with ``nan_check="measured"``, the previous checked step (the step is then an
-        upper bound)."""
+        upper bound). ``weight_since``: per parameter, the step after which a weight was last seen
+        finite when that is more than one step before ``first_weight`` (-2: the step is exact)."""
         out: list[Alert] = []
         for what, first in (("grad", first_grad), ("weight", first_weight)):
             if self.nonfinite_done[what] or not (first >= 0).any():
@@ -146,6 +148,9 @@ class AlertEngine:
             more = f"; {len(hit) - 1} more parameter(s) hit at this step" if len(hit) > 1 else ""
             when = f"at step {step}" if since is None else \
                 f"at step {step} (checked on measured steps only: it appeared after step {since})"
+            if since is None and what == "weight" and weight_since is not None and weight_since[i] > -2:
+                when = (f"at step {step} (found when checking the weights, which happens on measured steps and "
+                        f"when gradients turn non-finite: it appeared after step {weight_since[i]})")
             self._emit(out, step, f"nonfinite_{what}", i,
                        f"NaN/Inf first appeared in the {where} of '{self.names[i]}' {when}{detail}{more}")
         return out
