@@ -197,6 +197,23 @@ def test_bias_before_batchnorm(tmp_path):
     assert weightkit.doctor(model).by_rule("bias-before-norm")[0].tensors == ["3.bias", "6.bias"]
 
 
+def test_bias_before_batchnorm_when_a_file_lists_names_alphabetically(tmp_path):
+    """safetensors lists "10" before "2" and "bn1" before "conv1": the pairs are still found."""
+
+    class Block(nn.Module):  # torchvision ResNet's names
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)
+            self.conv2, self.bn2 = nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)
+
+    layers = [m for _ in range(6) for m in (nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))]
+    model = nn.Sequential(*layers, Block())
+    expected = [[str(i), str(i + 1)] for i in range(0, 12, 2)] + [["12.conv1", "12.bn1"], ["12.conv2", "12.bn2"]]
+    for source in (model, _saved(model, tmp_path / "m.safetensors")):
+        (found,) = weightkit.doctor(source).by_rule("bias-before-norm")
+        assert sorted(found.details["pairs"]) == sorted(expected)
+
+
 def _saved(model, path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from typing import Iterator
 
@@ -209,15 +210,37 @@ _NORMS = ("BatchNorm", "SyncBatchNorm")  # kinds starting with these normalise e
 _BIASED = ("Conv", "Linear", "Dense", "DepthwiseConv", "SeparableConv")
 
 
+def _natural(name: str) -> list:
+    """Sort key that orders ``features.2`` before ``features.10``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _layer_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """Pairs (layer, the layer after it): neighbours in model order and in natural name order
+    (files list names alphabetically), and siblings named alike with the same number
+    (``conv1``/``bn1``, as in torchvision's ResNet), since those are listed apart."""
+    pairs = list(zip(names, names[1:]))
+    ordered = sorted(names, key=_natural)
+    pairs += zip(ordered, ordered[1:])
+    by_number: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        m = re.fullmatch(r"([A-Za-z_]+?)_?(\d+)", leaf)
+        if m:
+            by_number[(parent, m.group(2))].append(name)
+    for group in by_number.values():
+        pairs += [(a, b) for a in group for b in group if a != b]
+    return list(dict.fromkeys(pairs))
+
+
 @rule("bias-before-norm", title="A layer bias that the BatchNorm right after it cancels")
 def bias_before_norm(ctx: Context) -> Iterator[Finding]:
-    layers: list[tuple[str, str, dict]] = []  # (layer, kind, role -> weight), in model order
+    layers: dict[str, tuple[str, dict]] = {}  # layer -> (kind, role -> weight), in model order
     for w in ctx.ws:
-        if not layers or layers[-1][0] != w.layer:
-            layers.append((w.layer, w.kind or "", {}))
-        layers[-1][2][w.role] = w
+        layers.setdefault(w.layer, (w.kind or "", {}))[1][w.role] = w
     hits = []
-    for (name, kind, roles), (norm, norm_kind, norm_roles) in zip(layers, layers[1:]):
+    for name, norm in _layer_pairs(list(layers)):
+        (kind, roles), (norm_kind, norm_roles) = layers[name], layers[norm]
         bias = roles.get("bias")
         if bias is None or not kind.startswith(_BIASED) or "Transpose" in kind or not norm_kind.startswith(_NORMS):
             continue
