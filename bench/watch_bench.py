@@ -10,7 +10,9 @@ interleaved in blocks of ``--block`` consecutive steps (a multiple of 10, so eve
 same share of measured steps), so that drift of a shared machine hits all of them alike; after
 each block (untimed) the watchers' and TensorBoard's background writers are flushed, so one
 configuration's disk writes never land in another's timings:
-  off          plain training
+  off          plain training, on ``--off-copies`` copies (default 3): the baseline is the mean of
+               their medians, and their spread (printed) is what one copy's memory layout alone
+               does to a median on this machine, the noise floor of every ratio
   every=10     ``weightkit.watch(model, optimizer=opt)`` (the default every=10, histograms every 10th measured step,
                NaN/Inf looked for on every step)
   every=10,m   the same with ``nan_check="measured"`` (NaN/Inf looked for on measured steps only)
@@ -104,13 +106,14 @@ class TBHist:
 CLOCK = time.perf_counter
 
 
-def bench(make, x_shape, *, steps: int, block: int, run_dir: str, batch: int = 64):
+def bench(make, x_shape, *, steps: int, block: int, run_dir: str, batch: int = 64, off_copies: int = 3):
     torch.manual_seed(0)
     base = make()
     batches = [(torch.randn(batch, *x_shape), torch.randint(0, 10, (batch,))) for _ in range(8)]
     loss_fn = nn.CrossEntropyLoss()
     configs = {}
-    for key in ("off", "every=10", "every=10,m", "every=1", "tb-hist"):
+    offs = ["off"] + [f"off#{c}" for c in range(2, off_copies + 1)]
+    for key in (*offs, "every=10", "every=10,m", "every=1", "tb-hist"):
         m = make()
         m.load_state_dict(base.state_dict())
         opt = torch.optim.Adam(m.parameters(), lr=1e-3)
@@ -156,7 +159,9 @@ def bench(make, x_shape, *, steps: int, block: int, run_dir: str, batch: int = 6
             kind = tb.kind
             tb.close()
     med = {key: statistics.median(c[4]) for key, c in configs.items()}
-    return med, kind, {key: len(c[4]) for key, c in configs.items()}
+    copies = [med.pop(k) for k in offs]
+    med = {"off": statistics.fmean(copies), **med}
+    return med, kind, {key: len(c[4]) for key, c in configs.items()}, copies
 
 
 # glibc's dynamic mmap threshold makes a training step's speed depend on what ran before it
@@ -176,6 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mlp-batch", type=int, default=64)
     ap.add_argument("--only", choices=("cnn", "mlp"), default=None)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--off-copies", type=int, default=3,
+                    help="Unwatched copies of each model; the baseline is the mean of their medians.")
     args = ap.parse_args(argv)
     global CLOCK
     if args.clock == "cpu":
@@ -189,10 +196,12 @@ def main(argv=None) -> int:
         for make, shape, batch in ((cnn, (3, 32, 32), 64), (mlp, (1, 28, 28), args.mlp_batch)):
             if args.only and make.__name__ != args.only:
                 continue
-            med, kind, counts = bench(make, shape, steps=args.steps, block=args.block, run_dir=d, batch=batch)
+            med, kind, counts, copies = bench(make, shape, steps=args.steps, block=args.block, run_dir=d, batch=batch,
+                                              off_copies=max(1, args.off_copies))
             off = med["off"]
             over = {k: med[k] - off for k in med}
             print(f"\n{make.__name__} (batch {batch}): median step {'CPU ' if args.clock == 'cpu' else ''}time over {counts['off']} steps; tb-hist: {kind}")
+            print(f"  unwatched copies: {', '.join(f'{c / off:.3f}' for c in copies)} of their mean (the noise floor)")
             for key in med:
                 print(f"  {key:11s} {1e3 * med[key]:8.3f} ms  ratio {med[key] / off:6.3f}  overhead {1e3 * over[key]:+8.3f} ms")
             for key in ("every=10", "every=10,m", "every=1"):
