@@ -36,7 +36,7 @@ def _moments(a, bits, mask):
             s_b += v
             q_b += v * v
             a_b += abs(v)
-            m_b = max(m_b, cb[i] & mask)
+            m_b = max(m_b, bits.dtype.type(cb[i] & mask))  # numba widens uint32 & to 64 bits: half the lanes
         s += s_b
         q += q_b
         sa += a_b
