@@ -269,3 +269,32 @@ def test_histogram_exact_when_the_range_grows_block_after_block(dtype):
     x = torch.randn(300_000, generator=g, dtype=torch.float64) * torch.logspace(-3, 3, 300_000, dtype=torch.float64)
     t = (x * 100).round().clamp(-30000, 30000).to(dtype) if dtype == torch.int16 else x.clamp(-6e4, 6e4).to(dtype)
     check(stats_of({"w": t})["w"], t)
+
+
+@pytest.mark.parametrize("kind", ["float32", "bfloat16"])
+def test_kernel_folds_its_int32_counts_exactly(kind):
+    """The int32 counts are folded in every 2**30 elements, which no test can reach: run the
+    kernel with a fold after every block (float32) or every 5 elements (8/16-bit table) and
+    check the histogram and counts against NumPy on the kernel's own grid."""
+    from weightkit.statistics import _kernel as K
+    from weightkit.statistics.engine import _luts
+
+    g = np.random.default_rng(5)
+    n = 5 * K.BLOCK + 123
+    x = (g.standard_normal(n) * 0.05).astype(np.float32)
+    x[g.integers(0, n, n // 3)] = 0.0  # runs of one bin
+    x[:50] = np.linspace(-3, 3, 50)  # widen the grid after the first counts
+    mom, cnt, hist, geo = K.new_accumulator(2048)
+    if kind == "float32":
+        values = x.astype(np.float64)
+        K.process_f32(x, 0.0, 1e-3, mom, cnt, hist, geo, flush_blocks=1)
+    else:
+        raw = (x.view(np.uint32) >> 16).astype(np.uint16)
+        values = (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        K.process_table(raw, _luts()["bfloat16"], 0.0, 1e-3, mom, cnt, hist, geo, tally_max=5)
+    lo, w = geo
+    expected, _ = np.histogram(values, bins=lo + w * np.arange(hist.size + 1))
+    assert hist.tolist() == expected.tolist() and hist.sum() == n
+    assert cnt[K.ZERO] == (values == 0).sum() and cnt[K.SMALL] == (np.abs(values) < 1e-3).sum()
+    assert mom[K.S] == pytest.approx(values.sum(), rel=1e-9, abs=1e-9)
+    assert (mom[K.MIN], mom[K.MAX]) == (values.min(), values.max())

@@ -352,9 +352,9 @@ def _flush(local, hist):
 
 
 @nb.njit(nogil=True, cache=True)
-def _flush_every(start, local, hist):
-    """Fold the int32 counts in every ``_FLUSH_BLOCKS`` blocks, so no bin passes 2**31."""
-    if (start // BLOCK) % _FLUSH_BLOCKS == _FLUSH_BLOCKS - 1:
+def _flush_every(start, local, hist, every):
+    """Fold the int32 counts in every ``every`` blocks (``_FLUSH_BLOCKS``: no bin passes 2**31)."""
+    if (start // BLOCK) % every == every - 1:
         _flush(local, hist)
 
 
@@ -392,14 +392,15 @@ def process(x, shift, eps, mom, cnt, hist, geo):
 
 
 @nb.njit(nogil=True, cache=True)
-def process_f32(x, shift, eps, mom, cnt, hist, geo):
-    """Fold float32 values into the accumulator (the fast path)."""
+def process_f32(x, shift, eps, mom, cnt, hist, geo, flush_blocks=_FLUSH_BLOCKS):
+    """Fold float32 values into the accumulator (the fast path). ``flush_blocks``: how often the
+    int32 counts are folded in (smaller only in tests, which cannot reach 2**30 elements)."""
     n = x.size
     keys, local, tmp = _scratch(hist.size)
     eb = eps_bits(eps)
     for start in range(0, n, BLOCK):
         _block_f32(x[start : min(n, start + BLOCK)], shift, eps, eb, mom, cnt, hist, geo, keys, local, tmp)
-        _flush_every(start, local, hist)
+        _flush_every(start, local, hist, flush_blocks)
     _flush(local, hist)
 
 
@@ -461,15 +462,16 @@ def _fold_table(table, lut, shift, eps, mom, cnt, hist, geo):
 
 
 @nb.njit(nogil=True, cache=True)
-def process_table(x, lut, shift, eps, mom, cnt, hist, geo):
+def process_table(x, lut, shift, eps, mom, cnt, hist, geo, tally_max=_TALLY_MAX):
     """Fold raw 8/16-bit storage ``x`` (bfloat16, float16, float8, int8…: ``lut`` maps each bit
     pattern to its float32 value) into the accumulator: one pass counts each pattern, then the
-    at most 65,536 distinct values are folded with their counts. No float32 copy of the tensor."""
+    at most 65,536 distinct values are folded with their counts. No float32 copy of the tensor.
+    ``tally_max``: elements counted between folds (smaller only in tests)."""
     m = lut.size
     table = np.zeros(2 * m, np.int32)
     n = x.size
-    for start in range(0, n, _TALLY_MAX):
-        _tally(x[start : min(n, start + _TALLY_MAX)], table, m)
+    for start in range(0, n, tally_max):
+        _tally(x[start : min(n, start + tally_max)], table, m)
         _fold_table(table, lut, shift, eps, mom, cnt, hist, geo)
         table[:] = 0
 
