@@ -67,7 +67,7 @@ def test_runs_list_table_and_json(runs):
     r = cli("runs", "list", "--dir", runs)
     assert r.exit_code == 0, r.stderr
     assert "sigmoid" in r.stdout and "nan" in r.stdout and "finished" in r.stdout
-    j = json.loads(cli("runs", "list", "--dir", runs, "--json").stdout)
+    j = json.loads(cli("runs", "list", "--run-dir", runs, "--json").stdout)  # the API's name works too
     by = {x["name"]: x for x in j["runs"]}
     assert by["sigmoid"]["steps"] == 6 and by["sigmoid"]["params"] == 22 and by["sigmoid"]["last_step"] == 10
     assert by["nan"]["alerts"] >= 2

@@ -19,7 +19,7 @@ RUN_HELP = "Run name (in --dir), run directory or watch.sqlite file."
 
 @runs_app.command("list")
 def list_(
-    dir: Path = typer.Option(Path("runs"), "--dir", "-d", help=DIR_HELP),
+    dir: Path = typer.Option(Path("runs"), "--dir", "--run-dir", "-d", help=DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
 ) -> None:
     """List the runs: name, measured steps, parameters, alerts, status, last modified."""
@@ -43,7 +43,7 @@ def list_(
 @runs_app.command("show")
 def show(
     run_name: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
-    dir: Path = typer.Option(Path("runs"), "--dir", "-d", help=DIR_HELP),
+    dir: Path = typer.Option(Path("runs"), "--dir", "--run-dir", "-d", help=DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the run's summary and alerts as JSON."),
 ) -> None:
     """Per-layer table of the latest and worst values (grad norm, update ratio, NaN), and the alerts."""
@@ -68,7 +68,7 @@ def show(
 def plot(
     run_name: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
     output: Path = typer.Option(Path("grad_flow.png"), "--output", "-o", help="Picture to write (.png, .svg or .pdf)."),
-    dir: Path = typer.Option(Path("runs"), "--dir", "-d", help=DIR_HELP),
+    dir: Path = typer.Option(Path("runs"), "--dir", "--run-dir", "-d", help=DIR_HELP),
     include_bias: bool = typer.Option(False, "--include-bias", help="Also draw biases and other 1-D parameters."),
     as_json: bool = typer.Option(False, "--json", help="Print what was drawn as JSON."),
 ) -> None:
@@ -97,7 +97,7 @@ def export(
     run_name: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
     format: str = typer.Option("csv", "--format", "-f", help="csv, tensorboard (a log directory) or parquet."),
     output: Path = typer.Option(..., "--output", "-o", help="File (csv, parquet) or directory (tensorboard) to write."),
-    dir: Path = typer.Option(Path("runs"), "--dir", "-d", help=DIR_HELP),
+    dir: Path = typer.Option(Path("runs"), "--dir", "--run-dir", "-d", help=DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
     """Export a run: CSV (step,param,metric,value), TensorBoard event files, or Parquet."""
