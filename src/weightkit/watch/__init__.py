@@ -179,8 +179,8 @@ def watch(model, *, optimizer=None, every: int = 10, histograms: int = 10, bins:
             every step); a weight that turns non-finite reaches the next loss and gradients, so
             its step is exact too, and when it did not (a row of an embedding no batch reads),
             the alert says after which step it appeared. ``"all"`` sums every weight on every
-            step as well (exact in every case; on the CPU it costs as much again as the
-            gradients' check); ``"measured"`` checks on measured steps only.
+            step as well (exact in every case; on the CPU one more read of every weight per
+            step); ``"measured"`` checks on measured steps only.
         vanishing, exploding, ratio_high, ratio_low, patience, unused_after: alert thresholds,
             see :mod:`weightkit.watch.alerts`.
 

@@ -149,8 +149,8 @@ class AlertEngine:
             when = f"at step {step}" if since is None else \
                 f"at step {step} (checked on measured steps only: it appeared after step {since})"
             if since is None and what == "weight" and weight_since is not None and weight_since[i] > -2:
-                when = (f"at step {step} (found when checking the weights, which happens on measured steps and "
-                        f"when gradients turn non-finite: it appeared after step {weight_since[i]})")
+                when = (f"at step {step} (found when checking the weights, which happens on measured steps, "
+                        f"when gradients turn non-finite and at the end: it appeared after step {weight_since[i]})")
             self._emit(out, step, f"nonfinite_{what}", i,
                        f"NaN/Inf first appeared in the {where} of '{self.names[i]}' {when}{detail}{more}")
         return out
