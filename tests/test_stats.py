@@ -298,3 +298,30 @@ def test_kernel_folds_its_int32_counts_exactly(kind):
     assert cnt[K.ZERO] == (values == 0).sum() and cnt[K.SMALL] == (np.abs(values) < 1e-3).sum()
     assert mom[K.S] == pytest.approx(values.sum(), rel=1e-9, abs=1e-9)
     assert (mom[K.MIN], mom[K.MAX]) == (values.min(), values.max())
+
+
+@pytest.mark.parametrize("big", ["big", "z_big"])  # the file's last tensor: "norm" (read), "z_big" (mapped)
+def test_a_file_truncated_after_it_was_opened(tmp_path, big):
+    """Big pieces are mapped by the worker threads, small ones read by the caller: either way a
+    tensor whose bytes are gone is reported in one line and the others are still measured."""
+    import json
+    import struct
+
+    path = tmp_path / "m.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_file({big: torch.randn(1024, 1024, generator=g), "bias": torch.randn(64, generator=g),
+               "norm": torch.randn(64, generator=g)}, str(path))
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = {k: v for k, v in json.loads(raw[8 : 8 + n]).items() if k != "__metadata__"}
+    last = max(header, key=lambda k: header[k]["data_offsets"][1])
+    assert last == ("norm" if big == "big" else "z_big")
+    ws = weightkit.open(path)
+    with open(path, "r+b") as f:
+        f.truncate(len(raw) - 8)
+    r = weightkit.stats(ws)
+    assert "truncated" in r[last].error and "\n" not in r[last].error
+    for name in set(header) - {last}:
+        assert r[name].error is None and r[name].count == header[name]["shape"][0] * (
+            header[name]["shape"][1] if len(header[name]["shape"]) > 1 else 1)
+    assert r.total.unreadable == 1
