@@ -476,6 +476,54 @@ def process_table(x, lut, shift, eps, mom, cnt, hist, geo, tally_max=_TALLY_MAX)
         table[:] = 0
 
 
+@nb.njit(nogil=True, cache=True)
+def coarse(hist, bins):
+    """``(start, group, counts)``: at most ``bins`` groups of ``group`` fine bins (a power of two)
+    over the occupied range, the first starting at fine bin ``start``, a multiple of ``group``,
+    so every edge is a power-of-two multiple like the fine grid."""
+    first, last = -1, -1
+    for j in range(hist.size):
+        if hist[j]:
+            if first < 0:
+                first = j
+            last = j
+    if first < 0:
+        return 0, 1, np.zeros(0, np.int64)
+    span = last - first + 1
+    group = 1
+    while (span + group - 1) // group > bins:
+        group *= 2
+    start = first - first % group
+    counts = np.zeros((last - start) // group + 1, np.int64)
+    for j in range(start, last + 1):
+        counts[(j - start) // group] += hist[j]
+    return start, group, counts
+
+
+@nb.njit(nogil=True, cache=True)
+def _order_statistic(hist, cum, lo, w, k, vmin, vmax):
+    """The ``k``-th smallest value, placed inside its fine bin by its rank there."""
+    j = np.searchsorted(cum, k, side="right")
+    before = cum[j - 1] if j else 0
+    value = lo + (j + (k - before + 0.5) / hist[j]) * w
+    return min(max(value, vmin), vmax)
+
+
+@nb.njit(nogil=True, cache=True)
+def quantiles(hist, lo, w, n, qs, vmin, vmax):
+    """Quantiles ``qs`` (numpy's linear definition) of ``n`` finite values from the fine histogram:
+    each within one fine bin width of the exact value."""
+    cum = np.cumsum(hist)
+    out = np.empty(qs.size)
+    for t in range(qs.size):
+        rank = qs[t] * (n - 1)
+        k = np.int64(math.floor(rank))
+        a = _order_statistic(hist, cum, lo, w, k, vmin, vmax)
+        b = _order_statistic(hist, cum, lo, w, min(k + 1, n - 1), vmin, vmax)
+        out[t] = a + (rank - k) * (b - a)
+    return out
+
+
 def new_accumulator(nbins: int):
     mom = np.zeros(7)
     mom[MIN], mom[MAX] = np.inf, -np.inf

@@ -236,20 +236,12 @@ def _finish(w, acc: _Acc | None, shift: float, error: str | None, bins: int, qua
 
 def _coarse(hist: np.ndarray, geo: np.ndarray, bins: int) -> tuple[list[float], list[int]]:
     """At most ``bins`` bins over the occupied range, each a whole number of fine bins (exact)."""
-    nz = np.flatnonzero(hist)
-    if nz.size == 0:
+    start, group, counts = _kernel().coarse(hist, bins)
+    if not counts.size:
         return [], []
-    first, last = int(nz[0]), int(nz[-1])
-    span = last - first + 1
-    group = 1
-    while -(-span // group) > bins:
-        group *= 2
-    # align the first bin to the group so every edge is a power-of-two multiple, like the fine grid
-    start = first - (first % group)
-    counts = np.add.reduceat(hist[start : last + 1], np.arange(0, last + 1 - start, group))
     lo, w = float(geo[0]), float(geo[1])
-    edges = [lo + (start + k * group) * w for k in range(counts.size + 1)]
-    return edges, counts.astype(int).tolist()
+    edges = lo + (start + np.arange(counts.size + 1) * group) * w
+    return edges.tolist(), counts.tolist()
 
 
 def _quantiles(hist, geo, n, quantiles, vmin, vmax) -> tuple[dict[str, float], float]:
@@ -260,17 +252,9 @@ def _quantiles(hist, geo, n, quantiles, vmin, vmax) -> tuple[dict[str, float], f
     """
     if not n:
         return {}, math.nan
-    lo, w = float(geo[0]), float(geo[1])
-    cum = np.cumsum(hist)
-    ranks = np.asarray(quantiles, dtype=np.float64) * (n - 1)
-    k = np.floor(ranks).astype(np.int64)
-    ks = np.concatenate([k, np.minimum(k + 1, n - 1)])  # the two order statistics around each rank
-    j = np.searchsorted(cum, ks, side="right")
-    before = np.where(j > 0, cum[np.maximum(j - 1, 0)], 0)
-    values = np.clip(lo + (j + (ks - before + 0.5) / hist[j]) * w, vmin, vmax)
-    a, b = values[: k.size], values[k.size:]
-    mixed = a + (ranks - k) * (b - a)
-    return {f"{q:g}": float(v) for q, v in zip(quantiles, mixed)}, w
+    values = _kernel().quantiles(hist, float(geo[0]), float(geo[1]), n,
+                                 np.asarray(quantiles, dtype=np.float64), vmin, vmax)
+    return {f"{q:g}": v for q, v in zip(quantiles, values.tolist())}, float(geo[1])
 
 
 def roll_up(name: str, kind: str, items: list[TensorStats]) -> GroupStats:

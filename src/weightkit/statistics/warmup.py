@@ -15,6 +15,11 @@ def main() -> None:
         a.fold(raw, dtype, 0.0, 1e-6)
         b.fold(raw + 1, dtype, 0.0, 1e-6)
         a.merge(b)
+    from . import _kernel as K
+
+    hist = np.ones(64, dtype=np.int64)
+    K.coarse(hist, 8)
+    K.quantiles(hist, 0.0, 1.0, 64, np.array([0.5]), 0.0, 64.0)
     from ..doctor._kernel import row_hashes
     from ..watch import _kernel
 
