@@ -477,10 +477,35 @@ def process_table(x, lut, shift, eps, mom, cnt, hist, geo, tally_max=_TALLY_MAX)
 
 
 @nb.njit(nogil=True, cache=True)
-def coarse(hist, bins):
-    """``(start, group, counts)``: at most ``bins`` groups of ``group`` fine bins (a power of two)
-    over the occupied range, the first starting at fine bin ``start``, a multiple of ``group``,
-    so every edge is a power-of-two multiple like the fine grid."""
+def head_shift(head):
+    """The shift for a tensor's sums, from its first values: 0 when their finite values are
+    centred (|mean| <= std: no cancellation, and the cheaper unshifted loop), else the first."""
+    n = 0
+    s = 0.0
+    first = 0.0
+    for i in range(head.size):
+        f = np.float64(head[i])
+        if math.isfinite(f):
+            if n == 0:
+                first = f
+            n += 1
+            s += f
+    if n == 0:
+        return 0.0
+    mean = s / n
+    q = 0.0
+    for i in range(head.size):
+        f = np.float64(head[i])
+        if math.isfinite(f):
+            q += (f - mean) * (f - mean)
+    return 0.0 if abs(mean) <= math.sqrt(q / n) else first
+
+
+@nb.njit(nogil=True, cache=True)
+def _coarse(hist, lo, w, bins):
+    """Edges and counts of at most ``bins`` groups of ``group`` fine bins (a power of two) over the
+    occupied range, the first starting at a multiple of ``group``, so every edge is a power-of-two
+    multiple like the fine grid."""
     first, last = -1, -1
     for j in range(hist.size):
         if hist[j]:
@@ -488,7 +513,7 @@ def coarse(hist, bins):
                 first = j
             last = j
     if first < 0:
-        return 0, 1, np.zeros(0, np.int64)
+        return np.zeros(0), np.zeros(0, np.int64)
     span = last - first + 1
     group = 1
     while (span + group - 1) // group > bins:
@@ -497,7 +522,10 @@ def coarse(hist, bins):
     counts = np.zeros((last - start) // group + 1, np.int64)
     for j in range(start, last + 1):
         counts[(j - start) // group] += hist[j]
-    return start, group, counts
+    edges = np.empty(counts.size + 1)
+    for k in range(edges.size):
+        edges[k] = lo + (start + k * group) * w
+    return edges, counts
 
 
 @nb.njit(nogil=True, cache=True)
@@ -510,7 +538,7 @@ def _order_statistic(hist, cum, lo, w, k, vmin, vmax):
 
 
 @nb.njit(nogil=True, cache=True)
-def quantiles(hist, lo, w, n, qs, vmin, vmax):
+def _quantiles(hist, lo, w, n, qs, vmin, vmax):
     """Quantiles ``qs`` (numpy's linear definition) of ``n`` finite values from the fine histogram:
     each within one fine bin width of the exact value."""
     cum = np.cumsum(hist)
@@ -522,6 +550,13 @@ def quantiles(hist, lo, w, n, qs, vmin, vmax):
         b = _order_statistic(hist, cum, lo, w, min(k + 1, n - 1), vmin, vmax)
         out[t] = a + (rank - k) * (b - a)
     return out
+
+
+@nb.njit(nogil=True, cache=True)
+def histogram_summary(hist, lo, w, bins, n, qs, vmin, vmax):
+    """``(edges, counts, quantiles)`` of a tensor's fine histogram (grid ``lo``, ``w``)."""
+    edges, counts = _coarse(hist, lo, w, bins)
+    return edges, counts, _quantiles(hist, lo, w, n, qs, vmin, vmax)
 
 
 def new_accumulator(nbins: int):

@@ -30,10 +30,17 @@ FINE = 32  # fine histogram bins per reported bin (quantiles use the fine ones)
 DEFAULT_QUANTILES = (0.001, 0.01, 0.25, 0.5, 0.75, 0.99, 0.999)
 
 
-def _kernel():
-    from . import _kernel as K
+_K = None
 
-    return K
+
+def _kernel():
+    """The compiled kernels (numba), loaded on first use: ``import weightkit`` stays light."""
+    global _K
+    if _K is None:
+        from . import _kernel
+
+        _K = _kernel
+    return _K
 
 
 def _luts() -> dict[str, np.ndarray]:
@@ -130,11 +137,10 @@ def compute(
         """The shift that keeps the float64 variance sums exact-ish, from the tensor's first 4096
         values (``raw``: its storage from the start): 0 when they are centred (|mean| <= std: no
         cancellation, and the kernel's cheaper unshifted loop), otherwise the first finite value."""
-        head = _dtypes.decode(raw[: 1 << 12], dtype).astype(np.float64)
-        finite = head[np.isfinite(head)]
-        if not finite.size or abs(finite.mean()) <= finite.std():
-            return 0.0
-        return float(finite[0])
+        head = raw[: 1 << 12]
+        if dtype not in ("float32", "float64"):
+            head = _dtypes.decode(head, dtype).astype(np.float64)
+        return _kernel().head_shift(np.ascontiguousarray(head).reshape(-1))
 
     def run(job):
         """Fold each piece of a job; a piece that cannot be read is reported, not raised."""
@@ -224,8 +230,7 @@ def _finish(w, acc: _Acc | None, shift: float, error: str | None, bins: int, qua
         stats = dict(mean=mean, std=math.sqrt(var), min=lo, max=hi, absmax=max(abs(lo), abs(hi)))
     else:
         stats = dict(mean=None, std=None, min=None, max=None, absmax=None)
-    edges, counts = _coarse(acc.hist, acc.geo, bins)
-    qs, qerr = _quantiles(acc.hist, acc.geo, n, quantiles, stats["min"], stats["max"])
+    edges, counts, qs, qerr = _histogram(acc.hist, acc.geo, bins, n, quantiles, stats["min"], stats["max"])
     return TensorStats(
         **base, count=int(c[K.TOTAL]) if c[K.TOTAL] else w.numel, finite=n, **stats,
         l2_norm=math.sqrt(float(m[K.SQ])), zeros=int(c[K.ZERO]), small=int(c[K.SMALL]), nan=int(c[K.NAN]),
@@ -234,27 +239,16 @@ def _finish(w, acc: _Acc | None, shift: float, error: str | None, bins: int, qua
     )
 
 
-def _coarse(hist: np.ndarray, geo: np.ndarray, bins: int) -> tuple[list[float], list[int]]:
-    """At most ``bins`` bins over the occupied range, each a whole number of fine bins (exact)."""
-    start, group, counts = _kernel().coarse(hist, bins)
-    if not counts.size:
-        return [], []
-    lo, w = float(geo[0]), float(geo[1])
-    edges = lo + (start + np.arange(counts.size + 1) * group) * w
-    return edges.tolist(), counts.tolist()
-
-
-def _quantiles(hist, geo, n, quantiles, vmin, vmax) -> tuple[dict[str, float], float]:
-    """Quantiles (numpy's linear definition) from the fine histogram.
-
-    Each order statistic is placed inside its bin by its rank there, so it is within one fine
-    bin width of the exact value; so is the interpolation between two of them.
-    """
+def _histogram(hist, geo, bins: int, n: int, quantiles, vmin, vmax):
+    """``(edges, counts, quantiles, quantile_error)`` from the fine histogram, in one compiled call:
+    at most ``bins`` coarse bins over the occupied range, each a whole number of fine bins (exact),
+    and the quantiles (numpy's linear definition), each within one fine bin width of the exact
+    value (the error reported)."""
     if not n:
-        return {}, math.nan
-    values = _kernel().quantiles(hist, float(geo[0]), float(geo[1]), n,
-                                 np.asarray(quantiles, dtype=np.float64), vmin, vmax)
-    return {f"{q:g}": v for q, v in zip(quantiles, values.tolist())}, float(geo[1])
+        return [], [], {}, math.nan
+    edges, counts, values = _kernel().histogram_summary(hist, float(geo[0]), float(geo[1]), bins, n,
+                                                         np.asarray(quantiles, dtype=np.float64), vmin, vmax)
+    return edges.tolist(), counts.tolist(), dict(zip((f"{q:g}" for q in quantiles), values.tolist())), float(geo[1])
 
 
 def roll_up(name: str, kind: str, items: list[TensorStats]) -> GroupStats:

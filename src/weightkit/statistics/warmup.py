@@ -18,8 +18,9 @@ def main() -> None:
     from . import _kernel as K
 
     hist = np.ones(64, dtype=np.int64)
-    K.coarse(hist, 8)
-    K.quantiles(hist, 0.0, 1.0, 64, np.array([0.5]), 0.0, 64.0)
+    K.histogram_summary(hist, 0.0, 1.0, 8, 64, np.array([0.5]), 0.0, 64.0)
+    for dt in (np.float32, np.float64):
+        K.head_shift(np.zeros(4, dtype=dt))
     from ..doctor._kernel import row_hashes
     from ..watch import _kernel
 
