@@ -104,8 +104,9 @@ _SMALL_READ = 1 << 20  # ranges up to this are read into memory rather than mapp
 
 
 class _Shard:
-    """One file's validated header; each read maps just the bytes it needs, and the mapping
-    goes away with the array, so resident memory stays bounded by what is in use."""
+    """One file's validated header; each read maps just the bytes it needs (or reads them, up to
+    ``_SMALL_READ``), and the mapping goes away with the array, so resident memory stays bounded
+    by what is in use."""
 
     def __init__(self, path: Path):
         self.path = path
