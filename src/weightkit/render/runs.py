@@ -8,7 +8,7 @@ from typing import Iterator
 from rich.console import RenderableType
 from rich.text import Text
 
-from ._format import num, plain_table, right_columns, shape_str
+from ._format import LongTable, num, plain_table, right_columns, shape_str
 
 KIND_STYLE = {"nonfinite_grad": "bold red", "nonfinite_weight": "bold red", "exploding": "red", "vanishing": "yellow",
               "lr_high": "yellow", "lr_low": "yellow", "unused": "magenta"}
@@ -67,7 +67,7 @@ def render_run(run) -> Iterator[RenderableType]:
             Text(str(row["nonfinite_first_step"]), style="bold red") if row["nonfinite_first_step"] is not None
             else Text("no", style="dim"),
             Text(str(row["alerts"]), style="bold red") if row["alerts"] else Text("0", style="dim"))
-    yield table
+    yield LongTable(table)
     alerts = run.alerts
     if not alerts:
         yield Text("no alerts", style="green")

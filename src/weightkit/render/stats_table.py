@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..statistics.result import StatsReport, TensorStats
-from ._format import human_bytes, human_count, num, plain_table, right_columns
+from ._format import LongTable, human_bytes, human_count, num, plain_table, right_columns
 
 SPARK = " ▁▂▃▄▅▆▇█"
 
@@ -33,7 +33,7 @@ def render_stats(r: StatsReport, width: int = 120) -> Iterator[RenderableType]:
         table.add_column("histogram", no_wrap=True)
     for t in r.tensors:
         table.add_row(*_row(t, width >= 110))
-    yield table
+    yield LongTable(table)
     tot = r.total
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")

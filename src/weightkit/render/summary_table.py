@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..summary import Summary
-from ._format import human_bytes, human_count, shape_str, tristate
+from ._format import LongTable, human_bytes, human_count, shape_str, tristate
 
 LEGEND = (
     "axes: what each dimension of the shape means, in order (e.g. Linear weight is out_features × in_features). "
@@ -24,7 +24,7 @@ def render_summary(s: Summary, width: int = 120) -> Iterator[RenderableType]:
     yield Text.assemble(("weightkit summary ", "bold"), (s.source, "cyan"), f"  ({s.format})")
     if s.filter:
         yield Text(f"filter: {s.filter}  ({s.totals.tensors} tensors match)", style="dim")
-    yield _tensor_table(s, width)
+    yield LongTable(_tensor_table(s, width))
     yield _totals_table(s)
     if s.metadata:
         yield _metadata_table(s.metadata)
