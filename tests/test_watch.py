@@ -70,6 +70,28 @@ def code_path(request, monkeypatch):
     return request.param
 
 
+def test_norms_follow_a_weight_whose_storage_is_replaced(tmp_path):
+    """The CPU path keeps flat views of each weight between measured steps: after
+    ``p.data = ...`` (new storage) or a transposed layout, the norms are of the weight as it is."""
+    net = mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+    p = net[0].weight
+    expect_w, expect_u = [], []
+    with weightkit.watch(net, optimizer=opt, every=1, run_dir=tmp_path, name="r"):
+        for step in range(6):
+            if step == 2:
+                p.data = torch.randn(16, 8) * 3  # new storage
+            if step == 4:
+                p.data = p.data.reshape(8, 16).t()  # same storage, another layout (not contiguous)
+            before = p.detach().clone()
+            train_step(net, opt, step)
+            expect_w.append(float(p.detach().double().norm()))
+            expect_u.append(float((p.detach().double() - before.double()).norm()))
+    run = weightkit.open_run("r", run_dir=tmp_path)
+    np.testing.assert_allclose(run.metric("weight_norm", "0.weight"), expect_w, rtol=1e-5)
+    np.testing.assert_allclose(run.metric("update_norm", "0.weight"), expect_u, rtol=1e-4)
+
+
 def test_metrics_match_an_independent_computation(tmp_path, code_path):
     """Two lines in a loop; every value equals what an unwatched twin computes by hand."""
     net, twin = mlp(), mlp()

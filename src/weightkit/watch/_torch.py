@@ -269,6 +269,7 @@ class Core:
         self._queued = False
         self._before: list[torch.Tensor | None] | None = None
         self._keep: dict[int, torch.Tensor] = {}  # CPU: reused weight copies (see pre_step)
+        self._views: dict[int, tuple] = {}  # CPU: flat NumPy views of a weight and its copy (_flat_pair)
         self._reset_step()
 
     # -- step state -------------------------------------------------------------------------------
@@ -457,6 +458,20 @@ class Core:
                  for w, p in zip(weights, ps)]
         return self._flag(1, step, ix, exact, fed=fed)
 
+    def _flat_pair(self, i: int, p: torch.Tensor, b: torch.Tensor):
+        """Flat NumPy views of weight ``i`` and of its pre-step copy ``b`` for the compiled loop, made
+        once and reused while the weight keeps its storage and layout (None: the loop can't take
+        them). Making them costs more than the loop itself on a small layer."""
+        ptr = p.data_ptr()
+        v = self._views.get(i)
+        if v is not None and v[0] == ptr and v[3] is b and p.is_contiguous() and v[1].size == p.numel():
+            return v[1], v[2]
+        x = p.detach()
+        if not (_compiled(x) and b.is_contiguous()):
+            return None
+        v = self._views[i] = (ptr, x.reshape(-1).numpy(), b.reshape(-1).numpy(), b)
+        return v[1], v[2]
+
     def _check_host(self, step: int, ix: list[int], ps: list[torch.Tensor]) -> bool:
         """CPU: the gradients' sums on every step, stacked into one; the weights' on measured steps
         (their norms, computed anyway), on every step with ``nan_check="all"``, and otherwise only
@@ -467,11 +482,12 @@ class Core:
         if self.measuring:
             self._wnorm, self._unorm = {}, {}
             before = self._before
+            norms = kernels().norms
             for i, p in zip(ix, ps):
                 b = before[i] if before is not None else None
-                x = p.detach()
-                if b is not None and _compiled(x) and b.is_contiguous():  # both norms in one pass
-                    q, d = kernels().norms(x.reshape(-1).numpy(), b.reshape(-1).numpy())
+                pair = self._flat_pair(i, p, b) if b is not None else None
+                if pair is not None:  # both norms in one pass
+                    q, d = norms(*pair)
                     self._wnorm[i], self._unorm[i] = math.sqrt(q), math.sqrt(d)
                 else:
                     self._wnorm[i] = host_norm(p)
@@ -646,3 +662,4 @@ class Core:
             self.remove_hooks()
             release_scratch()
             self._keep.clear()
+            self._views.clear()
