@@ -152,19 +152,8 @@ def grad_stats(g: torch.Tensor):
 
 
 def _array_stats(a: np.ndarray):
-    """:func:`grad_stats` of a flat float32/float64 array, as Python numbers."""
-    K = kernels()
-    total, q, asum, amax = K.moments(a)
-    n = a.size
-    m, am = total / n, asum / n
-    # one pass (E[x²] − mean²) when mean² <= var: E[x²] is then at most twice the variance, and
-    # the variance keeps all but a bit of the sums' precision; a second pass otherwise
-    if math.isfinite(q) and m * m <= 0.5 * q / n:
-        std = math.sqrt(max(q / n - m * m, 0.0))
-    else:
-        std = math.sqrt(K.centred(a, m) / n)
-    counts = [0, 0] if math.isfinite(am) else [int(np.isnan(a).sum()), int(np.isinf(a).sum())]
-    return [math.sqrt(q) if q >= 0 else q, m, std, am, amax], counts
+    """:func:`grad_stats` of a flat float32/float64 array, as Python numbers (one compiled call)."""
+    return kernels().summary(a)
 
 
 def host_norm(t: torch.Tensor) -> float:
