@@ -50,13 +50,6 @@ _BITS = {np.dtype(np.float32): (np.uint32, np.uint32(0x7FFFFFFF)),
          np.dtype(np.float64): (np.uint64, np.uint64(0x7FFFFFFFFFFFFFFF))}
 
 
-def moments(a: np.ndarray) -> tuple[float, float, float, float]:
-    """``(Σx, Σx², Σ|x|, max|x|)`` of a flat float32/float64 array, in one pass."""
-    ints, mask = _BITS[a.dtype]
-    s, q, sa, m = _moments(a, a.view(ints), mask)
-    return s, q, sa, float(ints(m).view(a.dtype))
-
-
 @nb.njit(**_OPTS)
 def norms(w, before):
     """``(Σw², Σ(before − w)²)``: the weight's squared norm and its update's, in one pass."""
@@ -181,7 +174,6 @@ def warm() -> None:
     """Compile (or load from the cache) every signature the watcher uses."""
     for dt in (np.float32, np.float64):
         a = np.zeros(4, dtype=dt)
-        moments(a)
         summary(a)
         total(a)
         norms(a, a)
