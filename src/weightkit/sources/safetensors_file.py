@@ -119,11 +119,9 @@ class _Shard:
             return np.empty(0, dtype=dtype)
         offset = self.data_start + info["data_offsets"][0] + start * dtype.itemsize
         nbytes = (stop - start) * dtype.itemsize
-        truncated = CorruptFileError(f"{self.path}: the file ends inside tensor {name!r}: it was truncated "
-                                     "after it was opened; re-download or re-save it")
         if nbytes > _SMALL_READ:
             if offset + nbytes > os.path.getsize(self.path):
-                raise truncated
+                raise self._truncated(name)
             return np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=(stop - start,))
         # a bias or a norm: one read costs a tenth of setting up and tearing down a mapping
         fd = os.open(self.path, os.O_RDONLY)
@@ -132,8 +130,12 @@ class _Shard:
         finally:
             os.close(fd)
         if len(data) != nbytes:
-            raise truncated
+            raise self._truncated(name)
         return np.frombuffer(data, dtype=dtype)
+
+    def _truncated(self, name: str) -> CorruptFileError:
+        return CorruptFileError(f"{self.path}: the file ends inside tensor {name!r}: it was truncated "
+                                "after it was opened; re-download or re-save it")
 
     def array(self, name: str) -> np.ndarray:
         shape = self.header[name]["shape"]
