@@ -151,6 +151,12 @@ def grad_stats(g: torch.Tensor):
     return torch.stack([sq.sqrt(), mean, std, asum / n, amax]), counts
 
 
+def _confirmed(v: float, t: torch.Tensor) -> float:
+    """A non-finite check value (sum or norm) of ``t``, confirmed: 0.0 when it only overflowed on
+    finite values near the dtype's maximum, ``v`` when ``t`` really holds a NaN or an Inf."""
+    return v if math.isfinite(v) or not bool(torch.isfinite(t).all()) else 0.0
+
+
 def _array_stats(a: np.ndarray):
     """:func:`grad_stats` of a flat float32/float64 array, as Python numbers (one compiled call)."""
     return kernels().summary(a)
@@ -302,9 +308,7 @@ class Core:
                     # CPU: a compiled sum, a float (inside a training step a torch call costs 5-20 us);
                     # a gradient has its parameter's dtype and device, so layout and strides remain
                     if compiled and g.layout == strided and g.is_contiguous():
-                        v = total(g.numpy().reshape(-1))
-                        if not math.isfinite(v) and bool(torch.isfinite(g).all()):
-                            v = 0.0  # a float32 block of values near 1e38 overflowed: all are finite
+                        v = _confirmed(total(g.numpy().reshape(-1)), g)
                         state._gchk[i] = v
                         state._gsum += v
                     else:
@@ -442,10 +446,7 @@ class Core:
         if math.isfinite(torch.stack(weights).sum().item()):
             self._w_ok[ix] = step
             return False
-        # a float32 sum of values near 1e38 can overflow: a non-finite sum is confirmed value by value
-        exact = [w if math.isfinite(w.item()) or not bool(torch.isfinite(p).all()) else 0.0
-                 for w, p in zip(weights, ps)]
-        return self._flag(1, step, ix, exact, fed=fed)
+        return self._flag(1, step, ix, [_confirmed(w.item(), p) for w, p in zip(weights, ps)], fed=fed)
 
     def _flat_pair(self, i: int, p: torch.Tensor, b: torch.Tensor):
         """Flat NumPy views of weight ``i`` and of its pre-step copy ``b`` for the compiled loop, made
@@ -480,10 +481,8 @@ class Core:
                     self._wnorm[i], self._unorm[i] = math.sqrt(q), math.sqrt(d)
                 else:
                     self._wnorm[i] = host_norm(p)
-            # a norm can overflow to Inf (|w| > 1e19) while every value is finite: look to be sure
-            weights = [v if math.isfinite(v) else (0.0 if bool(torch.isfinite(p).all()) else math.nan)
-                       for v, p in ((self._wnorm[i], p) for i, p in zip(ix, ps))]
-            found |= self._flag(1, step, ix, weights)
+            # a norm overflows to Inf (|w| > 1e19) while every value is finite: _confirmed looks
+            found |= self._flag(1, step, ix, [_confirmed(self._wnorm[i], p) for i, p in zip(ix, ps)])
         elif self.weights_per_step or self._grads_bad(ix):
             found |= self._check_weights_host(step, ix, ps, fed=True)
         if self._grads_bad(ix):
