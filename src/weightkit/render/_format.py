@@ -82,17 +82,19 @@ class LongTable:
         heads = [_plain(c.header).split("\n") for c in cols]
         widths = [max([*map(cell_len, h), *(cell_len(_plain(x)) for x in cs)]) for h, cs in zip(heads, cells)]
         gap = "   "
-        excess = sum(widths) + len(gap) * (len(cols) - 1) - options.max_width
-        if excess > 0:
+        total = sum(widths) + len(gap) * (len(cols) - 1)
+        if total > options.max_width:
             foldable = [k for k, c in enumerate(cols) if c.overflow in ("fold", "ellipsis")] or [0]
             k = max(foldable, key=lambda j: widths[j])
-            widths[k] = max(widths[k] - excess, min(widths[k], cols[k].min_width or 8))
+            shrunk = max(widths[k] - (total - options.max_width), min(widths[k], cols[k].min_width or 8))
+            total -= widths[k] - shrunk
+            widths[k] = shrunk
         depth = max(map(len, heads))
         heads = [[""] * (depth - len(h)) + h for h in heads]  # headers of several lines sit at the bottom, as in rich
         for n in range(depth):
             yield Text(gap.join(_fit(h[n], w, c.justify) for c, h, w in zip(cols, heads, widths)).rstrip(),
                        style=table.header_style or "")
-        yield Text("─" * (sum(widths) + len(gap) * (len(cols) - 1)))
+        yield Text("─" * total)
         for r in range(table.row_count):
             line = Text(no_wrap=True, overflow="ellipsis")
             for k, (c, w) in enumerate(zip(cols, widths)):
