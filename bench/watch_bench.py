@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -106,24 +107,25 @@ class TBHist:
 CLOCK = time.perf_counter
 
 
+WATCHED = {"every=10": {}, "every=10,m": {"nan_check": "measured"}, "every=1": {"every": 1}}
+
+
 def bench(make, x_shape, *, steps: int, block: int, run_dir: str, batch: int = 64, off_copies: int = 3):
+    """Every configuration on its own copy of the model (``--copies``): the baseline is the mean of
+    ``off_copies`` unwatched copies' medians."""
     torch.manual_seed(0)
     base = make()
     batches = [(torch.randn(batch, *x_shape), torch.randint(0, 10, (batch,))) for _ in range(8)]
     loss_fn = nn.CrossEntropyLoss()
     configs = {}
     offs = ["off"] + [f"off#{c}" for c in range(2, off_copies + 1)]
-    for key in (*offs, "every=10", "every=10,m", "every=1", "tb-hist"):
+    for key in (*offs, *WATCHED, "tb-hist"):
         m = make()
         m.load_state_dict(base.state_dict())
         opt = torch.optim.Adam(m.parameters(), lr=1e-3)
         w = tb = None
-        if key == "every=10":
-            w = weightkit.watch(m, optimizer=opt, run_dir=run_dir)
-        elif key == "every=10,m":
-            w = weightkit.watch(m, optimizer=opt, nan_check="measured", run_dir=run_dir)
-        elif key == "every=1":
-            w = weightkit.watch(m, optimizer=opt, every=1, run_dir=run_dir)
+        if key in WATCHED:
+            w = weightkit.watch(m, optimizer=opt, run_dir=run_dir, **WATCHED[key])
         elif key == "tb-hist":
             tb = TBHist(m, f"{run_dir}/tb-{make.__name__}")
         configs[key] = (m, opt, w, tb, [])
@@ -164,6 +166,68 @@ def bench(make, x_shape, *, steps: int, block: int, run_dir: str, batch: int = 6
     return med, kind, {key: len(c[4]) for key, c in configs.items()}, copies
 
 
+def bench_same(make, x_shape, *, steps: int, block: int, run_dir: str, batch: int = 64, off_copies: int = 2):
+    """Every configuration trains one and the same model (the default), so no median carries a
+    copy's memory layout (``--copies`` shows how much that is). A round is: an unwatched slot
+    before each watched configuration's slot, then TensorBoard's. A watched slot starts a fresh
+    watch (untimed), runs ``block`` steps untimed (what ran before has left the caches and the
+    allocator as it left them), then ``block`` timed steps, and stops the watch (untimed, its store
+    flushed); an unwatched slot runs the same untimed and timed steps. A block of 10 steps holds
+    one measured step of ``every=10``, as a long run does. The unwatched slots take turns in
+    ``off_copies`` groups, whose spread is the noise that is left."""
+    torch.manual_seed(0)
+    m = make()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    batches = [(torch.randn(batch, *x_shape), torch.randint(0, 10, (batch,))) for _ in range(8)]
+    loss_fn = nn.CrossEntropyLoss()
+    tb = TBHist(m, f"{run_dir}/tb-{make.__name__}")
+    offs = ["off"] + [f"off#{c}" for c in range(2, off_copies + 1)]
+    times: dict[str, list[float]] = {key: [] for key in [*offs, *WATCHED, "tb-hist"]}
+
+    def one(k, log):
+        x, y = batches[k % len(batches)]
+        t0 = CLOCK()
+        opt.zero_grad()
+        loss_fn(m(x), y).backward()
+        opt.step()
+        if log:
+            tb.log()
+        return CLOCK() - t0
+
+    for k in range(20):
+        one(k, False)
+    k, runs, n_off = 0, 0, 0
+    rng = random.Random(0)
+    while k < steps:
+        slots = []
+        for key in WATCHED:
+            slots += [offs[n_off % len(offs)], key]
+            n_off += 1
+        for key in [*slots, "tb-hist"]:
+            # a fresh heap layout for each slot: the gradients are freed and a buffer of random size
+            # may take their place, so they (and what backward allocates) land elsewhere
+            opt.zero_grad(set_to_none=True)
+            shim = torch.empty(rng.randrange(16, 1 << 19))  # noqa: F841  (kept alive for the slot)
+            w = None
+            if key in WATCHED:
+                runs += 1
+                w = weightkit.watch(m, optimizer=opt, run_dir=run_dir, name=f"{make.__name__}-{runs}", **WATCHED[key])
+            for j in range(2 * block):  # the first block warms up, untimed, keeping the measured-step phase
+                t = one(k + j, key == "tb-hist")
+                if j >= block:
+                    times[key].append(t)
+            if w is not None:
+                w.stop()
+            elif key == "tb-hist":
+                tb.flush()
+        k += block
+    tb.close()
+    med = {key: statistics.median(t) for key, t in times.items()}
+    copies = [med.pop(key) for key in offs]
+    med = {"off": statistics.median([t for key in offs for t in times[key]]), **med}
+    return med, tb.kind, {key: len(t) for key, t in times.items()}, copies
+
+
 # glibc's dynamic mmap threshold makes a training step's speed depend on what ran before it
 # (a block of TensorBoard histograms could halve or double the next configuration's step time);
 # fixed thresholds give every configuration the same allocator behaviour
@@ -181,27 +245,37 @@ def main(argv=None) -> int:
     ap.add_argument("--mlp-batch", type=int, default=64)
     ap.add_argument("--only", choices=("cnn", "mlp"), default=None)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
-    ap.add_argument("--off-copies", type=int, default=3,
-                    help="Unwatched copies of each model; the baseline is the mean of their medians.")
+    ap.add_argument("--copies", action="store_true",
+                    help="Train each configuration on its own copy of the model (by default all train one model, "
+                         "a fresh watch per block).")
+    ap.add_argument("--off-copies", type=int, default=None,
+                    help="Unwatched slots per round (with --copies: unwatched copies; default 3), the baseline "
+                         "is the mean of their medians (default 2).")
     args = ap.parse_args(argv)
     global CLOCK
     if args.clock == "cpu":
         torch.set_num_threads(1)
         CLOCK = time.thread_time
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, {args.clock} clock, {args.steps} timed steps per "
-          f"configuration, interleaved in blocks of {args.block}; malloc "
+          f"configuration, interleaved in blocks of {args.block}, "
+          f"{'a copy of the model per configuration' if args.copies else 'one model, a fresh watch per block'}; malloc "
           f"{'default' if args.default_malloc else 'thresholds fixed (' + ', '.join(f'{k}={v}' for k, v in PINNED_MALLOC.items()) + ')'}")
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for make, shape, batch in ((cnn, (3, 32, 32), 64), (mlp, (1, 28, 28), args.mlp_batch)):
             if args.only and make.__name__ != args.only:
                 continue
-            med, kind, counts, copies = bench(make, shape, steps=args.steps, block=args.block, run_dir=d, batch=batch,
-                                              off_copies=max(1, args.off_copies))
+            run = bench if args.copies else bench_same
+            offs = args.off_copies if args.off_copies is not None else (3 if args.copies else 2)
+            med, kind, counts, copies = run(make, shape, steps=args.steps, block=args.block, run_dir=d, batch=batch,
+                                            off_copies=max(1, offs))
             off = med["off"]
             over = {k: med[k] - off for k in med}
-            print(f"\n{make.__name__} (batch {batch}): median step {'CPU ' if args.clock == 'cpu' else ''}time over {counts['off']} steps; tb-hist: {kind}")
-            print(f"  unwatched copies: {', '.join(f'{c / off:.3f}' for c in copies)} of their mean (the noise floor)")
+            print(f"\n{make.__name__} (batch {batch}): median step {'CPU ' if args.clock == 'cpu' else ''}time over "
+                  f"{counts['every=10']} steps ({sum(v for k, v in counts.items() if k.startswith('off'))} unwatched); "
+                  f"tb-hist: {kind}")
+            what = "copies" if args.copies else "slots (the same model)"
+            print(f"  unwatched {what}: {', '.join(f'{c / off:.3f}' for c in copies)} of the baseline (the noise floor)")
             for key in med:
                 print(f"  {key:11s} {1e3 * med[key]:8.3f} ms  ratio {med[key] / off:6.3f}  overhead {1e3 * over[key]:+8.3f} ms")
             for key in ("every=10", "every=10,m", "every=1"):

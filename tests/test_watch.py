@@ -529,6 +529,54 @@ def test_nan_weight_from_the_optimizer_names_that_parameter(tmp_path, code_path)
     assert got["nonfinite_grad"] == (1, "a.weight")
 
 
+class NaNGradAt(torch.autograd.Function):
+    """``x * w`` whose backward puts a NaN in ``w``'s gradient (only there) when asked."""
+
+    @staticmethod
+    def forward(ctx, x, w, bad):
+        ctx.save_for_backward(x, w)
+        ctx.bad = bad
+        return x * w
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        gw = (g * x).sum(0)
+        if ctx.bad:
+            gw[0] = math.nan
+        return g * w, gw, None
+
+
+@pytest.mark.parametrize("nan_check", ["step", "all"])
+def test_a_nan_gradient_is_named_where_it_began_even_when_clipping_spreads_it(tmp_path, nan_check, code_path):
+    """clip_grad_norm_ of a NaN gradient makes every gradient NaN before the optimizer step; the
+    check runs at the end of backward, so it names the one parameter where the NaN began."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.gate, self.b = nn.Linear(8, 8), nn.Parameter(torch.ones(8)), nn.Linear(8, 1)
+
+        def forward(self, x, bad):
+            return self.b(NaNGradAt.apply(self.a(x), self.gate, bad))
+
+    net = Net()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+    with weightkit.watch(net, optimizer=opt, every=5, run_dir=tmp_path, name="clip", nan_check=nan_check):
+        for step in range(4):
+            x, y = batch(step)
+            opt.zero_grad()
+            nn.functional.mse_loss(net(x, step == 2), y).backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            if step == 2:
+                assert all(torch.isnan(p.grad).all() for p in net.parameters())  # clipping spread it
+            opt.step()
+    a = {a.kind: a for a in weightkit.open_run("clip", run_dir=tmp_path).alerts}["nonfinite_grad"]
+    assert (a.step, a.param) == (2, "gate")
+    assert "more parameter" not in a.message
+
+
 def test_unused_parameter_exploding_and_learning_rate_alerts(tmp_path):
     class Net(nn.Module):
         def __init__(self):
