@@ -33,6 +33,7 @@ measured step). Run:  python bench/watch_bench.py [--steps 300] [--block 10]
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import statistics
@@ -252,6 +253,8 @@ def main(argv=None) -> int:
                     help="Unwatched slots per round (with --copies: unwatched copies; default 3), the baseline "
                          "is the mean of their medians (default 2).")
     args = ap.parse_args(argv)
+    # the fresh watches' alerts (a learning rate "too low" on this short run) would bury the table
+    logging.getLogger("weightkit.watch").setLevel(logging.ERROR)
     global CLOCK
     if args.clock == "cpu":
         torch.set_num_threads(1)

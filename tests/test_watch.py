@@ -294,6 +294,37 @@ def test_cpu_grad_stats_and_histogram_match_float64_numpy(dtype, n, seed, scale,
     assert ints.tolist() == [0, 0, 0, *expect.tolist()]
 
 
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(arrays=st.lists(st.tuples(st.sampled_from([np.float32, np.float64]), st.integers(0, 3000),
+                                 st.sampled_from(["none", "nan", "+inf", "-inf"])), min_size=1, max_size=6),
+       seed=st.integers(0, 2**32 - 1))
+def test_one_call_checks_every_gradient_by_address(arrays, seed):
+    """The per-step check of a backward pass's gradients (one compiled call over their addresses):
+    each total is non-finite exactly when its array holds a NaN/Inf, and is the float64 sum."""
+    from weightkit.watch import _kernel
+
+    rng = np.random.default_rng(seed)
+    made = []
+    for dtype, n, special in arrays:
+        a = rng.standard_normal(n).astype(dtype)
+        if n and special != "none":
+            a[rng.integers(n)] = {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf}[special]
+        made.append(a)
+    k = len(made)
+    which = np.arange(k)[::-1].copy()  # the parameter index of the k-th address: any order
+    addresses = np.array([made[j].ctypes.data for j in which], dtype=np.int64)
+    sizes = np.array([a.size for a in made], dtype=np.int64)
+    wide = np.array([a.dtype == np.float64 for a in made])
+    out = np.full(k, 12345.0)
+    got = _kernel.totals(addresses, which, sizes, wide, k, out)
+    for pos, j in enumerate(which):
+        a = made[j]
+        assert math.isfinite(out[pos]) == bool(np.isfinite(a).all())
+        if np.isfinite(a).all():
+            assert out[pos] == pytest.approx(a.astype(np.float64).sum(), rel=1e-5, abs=1e-3)
+    assert math.isfinite(got) == all(np.isfinite(a).all() for a in made)
+
+
 # ---- alerts ---------------------------------------------------------------------------------------
 
 
@@ -547,8 +578,9 @@ class NaNGradAt(torch.autograd.Function):
         return g * w, gw, None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("nan_check", ["step", "all"])
-def test_a_nan_gradient_is_named_where_it_began_even_when_clipping_spreads_it(tmp_path, nan_check, code_path):
+def test_a_nan_gradient_is_named_where_it_began_even_when_clipping_spreads_it(tmp_path, nan_check, dtype, code_path):
     """clip_grad_norm_ of a NaN gradient makes every gradient NaN before the optimizer step; the
     check runs at the end of backward, so it names the one parameter where the NaN began."""
 
@@ -561,11 +593,11 @@ def test_a_nan_gradient_is_named_where_it_began_even_when_clipping_spreads_it(tm
         def forward(self, x, bad):
             return self.b(NaNGradAt.apply(self.a(x), self.gate, bad))
 
-    net = Net()
+    net = Net().to(dtype)
     opt = torch.optim.SGD(net.parameters(), lr=1e-2)
     with weightkit.watch(net, optimizer=opt, every=5, run_dir=tmp_path, name="clip", nan_check=nan_check):
         for step in range(4):
-            x, y = batch(step)
+            x, y = (t.to(dtype) for t in batch(step))
             opt.zero_grad()
             nn.functional.mse_loss(net(x, step == 2), y).backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -205,6 +205,21 @@ def histogram(t: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
     return floats, ints
 
 
+def _l2_norms(ts: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of each tensor, fused per dtype, stacked in float64: float64 tensors in float64,
+    the others accumulated in float32 (a float16 norm would overflow past 65504)."""
+    wide = [t.dtype == torch.float64 for t in ts]
+    if not any(wide):
+        return torch.stack(torch._foreach_norm(ts, 2, dtype=torch.float32)).to(torch.float64)
+    out: list[torch.Tensor | None] = [None] * len(ts)
+    for flag, kw in ((True, {}), (False, {"dtype": torch.float32})):
+        pos = [k for k, w in enumerate(wide) if w == flag]
+        if pos:
+            for k, n in zip(pos, torch._foreach_norm([ts[k] for k in pos], 2, **kw)):
+                out[k] = n.to(torch.float64)
+    return torch.stack(out)
+
+
 def _hist_row(i: int, what: str, f, c) -> tuple:
     """A ``hists`` row from ``[lo, hi, sum, sumsq]`` and ``[nan, posinf, neginf, counts…]``."""
     c = np.asarray(c).astype(np.int64)
@@ -266,6 +281,11 @@ class Core:
         self._scan_queued = False
         self._fired: list[int] = []  # CPU: parameters whose gradient this backward pass accumulated into
         self._compiled = [_compiled(p.detach()) for p in self.params]
+        # steps whose gradient sums are all finite need nothing more after the optimizer step
+        self._quiet = not self._first_dev and not self.weights_per_step
+        self._scan_arrays = (np.zeros(self.n, dtype=np.int64), np.zeros(self.n, dtype=np.int64),
+                             np.array([p.numel() for p in self.params], dtype=np.int64),
+                             np.array([p.dtype == torch.float64 for p in self.params]), np.zeros(self.n))
         self._before: list[torch.Tensor | None] | None = None
         self._keep: dict[int, torch.Tensor] = {}  # CPU: reused weight copies (see pre_step)
         self._views: dict[int, tuple] = {}  # CPU: flat NumPy views of a weight and its copy (_flat_pair)
@@ -342,31 +362,38 @@ class Core:
 
     def _scan_grads(self) -> None:
         """CPU, at the end of a backward pass (before any clipping, which would spread a NaN to
-        every parameter): the check value of each gradient this pass accumulated into, a compiled
-        sum (a float; inside a training step a torch call costs 5-20 us), added to a running sum
-        so one isfinite answers for all. Over micro-batches the accumulated gradient is checked
-        after each: a NaN/Inf stays in it."""
+        every parameter): the check value of each gradient this pass accumulated into, compiled
+        sums in one call (:func:`~weightkit.watch._kernel.totals`; inside a training step a torch
+        call costs 5-20 us), added to a running sum so one isfinite answers for all. Over
+        micro-batches the accumulated gradient is checked after each: a NaN/Inf stays in it.
+        The per-gradient values are kept only when the sum is non-finite."""
         self._scan_queued = False
-        fired, params, compiled, gchk = self._fired, self.params, self._compiled, self._gchk
-        total = kernels().total if any(compiled) else None
+        fired, params, compiled = self._fired, self.params, self._compiled
+        addresses, which, sizes, wide, out = self._scan_arrays
         strided = torch.strided
-        s = 0.0
+        grads, k = [], 0
         for i in fired:
             g = params[i].grad
             if g is None:
                 continue
-            # a gradient has its parameter's dtype and device: only layout and strides can differ
+            # a gradient has its parameter's dtype, device and size: only layout and strides can differ
             if compiled[i] and g.layout == strided and g.is_contiguous():
-                v = total(g.numpy().reshape(-1))
-                if not math.isfinite(v):
-                    v = _confirmed(v, g)
-                gchk[i] = v
-                s += v
+                addresses[k] = g.data_ptr()
+                which[k] = i
+                grads.append(g)  # alive until the call returns
+                k += 1
             else:
-                gchk[i] = check_value(g)
+                self._gchk[i] = check_value(g)
                 self._gtensors = True
         fired.clear()
-        self._gsum += s
+        if k:
+            s = kernels().totals(addresses, which, sizes, wide, k, out)
+            if not math.isfinite(s):  # a NaN/Inf, or finite values whose sum overflowed
+                s = 0.0
+                for j, g in enumerate(grads):
+                    v = self._gchk[int(which[j])] = _confirmed(float(out[j]), g)
+                    s += v
+            self._gsum += s
 
     def add_handle(self, handle) -> None:
         self._handles.append(handle)
@@ -385,6 +412,8 @@ class Core:
         makes that cheap). On the CPU a fresh allocation of that size costs a page fault per 4 KiB
         on every measured step (0.35 ms for 2.7 MB), so the copies go to buffers reused from one
         measured step to the next, freed at ``stop()``."""
+        if not self.measuring and (not self.per_step or self._calm()):
+            return
         if self.per_step and not self.weights_per_step:
             for dev, (ix, ps) in self.groups.items():
                 if dev not in self._first_dev and self._grads_bad(ix):
@@ -418,6 +447,10 @@ class Core:
 
     def post_step(self) -> None:
         """After the optimizer step: the per-step NaN/Inf check; on measured steps, measure and commit."""
+        if not self.measuring and (not self.per_step or self._calm()):
+            self.step += 1  # the common step on the CPU: every gradient finite, nothing else to do
+            self._reset_step()
+            return
         step = self.step
         new_bad = False
         with torch.no_grad():
@@ -435,6 +468,11 @@ class Core:
         self._before = None
         self.step += 1
         self._reset_step()
+
+    def _calm(self) -> bool:
+        """CPU, one device, weights not checked every step: every gradient sum of this step is
+        finite, so neither optimizer hook has anything to check."""
+        return self._quiet and not self._gtensors and math.isfinite(self._gsum)
 
     def _grads_bad(self, ix: list[int]) -> bool:
         """CPU: whether this step's gradient sums hold a NaN/Inf (one stacked sum, once per step)."""
@@ -600,11 +638,11 @@ class Core:
         if have:
             add("gfloat", torch.stack([self._gstats[i][0] for i in have]))
             add("gcount", torch.stack([self._gstats[i][1] for i in have]))
-        add("wnorm", torch.stack(torch._foreach_norm(ps, 2, dtype=torch.float32)))
+        add("wnorm", _l2_norms(ps))
         if upd:
             before = [self._before[i] for i in upd]
             torch._foreach_sub_(before, [self.params[i] for i in upd])
-            add("unorm", torch.stack(torch._foreach_norm(before, 2, dtype=torch.float32)))
+            add("unorm", _l2_norms(before))
         hist_g = [i for i in ix if self._ghist[i] is not None] if self.hist_now else []
         if self.hist_now:
             for i in hist_g:
