@@ -606,8 +606,11 @@ class Core:
                             if h is not None:
                                 hists.append(_hist_row(i, what, h[0].tolist(), h[1].numpy()))
             has_u[upd] = True
-        with np.errstate(divide="ignore", invalid="ignore"):
+        if (W > 0).all() and np.isfinite(W).all():  # as always but for a zero or non-finite weight
             ratio = U / W
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):  # a costly context manager, inside a step
+                ratio = U / W
         since = None if self.per_step else (self._prev_measured if self._prev_measured is not None else -1)
         alerts = []
         if self._seen_nonfinite:
