@@ -5,14 +5,16 @@ Two models, Adam, batch 64, on the CPU:
       32×32 RGB inputs;
   (b) an MLP 784 → 512 → 256 → 10 (ReLU), batch 64 (``--mlp-batch`` to change).
 
-Configurations, each on its own copy of the model (same initial weights), run in the same process
-interleaved in blocks of ``--block`` consecutive steps (a multiple of 10, so every block holds the
-same share of measured steps), so that drift of a shared machine hits all of them alike; after
-each block (untimed) the watchers' and TensorBoard's background writers are flushed, so one
-configuration's disk writes never land in another's timings:
-  off          plain training, on ``--off-copies`` copies (default 3): the baseline is the mean of
-               their medians, and their spread (printed) is what one copy's memory layout alone
-               does to a median on this machine, the noise floor of every ratio
+By default every configuration trains one and the same model (each watched slot starts a fresh
+watch and stops it, untimed), in rounds: an unwatched slot before each watched configuration's
+slot, then TensorBoard's; each slot runs ``--block`` steps untimed, then ``--block`` timed steps
+(a multiple of 10, so every block holds the same share of measured steps), after a random-size
+allocation that gives it a heap layout of its own. A training step's time depends on where its
+tensors land: with each configuration on its own copy of the model (``--copies``, the former
+mode), unwatched copies interleaved step by step differed by up to 8%. Configurations:
+  off          plain training; the baseline is the median of all unwatched steps, and the medians
+               of the ``--off-copies`` groups its slots take turns in (printed) are the noise floor
+               of every ratio
   every=10     ``weightkit.watch(model, optimizer=opt)`` (the default every=10, histograms every 10th measured step,
                NaN/Inf looked for on every step)
   every=10,m   the same with ``nan_check="measured"`` (NaN/Inf looked for on measured steps only)

@@ -22,9 +22,10 @@ finite range, NaN/±Inf counted). NaN/Inf are looked for on *every* step (see
 
 **Cost.** Statistics are reduced on the device and a measured step moves one small tensor to
 the host; the store is written by a background thread, in SQLite transactions of whole steps
-handed over every 0.25 s (a killed process loses at most that last fraction of a second). With ``every=10`` a CPU training loop of a small
-CNN or MLP spends ≤ 3% more CPU time per step (``bench/watch_bench.py``, ``BENCHMARKS.md``); the
-per-step NaN/Inf check is one sum per gradient and per weight (``nan_check="measured"`` drops it).
+handed over every 0.25 s (a killed process loses at most that last fraction of a second). With
+``every=10`` a CPU training loop of a small CNN or MLP spends about 3% more CPU time per step
+(``bench/watch_bench.py``, ``BENCHMARKS.md``); the per-step NaN/Inf check is one compiled sum over
+the gradients at the end of each backward pass (``nan_check="measured"`` drops it).
 Watching never changes training: nothing is written to a parameter or gradient, no random
 numbers are drawn. On the CPU the weight copies of measured steps live in buffers reused until
 ``stop()`` (one copy of the watched parameters).

@@ -574,6 +574,8 @@ class Core:
 
     def _commit(self, step: int) -> None:
         """Gather a measured step on the host (one transfer per device), judge alerts, queue the rows."""
+        if not self._first_dev and not self.hist_now:
+            return self._commit_host(step)
         n = self.n
         G, C, W, U, has_u = self._step_arrays  # reused from step to step: only rows leave (as lists)
         G.fill(np.nan)
@@ -611,21 +613,49 @@ class Core:
         else:
             with np.errstate(divide="ignore", invalid="ignore"):  # a costly context manager, inside a step
                 ratio = U / W
-        since = None if self.per_step else (self._prev_measured if self._prev_measured is not None else -1)
-        alerts = []
-        if self._seen_nonfinite:
-            self._record_first()
-            alerts = self.alerts.nonfinite(self.first[0], self.first[1], counts=C, count_step=step, since=since,
-                                           weight_since=self.w_since)
-        self._prev_measured = step
-        alerts += self.alerts.measured_step(step, G[:, 0], ratio, self.received)
         Gl, Cl, Wl, Ul, Rl, Hl = G.tolist(), C.tolist(), W.tolist(), U.tolist(), ratio.tolist(), has_u.tolist()
         rows = []
         for i in range(n):
             grad = (*Gl[i], *Cl[i]) if Cl[i][0] >= 0 else (None,) * (N_GRAD + 2)
             rows.append((i, *grad, Wl[i], Ul[i] if Hl[i] else None, Rl[i] if Hl[i] else None))
+        self._judge_and_put(step, rows, hists, G[:, 0], ratio, lambda: C)
+
+    def _judge_and_put(self, step: int, rows: list, hists: list, grad_norm, ratio, counts: Callable) -> None:
+        """Judge the alerts of a measured step (``counts()``: the ``[NaN, Inf]`` counts per
+        parameter, needed only once something was non-finite) and queue it for the store."""
+        since = None if self.per_step else (self._prev_measured if self._prev_measured is not None else -1)
+        alerts = []
+        if self._seen_nonfinite:
+            self._record_first()
+            alerts = self.alerts.nonfinite(self.first[0], self.first[1], counts=counts(), count_step=step,
+                                           since=since, weight_since=self.w_since)
+        self._prev_measured = step
+        alerts += self.alerts.measured_step(step, grad_norm, ratio, self.received)
         self.store.put(step, rows, [(a.step, a.param, a.kind, a.message, a.value) for a in alerts], hists)
         self.measured += 1
+
+    def _commit_host(self, step: int) -> None:
+        """:meth:`_commit` when every parameter is on the CPU and no histogram is due: the values
+        are Python numbers already, so the rows are built from them directly (inside a training
+        step each NumPy call on a few numbers costs microseconds)."""
+        before, gstats, wnorm, unorm = self._before, self._gstats, self._wnorm, self._unorm
+        rows, gnorm, ratio = [], [math.nan] * self.n, [math.nan] * self.n
+        none = (None,) * (N_GRAD + 2)
+        for i in range(self.n):
+            w = wnorm[i]
+            u = r = None
+            if before is not None and before[i] is not None:
+                u = unorm[i] if i in unorm else host_norm(before[i].sub_(self.params[i]))
+                # as NumPy divides: u/0 is Inf, 0/0 and NaN/0 are NaN
+                r = ratio[i] = u / w if w else (math.inf if u > 0 else math.nan)
+            st = gstats[i]
+            if st is not None:
+                gnorm[i] = st[0][0]
+                rows.append((i, *st[0], *st[1], w, u, r))
+            else:
+                rows.append((i, *none, w, u, r))
+        self._judge_and_put(step, rows, [], np.array(gnorm), np.array(ratio), lambda: np.array(
+            [st[1] if st is not None else (-1, -1) for st in gstats], dtype=np.int64))
 
     def _gather_device(self, dev, ix, ps, upd, G, C, W, U, hists) -> None:
         """Everything of one device in one tensor, moved to the host with a single ``.cpu()``."""

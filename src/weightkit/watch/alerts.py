@@ -7,9 +7,10 @@ Kinds and the keyword options of :func:`weightkit.watch` that set them:
 
 ``nonfinite_grad`` / ``nonfinite_weight``
     the first NaN/Inf in a gradient (as backward produced it) or in a weight (after the optimizer
-    step). With ``nan_check="step"`` (the default) every step is checked on the device (one sum
-    per gradient and per weight), so the step and the parameter (the first in model order among
-    those hit at that step) are exact even between measured steps; ``nan_check="measured"`` checks
+    step). With ``nan_check="step"`` (the default) every gradient is checked on every step (one
+    reduction each, at the end of backward, before any clipping), and the weights whenever that
+    could matter (see :func:`weightkit.watch`), so the step and the parameter (the first in model
+    order among those hit at that step) are exact even between measured steps; ``nan_check="measured"`` checks
     only measured steps (cheaper on CPU loops whose steps take a few milliseconds) and says after
     which step it appeared.
 ``vanishing``
