@@ -6,8 +6,10 @@ Per backward pass, a ``post_accumulate_grad`` hook on each trainable parameter:
   a NaN/Inf), so the first NaN/Inf is found at its exact step and parameter: on a GPU in the hook,
   kept on the device; on the CPU a compiled sum of every gradient the pass reached, all together
   at the end of the backward pass (an autograd engine callback), before any clipping;
-* on measured steps: norm, mean, std, mean |g|, max |g| and the NaN/Inf counts (a few fast
-  reductions on the device, stacked into one small tensor), and a histogram on histogram steps.
+* on measured steps: norm, mean, std, mean |g|, max |g| and the NaN/Inf counts, and a histogram
+  on histogram steps: on a GPU a few fast reductions in the hook, stacked into one small tensor;
+  on the CPU one compiled pass per gradient, one gradient after the other at the end of the
+  backward pass (the same callback).
 
 Around the optimizer step (``register_step_pre_hook``/``register_step_post_hook``): on measured
 steps a copy of the weights is taken before the step and ``‖w_before − w_after‖`` after it, then
@@ -332,26 +334,20 @@ class Core:
             if g is None:
                 return
             received[i] = True
-            if not state.measuring:  # every step: one reduction (kept on the device on a GPU)
+            if scanned:  # CPU: measured or checked at the end of the backward pass (_scan_grads)
+                if state.per_step or state.measuring:
+                    fired.append(i)
+                    if not state._scan_queued:
+                        state._scan_queued = True
+                        engine.queue_callback(scan)
+            elif not state.measuring:  # every step: one reduction, kept on the device
                 if state.per_step:
-                    if scanned:
-                        fired.append(i)
-                        if not state._scan_queued:
-                            state._scan_queued = True
-                            engine.queue_callback(scan)
-                    else:
-                        state._gchk[i] = check_value(g)
-                        state._gtensors = True
+                    state._gchk[i] = check_value(g)
+                    state._gtensors = True
             else:
                 st = state._gstats[i] = grad_stats(g)
-                # max |g| on the device; on the CPU the NaN/Inf counts (sums and means can overflow)
-                c = st[1]
-                if isinstance(c, torch.Tensor):
-                    state._gchk[i] = st[0][4]
-                    state._gtensors = True
-                else:
-                    state._gchk[i] = v = math.nan if c[0] or c[1] else 0.0
-                    state._gsum += v
+                state._gchk[i] = st[0][4]  # max |g|, on the device
+                state._gtensors = True
                 if state.hist_now:
                     state._ghist[i] = histogram(g, state.bins)
             if on_backward is not None and not state._queued:
@@ -369,6 +365,9 @@ class Core:
         The per-gradient values are kept only when the sum is non-finite."""
         self._scan_queued = False
         fired, params, compiled = self._fired, self.params, self._compiled
+        if self.measuring:
+            self._measure_grads()
+            return
         addresses, which, sizes, wide, out = self._scan_arrays
         strided = torch.strided
         grads, k = [], 0
@@ -394,6 +393,23 @@ class Core:
                     v = self._gchk[int(which[j])] = _confirmed(float(out[j]), g)
                     s += v
             self._gsum += s
+
+    def _measure_grads(self) -> None:
+        """CPU, a measured step, at the end of a backward pass: each gradient's statistics (and
+        histogram when due), one after the other (in each hook, between backward kernels, the
+        same calls cost three times as much). Their NaN/Inf counts are the check."""
+        gstats, gchk, params = self._gstats, self._gchk, self.params
+        for i in self._fired:
+            g = params[i].grad
+            if g is None:
+                continue
+            st = gstats[i] = grad_stats(g)
+            c = st[1]
+            gchk[i] = v = math.nan if c[0] or c[1] else 0.0
+            self._gsum += v
+            if self.hist_now:
+                self._ghist[i] = histogram(g, self.bins)
+        self._fired.clear()
 
     def add_handle(self, handle) -> None:
         self._handles.append(handle)
@@ -540,8 +556,8 @@ class Core:
         """CPU: the gradients' sums on every step, stacked into one; the weights' on measured steps
         (their norms, computed anyway), on every step with ``nan_check="all"``, and otherwise only
         around a step whose gradients are non-finite: a weight that turns non-finite reaches the
-        next step's loss and so its gradients, almost always (``bench/watch_check_cost.py`` shows
-        what summing them on every step costs)."""
+        next step's loss and so its gradients, almost always (``bench/watch_split.py
+        --nan-check all`` shows what summing them on every step costs)."""
         found = False
         if self.measuring:
             self._wnorm, self._unorm = {}, {}
