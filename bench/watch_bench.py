@@ -252,8 +252,8 @@ def main(argv=None) -> int:
                     help="Train each configuration on its own copy of the model (by default all train one model, "
                          "a fresh watch per block).")
     ap.add_argument("--off-copies", type=int, default=None,
-                    help="Unwatched slots per round (with --copies: unwatched copies; default 3), the baseline "
-                         "is the mean of their medians (default 2).")
+                    help="Groups the unwatched slots take turns in, whose medians are the noise floor (default "
+                         "2); with --copies: unwatched copies, the baseline the mean of their medians (default 3).")
     args = ap.parse_args(argv)
     # the fresh watches' alerts (a learning rate "too low" on this short run) would bury the table
     logging.getLogger("weightkit.watch").setLevel(logging.ERROR)
