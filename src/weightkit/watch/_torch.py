@@ -320,11 +320,10 @@ class Core:
     def _make_hook(self, i: int, on_backward):
         state = self
         received = self.received
-        p = self.params[i]
         # CPU: this step's gradients are checked together at the end of the backward pass
         # (_scan_grads), not one by one here, between the backward kernels that evict what a
         # compiled call needs (a quarter to a third cheaper on the MLP of bench/watch_bench.py)
-        scanned = _host(p.device)
+        scanned = _host(self.params[i].device)
         fired = self._fired
         engine = torch.autograd.Variable._execution_engine
         scan = self._scan_grads
@@ -364,10 +363,10 @@ class Core:
         micro-batches the accumulated gradient is checked after each: a NaN/Inf stays in it.
         The per-gradient values are kept only when the sum is non-finite."""
         self._scan_queued = False
-        fired, params, compiled = self._fired, self.params, self._compiled
         if self.measuring:
             self._measure_grads()
             return
+        fired, params, compiled = self._fired, self.params, self._compiled
         addresses, which, sizes, wide, out = self._scan_arrays
         strided = torch.strided
         grads, k = [], 0
@@ -590,7 +589,7 @@ class Core:
 
     def _commit(self, step: int) -> None:
         """Gather a measured step on the host (one transfer per device), judge alerts, queue the rows."""
-        if not self._first_dev and not self.hist_now:
+        if not self._first_dev:
             return self._commit_host(step)
         n = self.n
         G, C, W, U, has_u = self._step_arrays  # reused from step to step: only rows leave (as lists)
@@ -619,10 +618,7 @@ class Core:
                         b.sub_(self.params[i])
                         U[i] = host_norm(b)
                 if self.hist_now:
-                    for i, p in zip(ix, ps):
-                        for what, h in (("grad", self._ghist[i]), ("weight", histogram(p, self.bins))):
-                            if h is not None:
-                                hists.append(_hist_row(i, what, h[0].tolist(), h[1].numpy()))
+                    hists += self._host_hists(ix, ps)
             has_u[upd] = True
         if (W > 0).all() and np.isfinite(W).all():  # as always but for a zero or non-finite weight
             ratio = U / W
@@ -651,9 +647,9 @@ class Core:
         self.measured += 1
 
     def _commit_host(self, step: int) -> None:
-        """:meth:`_commit` when every parameter is on the CPU and no histogram is due: the values
-        are Python numbers already, so the rows are built from them directly (inside a training
-        step each NumPy call on a few numbers costs microseconds)."""
+        """:meth:`_commit` when every parameter is on the CPU: the values are Python numbers
+        already, so the rows are built from them directly (inside a training step each NumPy call
+        on a few numbers costs microseconds)."""
         before, gstats, wnorm, unorm = self._before, self._gstats, self._wnorm, self._unorm
         rows, gnorm, ratio = [], [math.nan] * self.n, [math.nan] * self.n
         none = (None,) * (N_GRAD + 2)
@@ -670,8 +666,19 @@ class Core:
                 rows.append((i, *st[0], *st[1], w, u, r))
             else:
                 rows.append((i, *none, w, u, r))
-        self._judge_and_put(step, rows, [], np.array(gnorm), np.array(ratio), lambda: np.array(
+        hists = self._host_hists(range(self.n), self.params) if self.hist_now else []
+        self._judge_and_put(step, rows, hists, np.array(gnorm), np.array(ratio), lambda: np.array(
             [st[1] if st is not None else (-1, -1) for st in gstats], dtype=np.int64))
+
+    def _host_hists(self, ix, ps) -> list[tuple]:
+        """The ``hists`` rows of CPU parameters ``ix``: each gradient's (computed with its
+        statistics) and each weight's (computed now)."""
+        rows = []
+        for i, p in zip(ix, ps):
+            for what, h in (("grad", self._ghist[i]), ("weight", histogram(p, self.bins))):
+                if h is not None:
+                    rows.append(_hist_row(i, what, h[0].tolist(), h[1].numpy()))
+        return rows
 
     def _gather_device(self, dev, ix, ps, upd, G, C, W, U, hists) -> None:
         """Everything of one device in one tensor, moved to the host with a single ``.cpu()``."""
