@@ -16,7 +16,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[dev]"
-	$(PY) -m weightkit.statistics.warmup
+	$(PY) -m weightkit.warmup
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from _malicious import VARIANTS, build_corpus  # noqa: E402
 
-import weightkit.scan as wscan  # noqa: E402
+import weightkit.scanner as wscan  # noqa: E402
 
 
 def picklescan_result(path: Path):

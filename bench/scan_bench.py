@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-import weightkit.scan as wscan
+import weightkit.scanner as wscan
 from _util import make_state_dict, measure, parse_sizes, print_ratios
 
 

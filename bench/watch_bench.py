@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 import weightkit
-import weightkit.watch  # a callable module: weightkit.watch(model, ...)
+import weightkit.tracking  # a callable module: weightkit.tracking(model, ...)
 
 
 def cnn():

@@ -33,8 +33,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import watch_bench  # noqa: E402  (the models, and the fixed malloc thresholds)
 
 import weightkit  # noqa: E402
-import weightkit.watch  # noqa: E402,F401
-from weightkit.watch import _torch  # noqa: E402
+import weightkit.tracking  # noqa: E402,F401
+from weightkit.tracking import _torch  # noqa: E402
 
 STAGES = ("_scan_grads", "pre_step", "post_step", "_check_host", "_commit")  # _scan_grads measures on measured steps
 

@@ -15,9 +15,9 @@ from torch.nn.utils import prune as tprune
 
 import weightkit
 from weightkit import WeightkitError
-from weightkit._compress import output_axis
+from weightkit.edits._compress import output_axis
 from weightkit.layers import axes_for
-from weightkit.weightset import Weight
+from weightkit.core.weightset import Weight
 
 
 def cnn():
@@ -142,11 +142,11 @@ def test_make_permanent_and_report():
     assert t["bytes_sparse"] == (784 * 512 // 2) * 4 + (784 * 512 + 7) // 8
     assert data["total"]["bytes_saved"] == t["bytes_dense"] - t["bytes_sparse"]
     assert "bitmask" in data["sparse_layout"]
-    assert weightkit.prune.make_permanent(net) == ["0.weight"]
+    assert weightkit.make_permanent(net) == ["0.weight"]
     assert "0.weight_orig" not in dict(net.named_parameters())
     assert not dict(net.named_buffers())
     assert float((net[0].weight == 0).float().mean()) == 0.5
-    assert weightkit.prune.make_permanent(net) == []
+    assert weightkit.make_permanent(net) == []
 
 
 def test_live_prune_leaves_what_torch_prune_leaves_and_make_permanent_equals_remove():
@@ -168,7 +168,7 @@ def test_live_prune_leaves_what_torch_prune_leaves_and_make_permanent_equals_rem
     weightkit.prune(a, 0.5, pattern="0.*")  # composes like torch's second call
     tprune.l1_unstructured(b[0], "weight", 0.5)
     assert torch.equal(a[0].weight_mask, b[0].weight_mask)
-    assert weightkit.prune.make_permanent(a) == ["0.weight"]
+    assert weightkit.make_permanent(a) == ["0.weight"]
     tprune.remove(b[0], "weight")
     assert list(a.state_dict()) == list(b.state_dict()) and not a[0]._forward_pre_hooks
     assert a[0].weight is first and isinstance(a[0].weight, nn.Parameter)
@@ -237,7 +237,7 @@ def test_pruning_a_file_gives_what_pruning_the_live_model_gives(tmp_path, kwargs
     out = tmp_path / "out.safetensors"
     r_file = weightkit.prune(path, out=out, **kwargs)
     r_live = weightkit.prune(live, **kwargs)
-    weightkit.prune.make_permanent(live)
+    weightkit.make_permanent(live)
     pruned = weightkit.open(out)
     for name, value in live.state_dict().items():
         assert np.array_equal(pruned[name].numpy(), value.numpy()), name
@@ -289,7 +289,7 @@ def test_live_keras_models_are_refused_with_a_clear_message(monkeypatch):
     class FakeKeras:  # a stand-in: importing Keras would cost seconds
         name = "model"
 
-    monkeypatch.setattr(importlib.import_module("weightkit.io.save"), "_is_keras", lambda obj: isinstance(obj, FakeKeras))
+    monkeypatch.setattr(importlib.import_module("weightkit.edits._backend"), "is_keras", lambda obj: isinstance(obj, FakeKeras))
     with pytest.raises(WeightkitError, match="torch only"):
         weightkit.prune(FakeKeras(), 0.5)
 
@@ -478,8 +478,8 @@ def test_quantize_refuses_to_overwrite_its_input(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 
 
-@pytest.mark.parametrize("name", ["weightkit.prune", "weightkit.quantize", "weightkit.io.save", "weightkit.io.atomic",
-                                  "weightkit._compress"])
+@pytest.mark.parametrize("name", ["weightkit.edits.prune", "weightkit.edits.quantize", "weightkit.edits.save", "weightkit._atomic",
+                                  "weightkit.edits._compress"])
 def test_docstring_examples_run(name):
     import doctest
 

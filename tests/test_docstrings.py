@@ -7,19 +7,19 @@ import pytest
 
 MODULES = [
     "weightkit",
-    "weightkit._api",
+    "weightkit.core.opening",
     "weightkit.layers",
-    "weightkit.summary",
-    "weightkit.weightset",
+    "weightkit.analyses.summary",
+    "weightkit.core.weightset",
     "weightkit.sources._base",
     "weightkit.render._format",
-    "weightkit.statistics",
-    "weightkit.doctor",
-    "weightkit.select",
-    "weightkit.plot.charts",
-    "weightkit.plot.filters",
-    "weightkit.importance",
-    "weightkit.diff",
+    "weightkit.analyses.statistics",
+    "weightkit.analyses.doctor",
+    "weightkit.core.selector",
+    "weightkit.render.plots.charts",
+    "weightkit.render.plots.filters",
+    "weightkit.analyses.importance",
+    "weightkit.analyses.diff",
 ]
 
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import weightkit
-from weightkit.doctor import list_rules
+from weightkit.analyses.doctor import list_rules
 
 
 def trained_cnn(steps: int = 15) -> nn.Module:
@@ -75,7 +75,7 @@ def test_all_zero_dead_units_and_identical_rows():
 @given(rows=st.integers(2, 40), cols=st.integers(2, 30), copies=st.lists(st.tuples(st.integers(0, 39), st.integers(0, 39)),
        max_size=12), dtype=st.sampled_from(["float32", "float64", "float16"]), negzero=st.booleans())
 def test_identical_rows_counts_like_numpy_unique(rows, cols, copies, dtype, negzero):
-    from weightkit.doctor.rules import _duplicate_rows
+    from weightkit.analyses.doctor.rules import _duplicate_rows
 
     a = np.random.default_rng(rows * 100 + cols).standard_normal((rows, cols)).astype(dtype)
     for src, dst in copies:
@@ -95,7 +95,7 @@ def test_keras_style_dense_dead_units_use_the_last_axis():
     kernel[:, 2] = 0
 
     from weightkit.sources import RawTensor, ReaderBase
-    from weightkit.weightset import WeightSet
+    from weightkit.core.weightset import WeightSet
 
     class DenseReader(ReaderBase):
         format, description = "test", "dense"

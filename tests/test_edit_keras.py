@@ -16,7 +16,7 @@ from keras import layers as L  # noqa: E402
 
 import weightkit  # noqa: E402
 from weightkit import WeightkitError  # noqa: E402
-from weightkit.edit import values as values_mod  # noqa: E402
+from weightkit.edits import values as values_mod  # noqa: E402
 
 
 def transfer_model():

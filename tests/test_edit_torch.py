@@ -17,8 +17,8 @@ from torch import nn
 
 import weightkit
 from weightkit import WeightkitError
-from weightkit.edit import values as values_mod
-from weightkit.edit.init import SCHEMES
+from weightkit.edits import values as values_mod
+from weightkit.edits.initialize import SCHEMES
 
 
 class Net(nn.Module):
@@ -496,13 +496,13 @@ def test_invalid_edit_leaves_model_unchanged(model, data):
 
 
 def test_importing_weightkit_edit_imports_no_framework():
-    code = "import sys, weightkit, weightkit.edit; print('torch' in sys.modules, 'keras' in sys.modules)"
+    code = "import sys, weightkit, weightkit.edits; print('torch' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
 
-@pytest.mark.parametrize("name", ["weightkit.edit.values", "weightkit.edit.init", "weightkit.edit.freeze",
-                                  "weightkit.edit.normalize"])
+@pytest.mark.parametrize("name", ["weightkit.edits.values", "weightkit.edits.initialize", "weightkit.edits.trainability",
+                                  "weightkit.edits.normalize"])
 def test_docstring_examples_run(name):
     import doctest
     import importlib

@@ -206,7 +206,7 @@ def test_file_matches_live_module(tmp_path, model_name, fmt):
         # -- a file does not record requires_grad; buffers never train
         assert w.trainable is (False if lw.is_buffer else None), name
 
-    totals, live_totals = ws.summary().totals, live.summary().totals
+    totals, live_totals = weightkit.summary(ws).totals, weightkit.summary(live).totals
     assert totals.parameters == live_totals.parameters == sum(p.numel() for p in model.parameters())
     assert totals.buffers == live_totals.buffers
     assert totals.bytes == live_totals.bytes
@@ -318,7 +318,7 @@ def test_shared_tensors_saved_with_torch_save_are_reported_once(tmp_path):
     assert ws["emb.weight"].shared_with == ("lm_head.weight",)
     assert ws["lm_head.weight"] is ws["emb.weight"]
     assert ws.total_params == sum(p.numel() for p in model.parameters())
-    s = ws.summary()
+    s = weightkit.summary(ws)
     assert s.totals.bytes == sum(p.numel() * p.element_size() for p in model.parameters())
     assert s.totals.shared_tensors == 1
 
@@ -431,7 +431,7 @@ def test_sharded_safetensors_directory_reads_as_one_set(tmp_path):
     assert ws["fc.weight"].axes == ("out_features", "in_features")
     assert ws["embed.weight"].kind == "Embedding"
     assert ws.total_params == sum(p.numel() for p in model.parameters())
-    assert ws.summary().totals.bytes == sum(t.numel() * t.element_size() for t in state.values())
+    assert weightkit.summary(ws).totals.bytes == sum(t.numel() * t.element_size() for t in state.values())
     # the index file itself is opened the same way through its directory
     assert weightkit.open(str(d)).names == ws.names
 

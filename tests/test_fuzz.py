@@ -49,7 +49,7 @@ WORKER = textwrap.dedent("""
     import faulthandler, json, os, resource, sys, traceback, warnings
     warnings.simplefilter("ignore")
     import numpy as np, torch, h5py
-    import weightkit, weightkit.sources, weightkit.scan
+    import weightkit, weightkit.sources, weightkit.scanner
     from weightkit.errors import WeightkitError
     torch.set_num_threads(1)
     weightkit.sources._load_all()

@@ -17,7 +17,7 @@ import torch
 
 import weightkit
 from weightkit.errors import CorruptFileError, UnsafeCheckpointError
-from weightkit.scan._restricted import RestrictedUnpickler, Stub, unpickle
+from weightkit.sources._restricted import RestrictedUnpickler, Stub, unpickle
 
 MODEL_SRC = textwrap.dedent("""
     import torch
@@ -156,7 +156,7 @@ def test_nothing_named_by_the_file_is_imported(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
     assert isinstance(obj, Stub) and obj.qualname == "wk_side_effect.Thing" and obj.state == {"a": 1}
-    assert type(obj).__module__ == "weightkit.scan._restricted"
+    assert type(obj).__module__ == "weightkit.sources._restricted"
     assert not marker.exists() and "wk_side_effect" not in sys.modules
 
 

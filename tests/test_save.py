@@ -21,7 +21,7 @@ from torch import nn
 import weightkit
 from weightkit import WeightkitError
 
-save_module = importlib.import_module("weightkit.io.save")
+save_module = importlib.import_module("weightkit.edits.save")
 
 
 def net():

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import weightkit.cli.scan  # noqa: F401  (registers the command on the shared app)
-import weightkit.scan as scan_module
+import weightkit.scanner as scan_module
 from weightkit.cli._app import app
 from weightkit.errors import SourceNotFoundError, WeightkitError
-from weightkit.scan import scan, scan_bytes
-from weightkit.scan._allowlist import judge
+from weightkit.scanner import scan, scan_bytes
+from weightkit.scanner._allowlist import judge
 
 
 class TinyNet(torch.nn.Module):
@@ -184,12 +184,12 @@ def test_scan_cost_does_not_grow_with_tensor_bytes(tmp_path, monkeypatch, legacy
 def test_module_doctests_and_entry_points(tmp_path):
     import weightkit
 
-    for mod in (scan_module, __import__("weightkit.scan._allowlist", fromlist=["x"])):
+    for mod in (scan_module, __import__("weightkit.scanner._allowlist", fromlist=["x"])):
         assert doctest.testmod(mod, optionflags=doctest.ELLIPSIS).failed == 0
     path = tmp_path / "sd.pt"
     torch.save({"w": torch.ones(1)}, path)
     # weightkit.scan is the package and callable; scan_file is the name for loaders to use
-    assert weightkit.scan(path).verdict == weightkit.scan.scan_file(path).verdict == "safe"
+    assert weightkit.scan(path).verdict == weightkit.scanner.scan_file(path).verdict == "safe"
     assert "scan" in weightkit.__all__ and weightkit.ScanReport is scan_module.ScanReport
 
 

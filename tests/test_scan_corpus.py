@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from _malicious import VARIANTS, build_corpus
-from weightkit.scan import scan
+from weightkit.scanner import scan
 
 # rules that must appear for a variant, on top of a non-safe verdict
 EXPECTED = {

@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 import weightkit
 from weightkit.sources import RawTensor, ReaderBase
-from weightkit.statistics.engine import compute
-from weightkit.weightset import WeightSet
+from weightkit.analyses.statistics.engine import compute
+from weightkit.core.weightset import WeightSet
 
 TORCH_DTYPES = {
     "float32": torch.float32,
@@ -276,8 +276,8 @@ def test_kernel_folds_its_int32_counts_exactly(kind):
     """The int32 counts are folded in every 2**30 elements, which no test can reach: run the
     kernel with a fold after every block (float32) or every 5 elements (8/16-bit table) and
     check the histogram and counts against NumPy on the kernel's own grid."""
-    from weightkit.statistics import _kernel as K
-    from weightkit.statistics.engine import _luts
+    from weightkit.analyses.statistics import _kernel as K
+    from weightkit.analyses.statistics.engine import _luts
 
     g = np.random.default_rng(5)
     n = 5 * K.BLOCK + 123

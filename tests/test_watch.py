@@ -24,9 +24,9 @@ from hypothesis.extra import numpy as hnp
 from torch import nn
 
 import weightkit
-import weightkit.watch
+import weightkit.tracking
 from weightkit.errors import WeightkitError
-from weightkit.watch._torch import grad_stats, histogram
+from weightkit.tracking._torch import grad_stats, histogram
 
 
 def mlp(seed=0, depth=2, width=16, act=nn.ReLU, n_in=8):
@@ -66,7 +66,7 @@ def code_path(request, monkeypatch):
     """Run a test on the CPU code path and on the GPU one (device-side flags, no host reads; the
     CPU shortcuts off), so the GPU path is tested on machines without a GPU."""
     if request.param == "gpu-path":
-        monkeypatch.setattr(weightkit.watch._torch, "CPU_SHORTCUTS", False)
+        monkeypatch.setattr(weightkit.tracking._torch, "CPU_SHORTCUTS", False)
     return request.param
 
 
@@ -157,7 +157,7 @@ def test_watching_never_changes_training(tmp_path):
 
 def test_gpu_path_moves_one_tensor_to_the_host_per_measured_step_and_none_otherwise(tmp_path, monkeypatch):
     """No per-tensor synchronisation: count every device→host read while training."""
-    monkeypatch.setattr(weightkit.watch._torch, "CPU_SHORTCUTS", False)
+    monkeypatch.setattr(weightkit.tracking._torch, "CPU_SHORTCUTS", False)
     net = mlp(depth=3)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     reads = []
@@ -301,7 +301,7 @@ def test_cpu_grad_stats_and_histogram_match_float64_numpy(dtype, n, seed, scale,
 def test_one_call_checks_every_gradient_by_address(arrays, seed):
     """The per-step check of a backward pass's gradients (one compiled call over their addresses):
     each total is non-finite exactly when its array holds a NaN/Inf, and is the float64 sum."""
-    from weightkit.watch import _kernel
+    from weightkit.tracking import _kernel
 
     rng = np.random.default_rng(seed)
     made = []
@@ -667,7 +667,7 @@ def test_store_is_one_wal_sqlite_file_with_the_documented_schema(tmp_path):
 
 
 CHILD = textwrap.dedent("""
-    import sys, torch, weightkit, weightkit.watch
+    import sys, torch, weightkit, weightkit.tracking
     from torch import nn
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
@@ -765,18 +765,16 @@ def test_hooks_are_removed_even_when_training_raises(tmp_path):
 
 
 def test_import_weightkit_imports_neither_torch_nor_keras():
-    code = ("import sys, weightkit, weightkit.watch, weightkit.keras, weightkit.cli; "
+    code = ("import sys, weightkit, weightkit.tracking, weightkit.tracking.keras, weightkit.cli; "
             "print(sorted(m for m in ('torch', 'keras', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["weightkit.watch", "weightkit.watch.store", "weightkit.watch.export",
-                                  "weightkit.watch.plot"])
+@pytest.mark.parametrize("name", ["weightkit.tracking", "weightkit.tracking.store", "weightkit.tracking.export",
+                                  "weightkit.render.plots.grad_flow"])
 def test_docstring_examples_run(name):
     module = importlib.import_module(name)
-    if name == "weightkit.watch":
-        module = sys.modules[name]
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
 
@@ -795,7 +793,7 @@ def small_run(tmp_path):
 
 
 def test_export_csv_is_long_format(small_run, tmp_path):
-    from weightkit.watch.export import export_run
+    from weightkit.tracking.export import export_run
 
     out = tmp_path / "ex.csv"
     result = export_run(small_run, out)
@@ -811,7 +809,7 @@ def test_export_tensorboard(small_run, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from weightkit.watch.export import export_run
+    from weightkit.tracking.export import export_run
 
     result = export_run(small_run, tmp_path / "tb", format="tensorboard")
     ea = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "histograms": 0})
@@ -824,7 +822,7 @@ def test_export_tensorboard(small_run, tmp_path):
 
 
 def test_export_parquet_or_clear_error(small_run, tmp_path):
-    from weightkit.watch.export import export_run
+    from weightkit.tracking.export import export_run
 
     try:
         import pyarrow.parquet as pq
@@ -838,7 +836,7 @@ def test_export_parquet_or_clear_error(small_run, tmp_path):
 
 
 def _reference_alerts(shapes, steps, embeddings, t):
-    """The alert rules of weightkit.watch.alerts, written out plainly over Python lists."""
+    """The alert rules of weightkit.tracking.alerts, written out plainly over Python lists."""
     n = len(shapes)
     numel = [max(1, math.prod(s)) for s in shapes]
     vanish, high, low = [0] * n, [0] * n, [0] * n
@@ -891,7 +889,7 @@ _ratio = st.one_of(st.just(math.nan), st.floats(1e-8, 1.0))
 @given(st.data())
 @settings(max_examples=150, deadline=None)
 def test_alert_judging_matches_a_plain_reference(data):
-    from weightkit.watch.alerts import AlertEngine, Thresholds
+    from weightkit.tracking.alerts import AlertEngine, Thresholds
 
     n = data.draw(st.integers(1, 5))
     shapes = data.draw(st.lists(st.sampled_from([(3,), (4, 5), (2, 3, 3), (1000, 10)]), min_size=n, max_size=n))
@@ -915,7 +913,7 @@ def test_alert_judging_matches_a_plain_reference(data):
 
 
 def test_exploding_median_covers_the_last_twenty_norms():
-    from weightkit.watch.alerts import AlertEngine, Thresholds
+    from weightkit.tracking.alerts import AlertEngine, Thresholds
 
     t = {"vanishing": 1e-3, "exploding": 1.5, "ratio_high": 1e-1, "ratio_low": 1e-5, "patience": 3}
     steps = [([v], [math.nan], [True]) for v in [2.0] * 10 + [1.0] * 10 + [2.5]]  # median of the 20: 1.5

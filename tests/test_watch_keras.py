@@ -1,4 +1,4 @@
-"""weightkit.keras.WatchCallback on Keras 3 (torch backend): model.fit records what the torch
+"""weightkit.tracking.keras.WatchCallback on Keras 3 (torch backend): model.fit records what the torch
 watcher records, checked against Keras' own gradients and weights."""
 
 import os
@@ -50,7 +50,7 @@ def hooks_left(m):
 
 
 def test_fit_records_gradients_weights_and_updates(tmp_path):
-    from weightkit.keras import WatchCallback
+    from weightkit.tracking.keras import WatchCallback
 
     x, y = data()
     m, spy = model(), Spy()
@@ -75,7 +75,7 @@ def test_fit_records_gradients_weights_and_updates(tmp_path):
 
 
 def test_callback_never_changes_training(tmp_path):
-    from weightkit.keras import WatchCallback
+    from weightkit.tracking.keras import WatchCallback
 
     x, y = data()
     a, b = model(), model()
@@ -88,7 +88,7 @@ def test_callback_never_changes_training(tmp_path):
 
 
 def test_hooks_removed_when_fit_raises(tmp_path):
-    from weightkit.keras import WatchCallback
+    from weightkit.tracking.keras import WatchCallback
 
     x, y = data()
     cb = WatchCallback(every=1, run_dir=tmp_path, name="boom")
@@ -115,7 +115,7 @@ def test_hooks_removed_when_fit_raises(tmp_path):
 
 
 def test_model_without_trainable_weights_is_refused(tmp_path):
-    from weightkit.keras import WatchCallback
+    from weightkit.tracking.keras import WatchCallback
 
     m = model()
     m.trainable = False
@@ -123,22 +123,22 @@ def test_model_without_trainable_weights_is_refused(tmp_path):
     x, y = data()
     with pytest.raises(WeightkitError, match="no trainable weights"):
         m.fit(x, y, epochs=1, verbose=0, callbacks=[WatchCallback(run_dir=tmp_path)])
-    with pytest.raises(WeightkitError, match="Keras model; use weightkit.keras.WatchCallback"):
+    with pytest.raises(WeightkitError, match="Keras model; use weightkit.tracking.keras.WatchCallback"):
         weightkit.watch(m, run_dir=tmp_path)
 
 
 def test_docstring_example_runs():
     import doctest
 
-    import weightkit.keras
+    import weightkit.tracking.keras
 
-    weightkit.keras.WatchCallback  # built on first use
-    result = doctest.testmod(weightkit.keras, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    weightkit.tracking.keras.WatchCallback  # built on first use
+    result = doctest.testmod(weightkit.tracking.keras, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
 
 
 def test_embedding_tables_are_not_called_vanishing(tmp_path):
-    from weightkit.keras import WatchCallback
+    from weightkit.tracking.keras import WatchCallback
 
     keras.utils.set_random_seed(0)
     m = keras.Sequential([keras.Input((3,), dtype="int32"), keras.layers.Embedding(200_000, 16),

@@ -7,8 +7,35 @@ Example:
     [('weight', (2, 3), ('out_features', 'in_features')), ('bias', (2,), ('out_features',))]
 """
 
-from ._api import open, summary
-from .errors import (
+from weightkit._version import __version__
+from weightkit.analyses.diff import DiffReport, diff
+from weightkit.analyses.doctor import DoctorReport, Finding, doctor
+from weightkit.analyses.importance import FeatureImportance, feature_importance
+from weightkit.analyses.statistics import GroupStats, StatsReport, TensorStats, stats
+from weightkit.analyses.summary import Summary, Totals, summary
+from weightkit.core.opening import open
+from weightkit.core.selector import select
+from weightkit.core.weightset import Weight, WeightSet
+from weightkit.edits import (
+    InitReport,
+    NormReport,
+    TrainableReport,
+    freeze,
+    get_weights,
+    init,
+    param_groups,
+    remove_norm,
+    set_weight,
+    set_weights,
+    spectral_norm,
+    trainable,
+    unfreeze,
+    weight_norm,
+)
+from weightkit.edits.prune import PruneReport, make_permanent, prune
+from weightkit.edits.quantize import QuantizeReport, quantize, quantize_error
+from weightkit.edits.save import LoadReport, VerifyReport, load_into, save, verify
+from weightkit.errors import (
     CorruptFileError,
     MissingDependencyError,
     SourceNotFoundError,
@@ -16,28 +43,20 @@ from .errors import (
     UnsupportedFormatError,
     WeightkitError,
 )
-from .doctor import DoctorReport, Finding, doctor
-from .diff import DiffReport, diff
-from .importance import FeatureImportance, feature_importance
-from .layers import list_kinds
-from .report import report
-from .plot import plot_diff, plot_filters, plot_heatmap, plot_hist, plot_importance, plot_norms
-from .select import select
-from . import scan  # a callable module: weightkit.scan(path), weightkit.scan.scan_bytes(...)
-from .scan import ScanReport
-from .statistics import GroupStats, StatsReport, TensorStats, stats
-from .sources._base import list_readers
-from .summary import Summary, Totals
-from .weightset import Weight, WeightSet
-from .io import LoadReport, VerifyReport, load_into, save, verify
-from .prune import PruneReport, prune
-from .quantize import QuantizeReport, quantize, quantize_error
-from .edit import (InitReport, NormReport, TrainableReport, freeze, get_weights, init, param_groups, remove_norm,
-                   set_weight, set_weights, spectral_norm, trainable, unfreeze, weight_norm)
-from . import watch  # a callable module: weightkit.watch(model, optimizer=opt), weightkit.watch.open_run(...)
-from .watch import Run, list_runs, open_run, plot_grad_flow
-
-__version__ = "0.1.0"
+from weightkit.layers import list_kinds
+from weightkit.render.plots import (
+    plot_diff,
+    plot_filters,
+    plot_grad_flow,
+    plot_heatmap,
+    plot_hist,
+    plot_importance,
+    plot_norms,
+)
+from weightkit.render.report import report
+from weightkit.scanner import ScanReport, safe_globals, scan, scan_bytes
+from weightkit.sources._base import list_readers
+from weightkit.tracking import Run, list_runs, open_run, watch
 
 __all__ = [
     "open",
@@ -55,6 +74,8 @@ __all__ = [
     "plot_diff",
     "select",
     "scan",
+    "scan_bytes",
+    "safe_globals",
     "ScanReport",
     "stats",
     "doctor",
@@ -76,6 +97,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "MissingDependencyError",
     "prune",
+    "make_permanent",
     "PruneReport",
     "quantize",
     "quantize_error",

@@ -1,3 +1,3 @@
-from .cli import main
+from weightkit.cli import main
 
 main()

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 
-from ._app import EXIT_BAD_INPUT, EXIT_FINDINGS, EXIT_OK, app
-from . import summary as _summary  # noqa: F401  (registers commands)
-from . import scan as _scan  # noqa: F401
-from . import stats as _stats  # noqa: F401
-from . import doctor as _doctor  # noqa: F401
-from . import plot as _plot  # noqa: F401
-from . import report as _report  # noqa: F401
-from . import compress as _compress  # noqa: F401
-from . import runs as _runs  # noqa: F401
+from weightkit.cli._app import EXIT_BAD_INPUT, EXIT_FINDINGS, EXIT_OK, app
+from weightkit.cli import summary as _summary  # noqa: F401  (registers commands)
+from weightkit.cli import scan as _scan  # noqa: F401
+from weightkit.cli import stats as _stats  # noqa: F401
+from weightkit.cli import doctor as _doctor  # noqa: F401
+from weightkit.cli import plot as _plot  # noqa: F401
+from weightkit.cli import report as _report  # noqa: F401
+from weightkit.cli import compress as _compress  # noqa: F401
+from weightkit.cli import runs as _runs  # noqa: F401
 
 __all__ = ["app", "main", "EXIT_OK", "EXIT_FINDINGS", "EXIT_BAD_INPUT"]
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 import typer
 
-from ..errors import WeightkitError
+from weightkit.errors import WeightkitError
 
 app = typer.Typer(
     name="weightkit",

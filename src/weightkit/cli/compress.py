@@ -13,8 +13,17 @@ from typing import Optional
 
 import typer
 
-from ..errors import WeightkitError
-from ._app import EXIT_FINDINGS, app, console, guard, print_json
+from weightkit.errors import WeightkitError
+from weightkit.analyses.summary import summary
+from weightkit.render.console import renderable
+from weightkit.cli._app import EXIT_FINDINGS, app, console, guard, print_json
+from weightkit.edits.prune import prune as do_prune
+from weightkit.edits.quantize import quantize as do_quantize
+from weightkit.edits.quantize import quantize_error as measure
+from weightkit.core.opening import open as open_weights
+from weightkit.edits.save import save
+from weightkit.render._format import human_bytes
+from weightkit.edits.save import verify as check
 
 _IN = typer.Argument(..., help="Checkpoint file or directory of shards (any format weightkit opens).")
 _OUT = typer.Argument(None, help="The safetensors file to write (optional with --in-place).")
@@ -55,7 +64,7 @@ def _show(report, as_json: bool) -> None:
     if as_json:
         print_json(report.to_dict())
     else:
-        console().print(report)
+        console().print(renderable(report))
 
 
 def _rewrite(source: Path, out: Optional[Path], in_place: bool, as_json: bool, write) -> None:
@@ -89,8 +98,6 @@ def prune(
     """Prune a checkpoint into OUT (safetensors): zero the smallest weights, or whole channels."""
 
     def write(src, dst):
-        from ..prune import prune as do_prune
-
         return do_prune(src, amount, pattern=filter, kind=kind, role=role, scope=scope, method=method, dim=dim,
                         threshold=threshold, seed=seed, out=dst, in_place=in_place)
 
@@ -112,8 +119,6 @@ def quantize(
     """Write a weight-only quantised checkpoint (int8 / packed int4 + scales) that weightkit reads back."""
 
     def write(src, dst):
-        from ..quantize import quantize as do_quantize
-
         return do_quantize(src, dst, bits=bits, scheme=scheme, granularity=granularity, group_size=group_size,
                            select=filter, mode="weight-only", in_place=in_place)
 
@@ -133,8 +138,6 @@ def quantize_error(
     """Measure what quantising would cost (relative error, SQNR, max error, bytes); changes nothing."""
 
     def run():
-        from ..quantize import quantize_error as measure
-
         if not source.exists():
             raise WeightkitError(f"{source}: no such file or directory; check the path")
         with _naming(source):
@@ -155,21 +158,17 @@ def convert(
     safetensors file, atomically, with a sha256 per tensor; nothing from IN is executed."""
 
     def run():
-        from .._api import open as open_weights
-        from ..io.save import save
-
         src, dst = _paths(source, out, False)
         if Path(src).resolve() == Path(dst).resolve():
             raise WeightkitError(f"{out}: is the input file; write the safetensors file to another path")
         with _naming(source, out):
             ws = open_weights(src)
-            kept = {"format": ws.format, "tensors": len(ws), "bytes": ws.summary().totals.bytes}
+            kept = {"format": ws.format, "tensors": len(ws), "bytes": summary(ws).totals.bytes}
             path = save(ws, dst, metadata={"converted_from": Path(src).name})
         result = {"source": src, "out": str(path), **kept}
         if as_json:
             print_json(result)
         else:
-            from ..render._format import human_bytes
 
             console().print(f"wrote {path}: {kept['tensors']} tensors, {human_bytes(kept['bytes'])} "
                             f"(from {src}, {kept['format']}); check it with: weightkit verify {path}")
@@ -185,22 +184,12 @@ def verify(
     """Recompute every tensor's sha256 and compare with the recorded one. Exit 1 on a mismatch."""
 
     def run():
-        from ..io.save import verify as check
-
         with _naming(path):
             report = check(path)
         if as_json:
             print_json(report.to_dict())
         else:
-            c = console()
-            for name in report.mismatched:
-                c.print(f"[red]MISMATCH[/red] {name}")
-            for name in report.missing:
-                c.print(f"[red]MISSING[/red]  {name} (hash recorded, tensor absent)")
-            for name in report.unrecorded:
-                c.print(f"[red]UNRECORDED[/red] {name} (no hash recorded)")
-            state = "[green]OK[/green]" if report.ok else "[red]FAILED[/red]"
-            c.print(f"{state} {report.path}: {len(report.matched)} of {report.checked} tensors match their sha256")
+            console().print(renderable(report))
         return 0 if report.ok else EXIT_FINDINGS
 
     guard(run)

@@ -7,7 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from ._app import EXIT_FINDINGS, app, console, guard, print_json
+from weightkit.render.console import renderable
+from weightkit.cli._app import EXIT_FINDINGS, app, console, guard, print_json
+from weightkit.analyses.doctor import doctor as check
 
 
 @app.command()
@@ -19,13 +21,11 @@ def doctor(
     """Check weights for problems (NaN/Inf, dead units, exploding scale, BatchNorm…). Exit 1 on errors."""
 
     def run():
-        from ..doctor import doctor as check
-
         report = check(str(source), rules=rule or None)
         if as_json:
             print_json(report.to_dict())
         else:
-            console().print(report)
+            console().print(renderable(report))
         return EXIT_FINDINGS if report.exit_code else 0
 
     guard(run)

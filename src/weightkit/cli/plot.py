@@ -7,8 +7,11 @@ from typing import Optional
 
 import typer
 
-from ..errors import WeightkitError
-from ._app import app, guard, print_json
+from weightkit.errors import WeightkitError
+from weightkit.cli._app import app, guard, print_json
+from weightkit.render import plots as p
+from weightkit.render.plots._mpl import save
+from weightkit.render.plots.grad_flow import plot_grad_flow
 
 KINDS = ("filters", "hist", "heatmap", "norms", "importance", "diff", "gradflow")
 
@@ -28,9 +31,6 @@ def plot(
     """Draw weights: conv filters, histograms, a weight heatmap, per-layer norms, feature importance, diffs."""
 
     def run():
-        from .. import plot as p
-        from ..plot._mpl import save
-
         if kind not in KINDS:
             raise WeightkitError(f"unknown plot kind {kind!r}; choose one of: {', '.join(KINDS)}")
         src = str(source)
@@ -43,7 +43,6 @@ def plot(
         elif kind == "norms":
             fig = p.plot_norms(src, select=filter)
         elif kind == "gradflow":
-            from ..watch import plot_grad_flow
 
             fig = plot_grad_flow(src)
         elif kind == "importance":

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ._app import app, guard, print_json
+from weightkit.cli._app import app, guard, print_json
+from weightkit.render.report import report as build
 
 
 @app.command()
@@ -21,8 +22,6 @@ def report(
     """Write one self-contained HTML page: overview, layers, doctor, statistics, filters, heatmaps…"""
 
     def run_():
-        from ..report import report as build
-
         info = build(str(source), output, run=run, compare=str(compare) if compare else None)
         if as_json:
             print_json({"path": info.path, "bytes": info.bytes, "sections": info.sections})

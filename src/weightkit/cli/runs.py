@@ -6,8 +6,15 @@ from pathlib import Path
 
 import typer
 
-from ..errors import WeightkitError
-from ._app import app, console, guard, print_json
+from weightkit.errors import WeightkitError
+from weightkit.cli._app import app, console, guard, print_json
+from weightkit.tracking.store import list_runs
+from weightkit.render.runs import render_run_list
+from weightkit.tracking.store import open_run
+from weightkit.render.runs import render_run
+from weightkit.render.plots._mpl import save
+from weightkit.render.plots.grad_flow import plot_grad_flow
+from weightkit.tracking.export import FORMATS, export_run
 
 runs_app = typer.Typer(name="runs", help="Recorded training runs (weightkit.watch): list, show, plot, export.",
                        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -25,13 +32,10 @@ def list_(
     """List the runs: name, measured steps, parameters, alerts, status, last modified."""
 
     def run():
-        from ..watch.store import list_runs
-
         runs = list_runs(dir)
         if as_json:
             print_json({"dir": str(dir), "runs": [r.to_dict() for r in runs]})
         else:
-            from ..render.runs import render_run_list
 
             out = console()
             for part in render_run_list(runs, str(dir)):
@@ -49,13 +53,10 @@ def show(
     """Per-layer table of the latest and worst values (grad norm, update ratio, NaN), and the alerts."""
 
     def run():
-        from ..watch.store import open_run
-
         with open_run(run_name, run_dir=dir) as r:
             if as_json:
                 print_json(r.to_dict())
             else:
-                from ..render.runs import render_run
 
                 out = console()
                 for part in render_run(r):
@@ -75,10 +76,6 @@ def plot(
     """Draw the gradient flow: mean and max |grad| per layer, and the update ratio over steps (log, 1e-3 line)."""
 
     def run():
-        from ..plot._mpl import save
-        from ..watch.plot import plot_grad_flow
-        from ..watch.store import open_run
-
         _check_picture(output)
         with open_run(run_name, run_dir=dir) as r:
             fig = plot_grad_flow(r, include_bias=include_bias)
@@ -103,9 +100,6 @@ def export(
     """Export a run: CSV (step,param,metric,value), TensorBoard event files, or Parquet."""
 
     def run():
-        from ..watch.export import FORMATS, export_run
-        from ..watch.store import open_run
-
         if format not in FORMATS:
             raise WeightkitError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
         with open_run(run_name, run_dir=dir) as r:

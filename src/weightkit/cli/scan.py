@@ -7,11 +7,11 @@ from typing import List
 
 import typer
 
-from ..errors import SourceNotFoundError
-from ._app import EXIT_FINDINGS, EXIT_OK, app, console, guard, print_json
+from weightkit.errors import SourceNotFoundError
+from weightkit.cli._app import EXIT_FINDINGS, EXIT_OK, app, console, guard, print_json
+from weightkit.render.scan_table import render_scans
+from weightkit.scanner import scan as scan_path
 
-_STYLE = {"safe": "bold green", "needs-code": "bold yellow", "unreadable": "bold magenta", "malicious": "bold red"}
-_SEV = {"critical": "red", "warning": "yellow", "info": "dim"}
 
 
 @app.command()
@@ -27,8 +27,6 @@ def scan(
     """
 
     def run():
-        from ..scan import scan as scan_path
-
         for p in paths:
             if not p.exists():
                 raise SourceNotFoundError(f"{p}: no such file or directory; check the path")
@@ -36,28 +34,9 @@ def scan(
         if as_json:
             print_json([r.to_dict() for r in reports])
         else:
-            _render(reports)
+            out = console()
+            for part in render_scans(reports):
+                out.print(part)
         return EXIT_OK if all(r.safe for r in reports) else EXIT_FINDINGS
 
     guard(run)
-
-
-def _render(reports) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    out = console()
-    for r in reports:
-        imported = f"; {sum(r.globals.values())} globals imported, {len(r.globals)} distinct" if r.globals else ""
-        line = Text.assemble((r.path, "bold"), "  ", (r.verdict, _STYLE[r.verdict]), f"  ({r.format}{imported})")
-        out.print(line)
-        if not r.findings:
-            continue
-        table = Table("severity", "rule", "where", "global", "finding", show_edge=False, header_style="bold")
-        for f in r.sorted_findings():
-            where = (f.member or "") + (f"@{f.position}" if f.position is not None else "")
-            table.add_row(Text(f.severity, _SEV[f.severity]), f.rule, where or "-", f.global_name or "-", f.message)
-        out.print(table)
-    if len(reports) > 1:
-        counts = {v: sum(r.verdict == v for r in reports) for v in _STYLE}
-        out.print(", ".join(f"{n} {v}" for v, n in counts.items() if n))

@@ -8,8 +8,11 @@ from typing import Optional
 
 import typer
 
-from ..errors import WeightkitError
-from ._app import app, console, guard, print_json
+from weightkit.errors import WeightkitError
+from weightkit.render.console import renderable
+from weightkit.cli._app import app, console, guard, print_json
+from weightkit.core.opening import open as open_weights
+from weightkit.analyses.statistics import stats as compute
 
 PROGRESS_MIN_BYTES = 256 << 20
 
@@ -25,10 +28,7 @@ def stats(
     """Measure every weight: mean, std, min, max, norm, zeros, NaN/Inf, histogram, quantiles."""
 
     def run():
-        from .. import _api
-        from ..statistics import stats as compute
-
-        with _api.open(str(source)) as ws:
+        with open_weights(str(source)) as ws:
             if filter and not ws.filter(filter):
                 raise WeightkitError(f"{source}: no tensor name matches --filter {filter!r}; try '*{filter}*'")
             total = sum(w.nbytes for w in (ws.filter(filter) if filter else ws))
@@ -46,6 +46,6 @@ def stats(
         if as_json:
             print_json(report.to_dict())
         else:
-            console().print(report)
+            console().print(renderable(report))
 
     guard(run)

@@ -7,8 +7,11 @@ from typing import Optional
 
 import typer
 
-from ..errors import WeightkitError
-from ._app import app, console, guard, print_json
+from weightkit.errors import WeightkitError
+from weightkit.render.console import renderable
+from weightkit.cli._app import app, console, guard, print_json
+from weightkit.analyses.summary import summary as summarize
+from weightkit.sources._base import reader_specs
 
 
 @app.command()
@@ -21,15 +24,13 @@ def summary(
     """List every weight with its layer, kind, shape, axis meanings, dtype and size."""
 
     def run():
-        from .. import _api
-
-        s = _api.summary(str(source), filter=filter, format=format)
+        s = summarize(str(source), filter=filter, format=format)
         if filter and not s.tensors:
             raise WeightkitError(f"{source}: no tensor name matches --filter {filter!r}; try a broader glob such as '*{filter}*'")
         if as_json:
             print_json(s.to_dict())
         else:
-            console().print(s)
+            console().print(renderable(s))
 
     guard(run)
 
@@ -39,8 +40,6 @@ def formats(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
     """List the formats weightkit reads."""
 
     def run():
-        from ..sources._base import reader_specs
-
         specs = [{"name": s.name, "suffixes": list(s.suffixes), "description": s.description,
                   "kind": "file" if s.sniff else "live object"} for s in reader_specs()]
         if as_json:

@@ -1,4 +1,4 @@
-"""Terminal rendering of a :class:`weightkit.doctor.DoctorReport`."""
+"""Terminal rendering of a :class:`weightkit.analyses.doctor.DoctorReport`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..doctor import DoctorReport
+from weightkit.analyses.doctor import DoctorReport
 
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 

@@ -3,10 +3,12 @@ data URIs, histograms as inline SVG), with no request to anything outside the fi
 
 from __future__ import annotations
 
+import base64
 from html import escape
 from typing import Any
 
-from ._format import human_bytes, human_count, num, shape_str
+from weightkit.render._format import human_bytes, human_count, num, shape_str
+from weightkit._version import __version__
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -97,8 +99,6 @@ def _section(sid: str, title: str, body: str) -> str:
 
 
 def _figures(pics) -> str:
-    from ..report import data_uri
-
     return "".join(f'<figure><img alt="{escape(c)}" src="{data_uri(p)}"><figcaption>{escape(c)}</figcaption></figure>'
                    for c, p in pics)
 
@@ -237,7 +237,6 @@ def render_html(data) -> tuple[str, list[str]]:
         parts.append(("notes", "Notes", "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in data.notes) + "</ul>"))
     nav = " · ".join(f'<a href="#{sid}" style="color:#b8c0cc">{escape(title)}</a>' for sid, title, _ in parts)
     body = "".join(_section(sid, title, html) for sid, title, html in parts)
-    from .. import __version__
 
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -245,3 +244,7 @@ def render_html(data) -> tuple[str, list[str]]:
             f"<header><h1>weightkit report</h1><p>{escape(s.source)} · weightkit {__version__}</p><p>{nav}</p></header>"
             f"<main>{body}</main><script>{JS}</script></body></html>")
     return page, [sid for sid, _, _ in parts]
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()

@@ -1,4 +1,4 @@
-"""Terminal rendering of a :class:`weightkit.statistics.StatsReport` with rich."""
+"""Terminal rendering of a :class:`weightkit.analyses.statistics.StatsReport` with rich."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..statistics.result import StatsReport, TensorStats
-from ._format import LongTable, human_bytes, human_count, num, plain_table, right_columns
+from weightkit.analyses.statistics.result import StatsReport, TensorStats
+from weightkit.render._format import LongTable, human_bytes, human_count, num, plain_table, right_columns
 
 SPARK = " ▁▂▃▄▅▆▇█"
 

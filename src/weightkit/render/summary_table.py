@@ -10,8 +10,8 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ..summary import Summary
-from ._format import LongTable, human_bytes, human_count, shape_str, tristate
+from weightkit.analyses.summary import Summary
+from weightkit.render._format import LongTable, human_bytes, human_count, shape_str, tristate
 
 LEGEND = (
     "axes: what each dimension of the shape means, in order (e.g. Linear weight is out_features × in_features). "

@@ -7,43 +7,24 @@ extension alone.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptFileError, SourceNotFoundError, UnsupportedFormatError, WeightkitError
-from ._base import Reader, ReaderBase, RawTensor, fspath, list_readers, reader_specs, register_reader, sniff_head
+from weightkit.errors import CorruptFileError, SourceNotFoundError, UnsupportedFormatError, WeightkitError
+from weightkit.sources._base import (
+    RawTensor,
+    Reader,
+    ReaderBase,
+    _load_all,
+    fspath,
+    list_readers,
+    reader_specs,
+    register_reader,
+    sniff_head,
+)
 
 __all__ = ["open_reader", "list_readers", "register_reader", "Reader", "ReaderBase", "RawTensor"]
-
-# Modules that register readers, in the order their sniffers are tried.
-_MODULES = (
-    "quantized",
-    "safetensors_file",
-    "torch_checkpoint",
-    "numpy_file",
-    "keras_file",
-    "keras_model",  # before torch_module: Keras 3 layers on the torch backend are nn.Modules too
-    "torch_module",
-    "mapping",
-    "directory",
-)
-_loaded = False
-
-
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in _MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{mod}":
-                raise
-
 
 def open_reader(obj: Any, *, format: str | None = None) -> Reader:
     """Open ``obj`` (a path, a live model, a state dict) with the reader that fits it."""

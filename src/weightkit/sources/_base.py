@@ -8,6 +8,7 @@ Adding a format is adding one module that registers a reader with :func:`registe
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -17,8 +18,39 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
+from weightkit._dtypes import is_viewed
+from weightkit.layers import split_rnn_name
 
 __all__ = ["RawTensor", "Reader", "ReaderSpec", "register_reader", "list_readers", "sniff_head"]
+
+
+# Modules that register readers, in the order their sniffers are tried.
+_MODULES = (
+    "quantized",
+    "safetensors_file",
+    "torch_checkpoint",
+    "numpy_file",
+    "keras_file",
+    "keras_model",  # before torch_module: Keras 3 layers on the torch backend are nn.Modules too
+    "torch_module",
+    "mapping",
+    "directory",
+)
+_loaded = False
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in _MODULES:
+        try:
+            importlib.import_module(f"weightkit.sources.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"weightkit.sources.{mod}":
+                raise
+
 
 
 @dataclass
@@ -83,7 +115,6 @@ class ReaderBase:
         """The tensor as torch (raw views are reinterpreted, values stay exact)."""
         import torch
 
-        from .._dtypes import is_viewed
 
         raw = self.read(key)
         info = self._info(key)
@@ -147,15 +178,12 @@ def list_readers() -> list[str]:
         >>> "safetensors" in weightkit.list_readers()
         True
     """
-    from . import _load_all
 
     _load_all()
     return list(_READERS)
 
 
 def reader_specs() -> Iterator[ReaderSpec]:
-    from . import _load_all
-
     _load_all()
     return iter(list(_READERS.values()))
 
@@ -192,7 +220,6 @@ def model_order_key(name: str) -> tuple:
     """Sort key for names from a format that does not keep the model's order (safetensors):
     layers in natural order, and within a layer weight before bias, RNN tensors by layer and
     direction, BatchNorm statistics last."""
-    from ..layers import split_rnn_name
 
     layer, _, role = name.rpartition(".")
     rnn = split_rnn_name(role)

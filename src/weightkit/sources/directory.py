@@ -11,8 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptFileError, SourceNotFoundError
-from ._base import RawTensor, ReaderBase, model_order_key, register_reader
+from weightkit.errors import CorruptFileError, SourceNotFoundError
+from weightkit.formats.shard_index import index_shards, looks_like_index
+from weightkit.sources._base import RawTensor, ReaderBase, model_order_key, register_reader
+from weightkit.sources import open_reader
+from weightkit.sources.keras_file import keras_shards
 
 # file patterns tried in order when a directory has no index; the first that matches wins,
 # so a repository holding both safetensors and .bin copies of a model is read once
@@ -20,52 +23,10 @@ _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt
                  "*.keras", "*.weights.h5")
 
 
-_MAX_INDEX_BYTES = 64 << 20  # the index of a 1-trillion-parameter model is a few MB
 
 
 def _sniff(path: Path, head: bytes | None) -> bool:
     return head is None
-
-
-def _inside(name: Any, index_path: Path) -> str:
-    """A shard name from an index, refused unless it is a relative path inside the directory
-    (no absolute path, no ``..``): an index must not make weightkit open files elsewhere.
-    Symlinks inside the directory are followed (the Hugging Face cache links shards to blobs)."""
-    parts = Path(name).parts if isinstance(name, str) and name else ()
-    if not parts or Path(name).is_absolute() or ".." in parts or "\0" in name:
-        raise CorruptFileError(f"{index_path}: shard {name!r} is not a file name inside the directory; "
-                               "a shard index lists files next to it")
-    return name
-
-
-def index_shards(index_path: Path) -> tuple[list[Path], dict[str, Any]]:
-    """The shards a ``weight_map`` index lists, next to it: Hugging Face ``*.index.json`` (tensor
-    name → file) or Keras ``*.weights.json`` (variable path → list of files)."""
-    try:
-        size = index_path.stat().st_size
-        if size > _MAX_INDEX_BYTES:
-            raise ValueError(f"{size} bytes, more than an index of any real model")
-        index = json.loads(index_path.read_text())
-        names: list[Any] = []
-        for value in index["weight_map"].values():
-            names.extend(value if isinstance(value, list) else [value])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-        raise CorruptFileError(f"{index_path}: not a valid shard index ({e}); re-download it") from None
-    names = list(dict.fromkeys(_inside(n, index_path) for n in names))
-    nested = [n for n in names if n.lower().endswith(".json")]
-    if nested:
-        raise CorruptFileError(f"{index_path}: lists {nested[0]!r} as a shard; shards hold weights, not another index")
-    if not names:
-        raise CorruptFileError(f"{index_path}: the shard index lists no shards; re-download it")
-    files = [index_path.parent / f for f in names]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise SourceNotFoundError(
-            f"{index_path.parent}: index {index_path.name} lists shards that are missing "
-            f"({', '.join(missing[:3])}); download every shard"
-        )
-    meta = index.get("metadata") if isinstance(index, dict) else None
-    return sorted(files), {"index": index_path.name, **({"index_metadata": meta} if meta else {})}
 
 
 def _shard_files(path: Path) -> tuple[list[Path], dict[str, Any]]:
@@ -92,11 +53,8 @@ class DirectoryReader(ReaderBase):
         self._open_shards(*_shard_files(path))
 
     def _open_shards(self, files: list[Path], meta: dict[str, Any]) -> None:
-        from . import open_reader
-
         self._meta = meta
         if meta.get("index", "").endswith(".weights.json"):  # Keras: one model's variables spread over files
-            from .keras_file import keras_shards
 
             self._shards = keras_shards(files)
         else:
@@ -139,11 +97,6 @@ class DirectoryReader(ReaderBase):
     def close(self) -> None:
         for shard in self._shards:
             shard.close()
-
-
-def looks_like_index(head: bytes) -> bool:
-    """The first bytes of a JSON shard index (a ``weight_map`` object)."""
-    return head.lstrip()[:1] == b"{" and b'"weight_map"' in head
 
 
 def _sniff_index(path: Path, head: bytes | None) -> bool:

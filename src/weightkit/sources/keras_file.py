@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import _dtypes
-from ..errors import CorruptFileError, UnsupportedFormatError, WeightkitError, require
-from ._base import RawTensor, ReaderBase, register_reader
-from .keras_model import (BUFFERS, VAR_ORDER, KerasObject, child_entry, describe, fits, legacy_layer,
+from weightkit import _dtypes
+from weightkit.errors import CorruptFileError, UnsupportedFormatError, WeightkitError, require
+from weightkit.formats.hdf5 import check_global_heaps
+from weightkit.sources._base import RawTensor, ReaderBase, register_reader
+from weightkit.sources.keras_model import (BUFFERS, VAR_ORDER, KerasObject, child_entry, describe, fits, legacy_layer,
                           rnn_from_gates, roles_for)
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -111,35 +112,12 @@ def _check_global_heaps(path: Path, source) -> None:
     size keeps the parser in place; found by fuzzing). Vlen strings, such as the ``name``
     attribute Keras gives every object, live in these heaps. Costs one scan of the file."""
     if isinstance(source, _Slice):
-        fh, start, end = source._fh, source._start, source._start + source._size
+        check_global_heaps(path, source._fh, source._start, source._start + source._size)
     elif isinstance(source, Path) and source.is_file():
-        fh, start, end = None, 0, None
+        with open(source, "rb") as fh:
+            check_global_heaps(path, fh)
     elif hasattr(source, "fileno"):
-        fh, start, end = source, 0, None
-    else:
-        return
-    with open(source, "rb") if fh is None else contextlib.nullcontext(fh) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            _scan_heaps(path, mm, start, min(size, end if end is not None else size))
-
-
-def _scan_heaps(path: Path, mm, start: int, end: int) -> None:
-    pos = start
-    while (i := mm.find(b"GCOL\x01", pos, end)) >= 0:
-        pos, size = i + 5, int.from_bytes(mm[i + 8:i + 16], "little")
-        if size < 16 or i + size > end:
-            continue  # libhdf5 cannot read this collection: an error, not a loop
-        p, stop = i + 16, i + size
-        while p + 16 <= stop:
-            index, length = int.from_bytes(mm[p:p + 2], "little"), int.from_bytes(mm[p + 8:p + 16], "little")
-            need = (16 + ((length + 7) & ~7)) % (1 << 64) if index else length
-            if need == 0 or need > stop - p:
-                raise CorruptFileError(f"{path}: corrupt HDF5 global heap at byte {i - start} (an object of "
-                                       f"{length} bytes at byte {p - start}); the file is damaged")
-            p += need
+        check_global_heaps(path, source)
 
 
 def _text(v) -> str | None:

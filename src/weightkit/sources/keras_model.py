@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import _dtypes
-from ..errors import UnsupportedFormatError
-from ._base import RawTensor, ReaderBase, module_loaded, register_reader
+from weightkit import _dtypes
+from weightkit.errors import UnsupportedFormatError
+from weightkit.sources._base import RawTensor, ReaderBase, module_loaded, register_reader
+from weightkit.sources.torch_module import torch_raw
 
 # HDF5 group name -> class. Keras names the groups of a layer list by the class name in
 # snake_case (``naming.to_snake_case``), plus ``_1``, ``_2``… for repeats. Generated once with
@@ -331,7 +332,6 @@ class KerasModelReader(ReaderBase):
         import keras
 
         if keras.backend.backend() == "torch":
-            from .torch_module import torch_raw
 
             return torch_raw(v.value)
         arr = np.asarray(v.numpy())

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import _dtypes
-from ._base import RawTensor, ReaderBase, module_loaded, register_reader
-from .torch_module import torch_raw
+from weightkit import _dtypes
+from weightkit.sources._base import RawTensor, ReaderBase, module_loaded, register_reader
+from weightkit.sources.torch_module import torch_raw
 
 
 def _is_tensor(v: Any) -> bool:

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import _dtypes
-from ..errors import CorruptFileError, UnsafeCheckpointError
-from ._base import RawTensor, ReaderBase, register_reader
+from weightkit import _dtypes
+from weightkit.errors import CorruptFileError, UnsafeCheckpointError
+from weightkit.sources._base import RawTensor, ReaderBase, register_reader
 
 _NPY_MAGIC = b"\x93NUMPY"
 _MAX_HEADER = 1 << 16

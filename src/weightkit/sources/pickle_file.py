@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from ._base import register_reader
-from .torch_checkpoint import _LEGACY_MAGIC, RESTRICTED, TorchCheckpointReader, _restricted_errors
+from weightkit.sources._base import register_reader
+from weightkit.sources.torch_checkpoint import _LEGACY_MAGIC, RESTRICTED, TorchCheckpointReader, _restricted_errors
+from weightkit.sources._restricted import load_pickle
 
 _PICKLE_FIRST = frozenset(b"(}]cN)KJMX\x80")  # opcodes that start real pickles of protocols 0-5
 
@@ -34,8 +35,6 @@ class PickleFileReader(TorchCheckpointReader):
     format = "pickle"
 
     def _load(self, path: Path, report) -> tuple[Any, str]:
-        from ..scan._restricted import load_pickle
-
         with _restricted_errors(path, "pickle"):
             return load_pickle(path), RESTRICTED
 

@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import _dtypes
-from ..errors import CorruptFileError
-from ._base import _READERS, RawTensor, ReaderBase, model_order_key, register_reader
+from weightkit import _dtypes
+from weightkit.errors import CorruptFileError
+from weightkit.sources._base import _READERS, RawTensor, ReaderBase, model_order_key, register_reader
+from weightkit.sources.safetensors_file import _sniff as sniff_safetensors
+from weightkit.sources.safetensors_file import _Shard
+from weightkit.formats.quantized import dequantize
 
 MARKER = b'"weightkit.quantized"'
 TENSORS_KEY = "weightkit.quantized.tensors"
@@ -28,8 +31,6 @@ _HIDDEN = (TENSORS_KEY, KINDS_KEY, "weightkit.sha256")
 
 
 def _sniff(path: Path, head: bytes | None) -> bool:
-    from .safetensors_file import _sniff as sniff_safetensors
-
     return head is not None and MARKER in head and sniff_safetensors(path, head)
 
 
@@ -73,8 +74,6 @@ class QuantizedReader(ReaderBase):
     format = "weightkit-quantized"
 
     def __init__(self, path: Path):
-        from .safetensors_file import _Shard
-
         self.description = str(path)
         self._shard = _Shard(path)
         meta = self._shard.metadata
@@ -124,7 +123,6 @@ class QuantizedReader(ReaderBase):
             return self._shard.array(key)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        from ..quantize import dequantize
 
         info = self._q[key]
         zp = self._shard.array(info["zero_point"]) if info.get("zero_point") else None

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import _dtypes
-from ..errors import CorruptFileError
-from ._base import RawTensor, ReaderBase, model_order_key, register_reader
+from weightkit import _dtypes
+from weightkit.errors import CorruptFileError
+from weightkit.sources._base import RawTensor, ReaderBase, model_order_key, register_reader
 
 MAX_HEADER_BYTES = 100 << 20  # the format's own limit
 

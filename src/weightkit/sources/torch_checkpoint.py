@@ -1,12 +1,12 @@
 """PyTorch checkpoints (``.pt``/``.pth``/``.bin``/``.ckpt``): a state dict, a training
 checkpoint dict holding one, or a whole pickled model.
 
-Every file is scanned first (:func:`weightkit.scan.scan`, which reads only the pickles): a
+Every file is scanned first (:func:`weightkit.scanner.scan`, which reads only the pickles): a
 malicious or unreadable file is refused with the scanner's main reason. A safe file loads with
 ``torch.load(weights_only=True)`` (memory-mapped for zip files, so opening reads the pickle, not
 the tensor bytes). A file that needs code (``torch.save(model)``, ``argparse.Namespace`` or
 custom classes in a checkpoint) is read by the restricted unpickler
-(:mod:`weightkit.scan._restricted`): tensors are rebuilt, every other class becomes an inert
+(:mod:`weightkit.sources._restricted`): tensors are rebuilt, every other class becomes an inert
 stub, nothing from the file is imported or run.
 """
 
@@ -22,10 +22,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import _dtypes
-from ..errors import CorruptFileError, UnsafeCheckpointError, UnsupportedFormatError
-from ._base import RawTensor, ReaderBase, register_reader
-from .torch_module import torch_raw
+from weightkit import _dtypes
+from weightkit.errors import CorruptFileError, UnsafeCheckpointError, UnsupportedFormatError
+from weightkit.sources._base import RawTensor, ReaderBase, register_reader
+from weightkit.sources.torch_module import torch_raw
+from weightkit.scanner import scan
+from weightkit.sources import _torch_files as r
+from weightkit.sources._restricted import Stub
+from weightkit.sources._torch_files import is_module, module_state
 
 # keys under which training checkpoints keep the model's state dict, most specific first
 STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "network",
@@ -58,7 +62,6 @@ def _is_tar(head: bytes) -> bool:
 
 def refuse_unsafe(path: Path):
     """Scan ``path`` and refuse it when malicious or unreadable; returns the :class:`ScanReport`."""
-    from ..scan import scan
 
     report = scan(path)
     if report.verdict in ("safe", "needs-code"):
@@ -115,8 +118,6 @@ def _restricted_errors(path: Path, what: str):
 
 
 def _restricted_load(path: Path, is_zip: bool, what: str) -> Any:
-    from ..scan import _torch_files as r
-
     with _restricted_errors(path, "PyTorch checkpoint"):
         if is_zip:
             return r.load_torch_zip(path)
@@ -242,7 +243,7 @@ def _stub_summary(v: Any, depth: int, budget: list) -> dict[str, Any] | None:
     unpickler left as a stub; ``None`` for anything else."""
     import sys
 
-    restricted = sys.modules.get("weightkit.scan._restricted")
+    restricted = sys.modules.get("weightkit.sources._restricted")
     if restricted is None:
         return None
     if isinstance(v, type) and issubclass(v, restricted.Stub):
@@ -307,7 +308,6 @@ class TorchCheckpointReader(ReaderBase):
                                        "bytes (overlapping strides); the file is corrupt")
         self._meta = self._metadata(obj)
         if how == RESTRICTED:
-            from ..scan._restricted import Stub
 
             if isinstance(root, Stub):
                 self._meta["class"] = root.qualname
@@ -321,7 +321,6 @@ class TorchCheckpointReader(ReaderBase):
     def _materialize(self, obj: Any, depth: int) -> Any:
         """Pickled modules (stub trees) become their state dicts; containers are walked (each
         once: a container shared in the pickle stays shared)."""
-        from ..scan._torch_files import is_module, module_state
 
         done = self._done
         if depth > _MAX_DEPTH or id(obj) in done:
@@ -382,4 +381,4 @@ class TorchCheckpointReader(ReaderBase):
         self._tensors = {}
 
 
-from . import pickle_file  # noqa: E402,F401  (registers the raw-pickle reader right after this one)
+from weightkit.sources import pickle_file  # noqa: E402,F401  (registers the raw-pickle reader right after this one)

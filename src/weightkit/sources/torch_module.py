@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import _dtypes
-from ..layers import list_kinds
-from ._base import RawTensor, ReaderBase, module_loaded, register_reader
+from weightkit import _dtypes
+from weightkit.layers import list_kinds
+from weightkit.sources._base import RawTensor, ReaderBase, module_loaded, register_reader
 
 
 

@@ -1,0 +1,3 @@
+"""The one version number of weightkit (pyproject.toml reads it from here)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,64 @@
+"""The doctor: checks a model or checkpoint for problems; each rule is one small function."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from weightkit.analyses.doctor import rules as _builtin_rules  # noqa: F401  (registers the built-in rules)
+from weightkit.analyses.doctor._registry import Context, DoctorReport, Finding, Rule, list_rules, rule
+from weightkit.core.opening import open as _open
+from weightkit.errors import WeightkitError
+from weightkit.sources._base import module_loaded
+from weightkit.core.weightset import WeightSet
+
+__all__ = ["doctor", "DoctorReport", "Finding", "Rule", "rule", "list_rules"]
+
+
+def doctor(source: Any, *, optimizer=None, rules: list[str] | None = None, eps: float = 1e-6) -> DoctorReport:
+    """Check weights for problems and return the findings (``report.exit_code`` is 1 on errors).
+
+    Args:
+        source: anything :func:`weightkit.open` accepts. Rules about unregistered tensors and the
+            optimizer need a live ``torch.nn.Module``.
+        optimizer: a ``torch.optim.Optimizer`` to check against the model's parameters.
+        rules: run only these rule ids (see :func:`list_rules`).
+
+    Example:
+        >>> import torch, weightkit
+        >>> lin = torch.nn.Linear(4, 3)
+        >>> with torch.no_grad():
+        ...     lin.weight[1] = float("nan")
+        >>> report = weightkit.doctor(lin)
+        >>> [(f.rule, f.severity) for f in report.findings]
+        [('nan-inf', 'error')]
+        >>> report.exit_code
+        1
+    """
+
+    known = {r.id: r for r in list_rules()}
+    if rules is not None:
+        unknown = [r for r in rules if r not in known]
+        if unknown:
+            raise WeightkitError(f"unknown doctor rule(s) {', '.join(unknown)}; known rules: {', '.join(known)}")
+    module = None
+    if module_loaded("torch"):
+        import torch
+
+        module = source if isinstance(source, torch.nn.Module) else None
+    if optimizer is not None and module is None:
+        raise WeightkitError("optimizer checks need the live torch.nn.Module the optimizer was built for; "
+                             "pass the model as the source")
+    ws = source if isinstance(source, WeightSet) else _open(source)
+    ctx = Context(ws, module=module, optimizer=optimizer, eps=eps)
+    findings: list[Finding] = []
+    ran = []
+    for r in known.values():
+        if rules is not None and r.id not in rules:
+            continue
+        if (r.needs == "module" and module is None) or (r.needs == "optimizer" and optimizer is None):
+            continue
+        ran.append(r.id)
+        findings.extend(r.check(ctx))
+    order = {"error": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: order[f.severity])
+    return DoctorReport(source=ws.source, format=ws.format, findings=findings, rules_run=ran)

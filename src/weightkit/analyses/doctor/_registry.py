@@ -1,0 +1,110 @@
+"""Findings, the rule registry, and the context rules read from."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any, Callable, Iterator, Literal
+from weightkit.analyses.statistics import stats
+
+Severity = Literal["error", "warning", "info"]
+SEVERITIES = ("error", "warning", "info")
+
+__all__ = ["Finding", "DoctorReport", "Rule", "rule", "list_rules", "Context"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: which rule, how bad, which tensors, what it means and how to fix it."""
+
+    rule: str
+    severity: Severity
+    tensors: list[str]
+    message: str
+    """One sentence saying what is wrong, with the numbers and the threshold used."""
+    fix: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    """All findings for one source; ``exit_code`` is 1 when any finding is an error."""
+
+    source: str
+    format: str
+    findings: list[Finding]
+    rules_run: list[str]
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.errors else 0
+
+    def by_rule(self, rule_id: str) -> list[Finding]:
+        return [f for f in self.findings if f.rule == rule_id]
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES}
+        return {**asdict(self), "counts": counts, "exit_code": self.exit_code}
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), default=str, **kwargs)
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    check: Callable[[Context], Iterator[Finding]]
+    needs: str  # "weights", "module" (a live torch module) or "optimizer"
+
+
+_RULES: dict[str, Rule] = {}  # rule id -> rule, in registration order
+
+
+def rule(rule_id: str, *, title: str, needs: str = "weights"):
+    """Register a doctor rule: a function ``(ctx) -> iterator of Finding``."""
+
+    def deco(fn):
+        if rule_id in _RULES:
+            warnings.warn(f"doctor rule {rule_id!r} registered twice; the later one wins")
+        _RULES[rule_id] = Rule(rule_id, title, fn, needs)
+        return fn
+
+    return deco
+
+
+def list_rules() -> list[Rule]:
+    """Every registered rule, in the order they run."""
+
+    return list(_RULES.values())
+
+
+class Context:
+    """What rules look at; statistics are computed once, on first use."""
+
+    def __init__(self, ws, *, module=None, optimizer=None, eps: float = 1e-6):
+        self.ws = ws
+        self.module = module
+        self.optimizer = optimizer
+        self.eps = eps
+
+    @cached_property
+    def stats(self):
+
+        return stats(self.ws, eps=self.eps)
+
+    @cached_property
+    def claims_trained(self) -> bool:
+        """The checkpoint says it was trained (an epoch, step or iteration above zero)."""
+        meta = self.ws.metadata
+        for key in ("epoch", "epochs", "step", "global_step", "iteration", "iter", "num_updates", "steps"):
+            value = meta.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                return True
+        return False

@@ -1,0 +1,70 @@
+"""Terminal rendering of :class:`PruneReport` and :class:`QuantizeReport`."""
+
+from __future__ import annotations
+
+import math
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from weightkit.edits.prune import PruneReport
+from weightkit.edits.quantize import QuantizeReport
+from weightkit.edits.save import VerifyReport
+from weightkit.render._format import human_bytes
+
+
+def render_prune(r: PruneReport) -> RenderableType:
+    what = f"amount={r.amount}" if r.threshold is None else f"threshold={r.threshold}"
+    title = Text.assemble(("weightkit prune ", "bold"), (r.source, "cyan"),
+                          f"  {r.method}, scope={r.scope}, {what}",
+                          *((("  →  ", ""), (r.out, "green")) if r.out else ()))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold", pad_edge=False)
+    for col, just in (("tensor", "left"), ("kind", "left"), ("shape", "left"), ("pruned", "right"),
+                      ("sparsity", "right")):
+        table.add_column(col, justify=just)
+    for t in r.tensors:
+        table.add_row(t.name, t.kind, "×".join(map(str, t.shape)) or "scalar", f"{t.pruned:,}", f"{t.sparsity:.2%}")
+    foot = Text(f"{len(r.tensors)} tensors, {r.pruned:,} of {r.numel:,} elements pruned; "
+                f"sparsity {r.sparsity:.2%}; stored sparse ({r.sparse_layout}): "
+                f"{human_bytes(r.bytes_sparse)} instead of {human_bytes(r.bytes_dense)} "
+                f"(saves {human_bytes(r.bytes_saved)})")
+    return Group(title, table, foot)
+
+
+def render_quantize(r: QuantizeReport) -> RenderableType:
+    grain = r.granularity + (f" {r.group_size}" if r.granularity == "group" else "")
+    command = "weightkit quantize " if r.out else "weightkit quantize-error "
+    title = Text.assemble((command, "bold"), (r.source, "cyan"),
+                          f"  int{r.bits} {r.scheme}, per {grain}",
+                          *((("  →  ", ""), (r.out, "green")) if r.out else ()))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold", pad_edge=False)
+    for col, just in (("tensor", "left"), ("kind", "left"), ("shape", "left"), ("rel. error", "right"),
+                      ("SQNR dB", "right"), ("max |err|", "right"), ("before", "right"), ("after", "right")):
+        table.add_column(col, justify=just)
+    for t in r.tensors:
+        shape = "×".join(map(str, t.shape)) or "scalar"
+        if t.quantized:
+            table.add_row(t.name, t.kind, shape, f"{t.rel_error:.3e}",
+                          "inf" if math.isinf(t.sqnr_db) else f"{t.sqnr_db:.2f}", f"{t.max_abs_error:.3e}",
+                          human_bytes(t.bytes_before), human_bytes(t.bytes_after))
+        else:
+            table.add_row(t.name, t.kind, shape, Text(f"kept: {t.reason}", style="dim"), "", "",
+                          human_bytes(t.bytes_before), human_bytes(t.bytes_after))
+    sq = r.sqnr_db
+    foot = Text(f"{len(r.quantized)} of {len(r.tensors)} tensors quantised; "
+                f"{human_bytes(r.bytes_before)} → {human_bytes(r.bytes_after)} ({r.ratio:.1%}); "
+                f"overall rel. error {r.rel_error:.3e}, SQNR {'inf' if math.isinf(sq) else f'{sq:.2f}'} dB"
+                + (f"; file {human_bytes(r.file_bytes)}" if r.file_bytes is not None else ""))
+    return Group(title, table, foot)
+
+
+def render_verify(r: VerifyReport) -> RenderableType:
+    """One line per tensor that failed, then the verdict; names are shown as text, never as markup."""
+    lines = [Text.assemble(("MISMATCH", "red"), " ", name) for name in r.mismatched]
+    lines += [Text.assemble(("MISSING", "red"), "  ", name, " (hash recorded, tensor absent)") for name in r.missing]
+    lines += [Text.assemble(("UNRECORDED", "red"), " ", name, " (no hash recorded)") for name in r.unrecorded]
+    state = ("OK", "green") if r.ok else ("FAILED", "red")
+    lines.append(Text.assemble(state, f" {r.path}: {len(r.matched)} of {r.checked} tensors match their sha256"))
+    return Group(*lines)

@@ -1,0 +1,113 @@
+"""Conv filters as an image grid, and weight matrices as heatmaps."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from weightkit.errors import WeightkitError
+from weightkit.core.layout import conv_filters, downsample, matrix
+from weightkit.render.plots._mpl import grid, pyplot
+from weightkit.core.opening import open as _open
+from weightkit.core.weightset import WeightSet
+
+
+def _ws(source):
+
+    return source if isinstance(source, WeightSet) else _open(source)
+
+
+def _pick(ws, layer: str | None, want) -> Any:
+    candidates = [w for w in ws if w.role in ("weight", "kernel", "depthwise_kernel") and want(w)]
+    if layer is None:
+        if not candidates:
+            raise WeightkitError(f"{ws.source}: no layer has weights of this kind to draw")
+        return candidates[0]
+    for w in ws:
+        if w.name == layer or (w.layer == layer and w in candidates):
+            return w
+    names = ", ".join(w.layer for w in candidates[:8]) or "none"
+    raise WeightkitError(f"{ws.source}: no layer or tensor {layer!r} to draw; candidates: {names}")
+
+
+def _is_conv(w) -> bool:
+    return any(a.startswith("kernel") for a in w.axes)
+
+
+def plot_filters(source, *, layer: str | None = None, mode: Literal["auto", "rgb", "channels", "mean"] = "auto",
+                 max_filters: int = 64):
+    """The filters of a conv layer as an image grid; returns a matplotlib Figure.
+
+    ``auto``: first-layer filters over 3 input channels in colour (RGB), other 2-D filters
+    averaged over input channels (``mean``); ``channels`` draws one panel per (filter, input
+    channel); 1-D filters are drawn as (channels × kernel) images. One axes per panel.
+
+    Example:
+        >>> import torch, weightkit
+        >>> fig = weightkit.plot_filters(torch.nn.Conv2d(3, 8, 5))
+        >>> len(fig.axes)
+        8
+    """
+    ws = _ws(source)
+    w = _pick(ws, layer, _is_conv)
+    if not _is_conv(w):
+        raise WeightkitError(f"{w.name} ({w.kind}) has no filters; 'filters' draws convolution layers")
+    f = conv_filters(w)[:max_filters]
+    n_filters, channels, *kernel = f.shape
+    if mode == "auto":
+        mode = "rgb" if channels == 3 and len(kernel) == 2 else "mean"
+    if mode == "rgb" and (channels != 3 or len(kernel) != 2):
+        raise WeightkitError(f"{w.name}: 'rgb' needs 2-D filters over 3 input channels; this one has {channels}")
+    plt = pyplot()
+    if mode == "channels" and len(kernel) == 2:
+        panels = [(i, c, f[i, c]) for i in range(n_filters) for c in range(channels)]
+        rows, cols = n_filters, channels
+    else:
+        panels = []
+        for i in range(n_filters):
+            if mode == "rgb":
+                img = np.transpose(f[i], (1, 2, 0))
+                lo, hi = img.min(), img.max()
+                img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+            elif len(kernel) == 1:
+                img = f[i]  # (channels, kernel)
+            else:
+                img = f[i].mean(axis=0)
+            panels.append((i, None, img))
+        rows, cols = grid(len(panels))
+    fig = plt.figure(figsize=(1.2 * cols + 0.5, 1.2 * rows + 0.6))
+    for k, (i, c, img) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.imshow(img, cmap=None if img.ndim == 3 else "RdBu_r", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{i}" if c is None else f"{i}/{c}", fontsize=6)
+    fig.suptitle(f"{w.layer} ({w.kind}) filters, {mode}", fontsize=9)
+    return fig
+
+
+def plot_heatmap(source, *, layer: str | None = None, max_size: int = 256):
+    """A Linear/Dense weight matrix as a heatmap, rows = output units, columns = inputs
+    (Keras kernels are transposed to match); matrices larger than ``max_size`` are shown
+    as block means. ``fig.axes[0]`` is the heatmap, ``fig.axes[1]`` its colour bar.
+
+    Example:
+        >>> import torch, weightkit
+        >>> fig = weightkit.plot_heatmap(torch.nn.Linear(20, 5))
+        >>> fig.axes[0].images[0].get_array().shape
+        (5, 20)
+    """
+    ws = _ws(source)
+    w = _pick(ws, layer, lambda w: w.ndim == 2 and not _is_conv(w))
+    m = downsample(matrix(w), max_size)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    lim = float(np.abs(m).max()) or 1.0
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+    ax.set_xlabel("input")
+    ax.set_ylabel("output unit")
+    shown = "" if m.shape == (w.shape[0], w.shape[1]) or m.shape == (w.shape[1], w.shape[0]) else " (block means)"
+    ax.set_title(f"{w.name} ({w.kind}){shown}", fontsize=9)
+    fig.colorbar(im, ax=ax)
+    return fig
