@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 export KERAS_BACKEND := torch
 
-.PHONY: venv demo test browser clean
+.PHONY: venv demo test lint browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m weightkit.demo
 
-test: $(STAMP) browser
+test: lint browser
 	$(PY) -m pytest -q
+
+# The structure, checked: the import layers of docs/architecture.md (pyproject.toml's import-linter
+# contracts), ruff (pyflakes, isort, bugbear) and mypy on the package.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 
 # The report test drives a real headless Chromium (Debian's chromium + chromium-driver).
 # Installed when missing and possible; otherwise that one test skips and says why.

@@ -17,14 +17,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _malicious import VARIANTS, build_corpus  # noqa: E402
-
 import weightkit.scanner as wscan  # noqa: E402
+from _malicious import VARIANTS, build_corpus  # noqa: E402
 
 
 def picklescan_result(path: Path):
-    import io
     import contextlib
+    import io
 
     from picklescan.scanner import scan_file_path
 

@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _util import make_state_dict, measure, parse_sizes, print_ratios
 
 import weightkit.scanner as wscan
-from _util import make_state_dict, measure, parse_sizes, print_ratios
 
 
 def main() -> None:
@@ -32,9 +32,9 @@ def main() -> None:
             del sd
             for fmt, path in (("scan torch zip", pt), ("scan torch legacy", legacy)):
                 assert wscan.scan(path).verdict == "safe"
-                t, r = measure(lambda: wscan.scan(path))
+                t, r = measure(lambda path=path: wscan.scan(path))
                 rows.append((fmt, mb, t, r))
-            t, r = measure(lambda: torch.load(pt, weights_only=True), repeats=3)
+            t, r = measure(lambda pt=pt: torch.load(pt, weights_only=True), repeats=3)
             rows.append(("baseline torch.load", mb, t, r))
             legacy.unlink()
             pt.unlink()

@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _util import make_state_dict, measure, parse_sizes, print_ratios
 from safetensors.torch import save_file
 
 import weightkit
-from _util import make_state_dict, measure, parse_sizes, print_ratios
 
 
 def main() -> None:
@@ -31,9 +31,9 @@ def main() -> None:
             torch.save(sd, pt)
             del sd
             for fmt, path in (("safetensors", st), ("torch", pt)):
-                t, r = measure(lambda: weightkit.summary(path))
+                t, r = measure(lambda path=path: weightkit.summary(path))
                 rows.append((fmt, mb, t, r))
-            t, r = measure(lambda: torch.load(pt, weights_only=True), repeats=3)
+            t, r = measure(lambda pt=pt: torch.load(pt, weights_only=True), repeats=3)
             rows.append(("baseline torch.load", mb, t, r))
         print(f"{'source':22} {'MB':>6} {'median s':>10} {'bytes read':>12}")
         for fmt, mb, t, r in rows:

@@ -81,7 +81,7 @@ def main() -> int:
     steps: dict[bool, list[int]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as run_dir:
         with weightkit.watch(model, optimizer=opt, run_dir=run_dir, nan_check=args.nan_check) as w:
-            for k in range(args.steps):
+            for _k in range(args.steps):
                 measuring = w._core.measuring
                 t0 = time.thread_time_ns()
                 opt.zero_grad()

@@ -15,9 +15,9 @@ from torch.nn.utils import prune as tprune
 
 import weightkit
 from weightkit import WeightkitError
+from weightkit.core.weightset import Weight
 from weightkit.edits._compress import output_axis
 from weightkit.layers import axes_for
-from weightkit.core.weightset import Weight
 
 
 def cnn():
@@ -102,7 +102,7 @@ def test_global_magnitude_sparsity_is_exact_and_equals_torch_global_unstructured
         assert abs(r.sparsity - amount) <= 0.001, (amount, r.sparsity)
         prunable = sum(p.numel() for n, p in m1.named_parameters() if p.dim() >= 2)
         assert r.numel == prunable  # the 1-D BatchNorm scales are not prunable by default
-        for (n1, x), (n2, y) in zip(m1.named_buffers(), m2.named_buffers()):
+        for (n1, x), (_n2, y) in zip(m1.named_buffers(), m2.named_buffers()):
             if n1.endswith("weight_mask"):
                 assert torch.equal(x, y), n1
 

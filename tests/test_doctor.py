@@ -94,8 +94,8 @@ def test_keras_style_dense_dead_units_use_the_last_axis():
     kernel = np.random.default_rng(0).standard_normal((6, 4)).astype("float32") * 0.3
     kernel[:, 2] = 0
 
-    from weightkit.sources import RawTensor, ReaderBase
     from weightkit.core.weightset import WeightSet
+    from weightkit.sources import RawTensor, ReaderBase
 
     class DenseReader(ReaderBase):
         format, description = "test", "dense"

@@ -136,7 +136,7 @@ def test_get_weights_follows_state_dict_and_copies():
     got = weightkit.get_weights(model)
     sd = model.state_dict()
     assert len(got) == len(sd)
-    for arr, (k, t) in zip(got, sd.items()):
+    for arr, (_k, t) in zip(got, sd.items()):
         np.testing.assert_array_equal(arr, t.numpy())
     as_dict = weightkit.get_weights(model, as_dict=True)
     assert list(as_dict) == list(sd)
@@ -453,7 +453,7 @@ def mlps(draw):
     seed = draw(st.integers(0, 2**16))
     torch.manual_seed(seed)
     layers = []
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+    for _i, (a, b) in enumerate(zip(sizes, sizes[1:])):
         layers.append(nn.Linear(a, b, bias=draw(st.booleans())))
         if draw(st.booleans()):
             layers.append(nn.LayerNorm(b))

@@ -245,6 +245,7 @@ def _keras2_h5(path) -> bytes:
     """A Keras 2 whole-model ``.h5`` (``model.save("m.h5")``): ``model_config`` and
     ``training_config`` attributes, weights under ``model_weights``, an ``optimizer_weights`` group."""
     import h5py
+
     from test_keras_sources import _legacy_file
 
     _legacy_file(path, with_config=True)

@@ -273,9 +273,9 @@ def test_cli_json_and_allow(cli_files):
 
 
 def test_a_shard_index_is_judged_by_the_shards_it_lists(tmp_path):
-    from _malicious import evil_p2, torch_zip
-
     from safetensors.torch import save_file
+
+    from _malicious import evil_p2, torch_zip
 
     save_file({"a": torch.zeros(2)}, str(tmp_path / "model-00001-of-00002.safetensors"))
     (tmp_path / "model-00002-of-00002.bin").write_bytes(torch_zip(evil_p2(str(tmp_path / "marker"))))

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import weightkit
-from weightkit.sources import RawTensor, ReaderBase
 from weightkit.analyses.statistics.engine import compute
 from weightkit.core.weightset import WeightSet
+from weightkit.sources import RawTensor, ReaderBase
 
 TORCH_DTYPES = {
     "float32": torch.float32,

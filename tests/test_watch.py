@@ -20,7 +20,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 from torch import nn
 
 import weightkit
@@ -363,7 +362,7 @@ def test_embedding_tables_are_not_called_vanishing(tmp_path):
     net = BagOfWords()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     with weightkit.watch(net, optimizer=opt, every=1, run_dir=tmp_path, name="bow"):
-        for step in range(8):
+        for _step in range(8):
             tokens = torch.randint(0, 200_000, (4, 3))
             opt.zero_grad()
             nn.functional.cross_entropy(net(tokens), torch.randint(0, 2, (4,))).backward()

@@ -132,7 +132,7 @@ def test_docstring_example_runs():
 
     import weightkit.tracking.keras
 
-    weightkit.tracking.keras.WatchCallback  # built on first use
+    _ = weightkit.tracking.keras.WatchCallback  # built on first use
     result = doctest.testmod(weightkit.tracking.keras, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
 

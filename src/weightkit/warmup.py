@@ -4,6 +4,7 @@ compile time. The kernels are imported here, not at module top, so that importin
 stays cheap for the import-contract and lint tools."""
 
 import numpy as np
+
 from weightkit.analyses.statistics.engine import _Acc, _luts
 from weightkit.edits._compress import KeepMasker, kth_threshold
 from weightkit.tracking.alerts import AlertEngine, Thresholds

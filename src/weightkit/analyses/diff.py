@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
 from weightkit.core.opening import open as _open
 from weightkit.core.weightset import WeightSet
 

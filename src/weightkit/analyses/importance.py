@@ -7,10 +7,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from weightkit.errors import WeightkitError
 from weightkit.core.layout import matrix
 from weightkit.core.opening import open as _open
 from weightkit.core.weightset import WeightSet
+from weightkit.errors import WeightkitError
 
 __all__ = ["FeatureImportance", "feature_importance"]
 

@@ -34,7 +34,7 @@ def guard(fn: Callable[[], int | None]) -> None:
     except WeightkitError as e:
         fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     raise typer.Exit(code or EXIT_OK)
 
 

@@ -13,17 +13,17 @@ from typing import Optional
 
 import typer
 
-from weightkit.errors import WeightkitError
 from weightkit.analyses.summary import summary
-from weightkit.render.console import renderable
 from weightkit.cli._app import EXIT_FINDINGS, app, console, guard, print_json
+from weightkit.core.opening import open as open_weights
 from weightkit.edits.prune import prune as do_prune
 from weightkit.edits.quantize import quantize as do_quantize
 from weightkit.edits.quantize import quantize_error as measure
-from weightkit.core.opening import open as open_weights
 from weightkit.edits.save import save
-from weightkit.render._format import human_bytes
 from weightkit.edits.save import verify as check
+from weightkit.errors import WeightkitError
+from weightkit.render._format import human_bytes
+from weightkit.render.console import renderable
 
 _IN = typer.Argument(..., help="Checkpoint file or directory of shards (any format weightkit opens).")
 _OUT = typer.Argument(None, help="The safetensors file to write (optional with --in-place).")

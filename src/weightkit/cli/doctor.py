@@ -7,9 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from weightkit.render.console import renderable
-from weightkit.cli._app import EXIT_FINDINGS, app, console, guard, print_json
 from weightkit.analyses.doctor import doctor as check
+from weightkit.cli._app import EXIT_FINDINGS, app, console, guard, print_json
+from weightkit.render.console import renderable
 
 
 @app.command()

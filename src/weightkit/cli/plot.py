@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from weightkit.errors import WeightkitError
 from weightkit.cli._app import app, guard, print_json
+from weightkit.errors import WeightkitError
 from weightkit.render import plots as p
 from weightkit.render.plots._mpl import save
 from weightkit.render.plots.grad_flow import plot_grad_flow

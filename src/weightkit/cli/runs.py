@@ -6,15 +6,13 @@ from pathlib import Path
 
 import typer
 
-from weightkit.errors import WeightkitError
 from weightkit.cli._app import app, console, guard, print_json
-from weightkit.tracking.store import list_runs
-from weightkit.render.runs import render_run_list
-from weightkit.tracking.store import open_run
-from weightkit.render.runs import render_run
+from weightkit.errors import WeightkitError
 from weightkit.render.plots._mpl import save
 from weightkit.render.plots.grad_flow import plot_grad_flow
+from weightkit.render.runs import render_run, render_run_list
 from weightkit.tracking.export import FORMATS, export_run
+from weightkit.tracking.store import list_runs, open_run
 
 runs_app = typer.Typer(name="runs", help="Recorded training runs (weightkit.watch): list, show, plot, export.",
                        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

@@ -7,11 +7,10 @@ from typing import List
 
 import typer
 
-from weightkit.errors import SourceNotFoundError
 from weightkit.cli._app import EXIT_FINDINGS, EXIT_OK, app, console, guard, print_json
+from weightkit.errors import SourceNotFoundError
 from weightkit.render.scan_table import render_scans
 from weightkit.scanner import scan as scan_path
-
 
 
 @app.command()

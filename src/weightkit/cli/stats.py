@@ -8,11 +8,11 @@ from typing import Optional
 
 import typer
 
-from weightkit.errors import WeightkitError
-from weightkit.render.console import renderable
+from weightkit.analyses.statistics import stats as compute
 from weightkit.cli._app import app, console, guard, print_json
 from weightkit.core.opening import open as open_weights
-from weightkit.analyses.statistics import stats as compute
+from weightkit.errors import WeightkitError
+from weightkit.render.console import renderable
 
 PROGRESS_MIN_BYTES = 256 << 20
 

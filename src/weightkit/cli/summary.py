@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
+from weightkit.analyses.summary import summary as summarize
+from weightkit.cli._app import app, console, guard, print_json
 from weightkit.errors import WeightkitError
 from weightkit.render.console import renderable
-from weightkit.cli._app import app, console, guard, print_json
-from weightkit.analyses.summary import summary as summarize
 from weightkit.sources._base import reader_specs
 
 

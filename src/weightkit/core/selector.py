@@ -6,9 +6,9 @@ import fnmatch
 import re
 from typing import Any, Iterable
 
-from weightkit.errors import WeightkitError
 from weightkit.core.opening import open as _open
 from weightkit.core.weightset import WeightSet
+from weightkit.errors import WeightkitError
 
 __all__ = ["select", "matches"]
 

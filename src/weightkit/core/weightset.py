@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from weightkit import _dtypes
-from weightkit.errors import WeightkitError
 from weightkit.layers import UNKNOWN, LayerFacts, axes_for, infer_kind, split_rnn_name
 
 if TYPE_CHECKING:

@@ -10,9 +10,9 @@ Every edit takes the selector of :func:`weightkit.select` (``pattern``, ``kind=`
 Nothing here imports torch or Keras before the caller has (see :mod:`._backend`).
 """
 
-from weightkit.edits.trainability import TensorTrainable, TrainableReport, freeze, param_groups, trainable, unfreeze
 from weightkit.edits.initialize import InitReport, init
 from weightkit.edits.normalize import NormReport, remove_norm, spectral_norm, weight_norm
+from weightkit.edits.trainability import TensorTrainable, TrainableReport, freeze, param_groups, trainable, unfreeze
 from weightkit.edits.values import get_weights, set_weight, set_weights
 
 __all__ = [

@@ -52,10 +52,10 @@ from typing import Any
 import numpy as np
 
 from weightkit import _dtypes
-from weightkit.errors import WeightkitError
+from weightkit.core.selector import select
 from weightkit.edits._backend import KERAS, TORCH, Slot, framework, keras_owners, keras_slots, to_torch, torch_owners
 from weightkit.edits.values import commit
-from weightkit.core.selector import select
+from weightkit.errors import WeightkitError
 
 __all__ = ["init", "InitReport", "SCHEMES"]
 
@@ -293,7 +293,7 @@ def _torch_plan(model, chosen: list, scheme: str, args: dict, seed: int | None):
                     used[w.name] = f"{type(module).__name__}.{reset.__name__}"
         else:
             fn = getattr(torch.nn.init, scheme + "_")
-            for w, module, attr, t, is_buffer in targets:
+            for w, _module, _attr, t, is_buffer in targets:
                 new = torch.empty_like(t.detach())
                 try:
                     fn(new, **args)

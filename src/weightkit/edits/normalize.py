@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from weightkit.errors import WeightkitError
-from weightkit.edits._backend import KERAS, framework, torch_owners
-from weightkit.core.selector import matches
-from weightkit.sources.torch_module import _kind
 from weightkit.core.selector import matches, select
+from weightkit.edits._backend import KERAS, framework, torch_owners
+from weightkit.errors import WeightkitError
+from weightkit.sources.torch_module import _kind
 
 __all__ = ["weight_norm", "spectral_norm", "remove_norm", "NormReport"]
 
@@ -197,7 +196,7 @@ def _apply(targets, register) -> None:
 
     done = []
     try:
-        for name, module, attr, param in targets:
+        for name, module, attr, param in targets:  # noqa: B007  (the failing one is named after the loop)
             register(module, attr)
             done.append((module, attr, param))
     except Exception as e:

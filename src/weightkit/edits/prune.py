@@ -26,24 +26,37 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from weightkit import _dtypes
-from weightkit.edits._compress import (CHUNK_ELEMENTS, SENTINEL, THREADS, KeepMasker, Part, abs_keys, count_zeros, float_key, in_threads,
-                        kth_threshold, n_to_prune, output_axis, random_keys, ranged_reader)
-from weightkit.errors import WeightkitError
-from weightkit.core.selector import matches
-from weightkit.edits import _backend
-from weightkit.sources._base import module_loaded
-from weightkit.core.opening import open as _open
-from weightkit.layers import axes_for
-from weightkit.sources.torch_module import torch_raw
-from weightkit.core.weightset import _base_role
-from weightkit.edits.save import Entry, base_metadata, open_source, weight_entry, write_safetensors
 from weightkit._atomic import check_writable
+from weightkit.core.opening import open as _open
+from weightkit.core.selector import matches
+from weightkit.core.weightset import _base_role
+from weightkit.edits import _backend
+from weightkit.edits._compress import (
+    CHUNK_ELEMENTS,
+    SENTINEL,
+    THREADS,
+    KeepMasker,
+    Part,
+    abs_keys,
+    count_zeros,
+    float_key,
+    in_threads,
+    kth_threshold,
+    n_to_prune,
+    output_axis,
+    random_keys,
+    ranged_reader,
+)
+from weightkit.edits.save import Entry, base_metadata, open_source, weight_entry, write_safetensors
+from weightkit.errors import WeightkitError
+from weightkit.layers import axes_for
 from weightkit.sources._base import fspath
+from weightkit.sources.torch_module import torch_raw
 
 __all__ = ["prune", "make_permanent", "PruneReport", "TensorPrune", "METHODS", "SCOPES"]
 
@@ -378,7 +391,7 @@ def _prune_live(model, amount, *, pattern, kind, role, scope, method, dim, thres
             raise WeightkitError(f"{shown.name} is tied to {', '.join(shown.shared_with)}; torch pruning would untie "
                                  "them; exclude it with pattern=")
     targets = []
-    for i, (shown, module, base, orig, old_mask) in enumerate(picked):
+    for i, (shown, _module, _base, orig, old_mask) in enumerate(picked):
         array = torch_raw(orig.detach())
         mask = None if old_mask is None else old_mask.detach().cpu().numpy()
         targets.append(_Target(shown, i, array.reshape(tuple(shown.shape)), mask))
@@ -433,7 +446,6 @@ def _apply_first_mask(module, name: str, mask) -> None:
     time (``name_orig`` parameter, ``name_mask`` buffer, ``name = name_orig * name_mask``, the
     ``CustomFromMask`` forward pre-hook), without its ``ones_like`` default mask and extra
     product: on a 100-M-parameter layer those cost more than the whole selection."""
-    import torch
     from torch.nn.utils import prune as tprune
 
     orig = getattr(module, name)

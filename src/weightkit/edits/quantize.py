@@ -40,13 +40,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from weightkit import _dtypes
-from weightkit.edits._compress import CHUNK_ELEMENTS, describe_select, output_axis, ranged_reader, selected
-from weightkit.errors import WeightkitError
-from weightkit.formats.quantized import dequantize, pack4, unpack4
-from weightkit.edits.save import open_source
 from weightkit.edits import _backend
-from weightkit.edits.save import Entry, base_metadata, open_source, weight_entry, write_safetensors
+from weightkit.edits._compress import CHUNK_ELEMENTS, describe_select, output_axis, ranged_reader, selected
 from weightkit.edits.prune import _check_out
+from weightkit.edits.save import Entry, base_metadata, open_source, weight_entry, write_safetensors
+from weightkit.errors import WeightkitError
+from weightkit.formats.quantized import pack4
 
 __all__ = ["quantize", "quantize_error", "QuantizeReport", "TensorQuant", "BITS", "SCHEMES", "GRANULARITIES",
            "MIN_NUMEL"]

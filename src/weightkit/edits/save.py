@@ -28,16 +28,15 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from weightkit import _dtypes
-from weightkit.errors import CorruptFileError, UnsupportedFormatError, WeightkitError
 from weightkit._atomic import atomic_write, check_writable
-from weightkit.edits._compress import ranged_reader
-from weightkit.edits import _backend
-from weightkit.sources._base import module_loaded
+from weightkit._version import __version__
 from weightkit.core.opening import open as _open
 from weightkit.core.weightset import WeightSet
+from weightkit.edits import _backend
+from weightkit.edits._compress import ranged_reader
+from weightkit.errors import CorruptFileError, UnsupportedFormatError, WeightkitError
+from weightkit.sources._base import module_loaded, sniff_head
 from weightkit.sources.mapping import MappingReader
-from weightkit._version import __version__
-from weightkit.sources._base import sniff_head
 from weightkit.sources.safetensors_file import _Shard, _sniff
 
 __all__ = ["save", "load_into", "verify", "LoadReport", "VerifyReport", "Entry", "write_safetensors",

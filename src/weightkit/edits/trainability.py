@@ -15,10 +15,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from weightkit.errors import WeightkitError
-from weightkit.core.selector import _compile
+from weightkit.core.selector import _compile, select
 from weightkit.edits._backend import KERAS, TORCH, framework, keras_layers, keras_owners, keras_parents, keras_slots, torch_owners
-from weightkit.core.selector import select
+from weightkit.errors import WeightkitError
 
 _NORM_CLASS = re.compile(r"(Norm|Normalization)(\d+d)?$")
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from weightkit.errors import WeightkitError
 from weightkit.edits._backend import KERAS, TORCH, Slot, framework, keras_slots, to_torch, torch_slots
+from weightkit.errors import WeightkitError
 
 __all__ = ["get_weights", "set_weights", "set_weight"]
 

@@ -7,8 +7,8 @@ import base64
 from html import escape
 from typing import Any
 
-from weightkit.render._format import human_bytes, human_count, num, shape_str
 from weightkit._version import __version__
+from weightkit.render._format import human_bytes, human_count, num, shape_str
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -151,9 +151,9 @@ def _layer_table(data) -> str:
     size = PAGE_SIZE if len(rows) > PAGE_SIZE else 0
     pager = ""
     if size:
-        pager = (f'<div class="pager"><button data-table="layers-table" data-step="-1">previous</button>'
-                 f'<button data-table="layers-table" data-step="1">next</button>'
-                 f'<span id="layers-table-page" class="muted"></span></div>')
+        pager = ('<div class="pager"><button data-table="layers-table" data-step="-1">previous</button>'
+                 '<button data-table="layers-table" data-step="1">next</button>'
+                 '<span id="layers-table-page" class="muted"></span></div>')
     return (f'<input class="filter" data-table="layers-table" placeholder="filter layers…">'
             f'<table id="layers-table" class="sortable" data-pagesize="{size}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>{pager}"
@@ -184,9 +184,9 @@ def _tensor_stats(data) -> str:
     size = PAGE_SIZE if len(data.stats.tensors) > PAGE_SIZE else 0
     head = "".join(f'<th class="sort">{h}</th>' for h in ("tensor", "dtype", "shape", "mean", "std", "min", "max",
                                                           "median")) + "<th>histogram</th>"
-    pager = (f'<div class="pager"><button data-table="tensors-table" data-step="-1">previous</button>'
-             f'<button data-table="tensors-table" data-step="1">next</button>'
-             f'<span id="tensors-table-page" class="muted"></span></div>') if size else ""
+    pager = ('<div class="pager"><button data-table="tensors-table" data-step="-1">previous</button>'
+             '<button data-table="tensors-table" data-step="1">next</button>'
+             '<span id="tensors-table-page" class="muted"></span></div>') if size else ""
     return (f"<details><summary>{len(data.stats.tensors)} tensors</summary>"
             f'<input class="filter" data-table="tensors-table" placeholder="filter tensors…">'
             f'<table id="tensors-table" class="sortable" data-pagesize="{size}"><thead><tr>{head}</tr></thead>'

@@ -5,25 +5,23 @@ Assembly (this module) collects results as data; ``render/html.py`` turns them i
 
 from __future__ import annotations
 
-import base64
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weightkit.errors import WeightkitError
-from weightkit.core.opening import open as _open
+from weightkit.analyses.diff import diff
 from weightkit.analyses.doctor import doctor
+from weightkit.analyses.importance import _chain, feature_importance
 from weightkit.analyses.statistics import stats
 from weightkit.analyses.summary import summary
+from weightkit.core.opening import open as _open
 from weightkit.core.weightset import WeightSet
-from weightkit.analyses.diff import diff
-from weightkit.analyses.importance import feature_importance
-from weightkit.analyses.importance import _chain
+from weightkit.errors import WeightkitError
+from weightkit.render.html import render_html
 from weightkit.render.plots import plot_diff, plot_filters, plot_heatmap, plot_importance
 from weightkit.render.plots.grad_flow import plot_grad_flow
 from weightkit.tracking import open_run
-from weightkit.render.html import render_html
 
 __all__ = ["report", "ReportData", "ReportInfo"]
 

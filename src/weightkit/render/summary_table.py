@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
-from rich.console import RenderableType
 from rich import box
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Iterable
 
 from weightkit.errors import SourceNotFoundError, WeightkitError
+from weightkit.formats.shard_index import index_shards, looks_like_index
 from weightkit.scanner._allowlist import SAFE_GLOBALS
 from weightkit.scanner._containers import scan_blob
 from weightkit.scanner.report import RULES, Ctx, Finding, ScanReport
-from weightkit.formats.shard_index import index_shards, looks_like_index
 
 __all__ = ["scan", "scan_file", "scan_bytes", "ScanReport", "Finding", "RULES", "safe_globals"]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import io
-from pathlib import Path
 import json
 import math
 import re
@@ -23,12 +22,13 @@ import tarfile
 import zipfile
 import zlib
 from collections import Counter
+from pathlib import Path
 
+from weightkit.errors import CorruptFileError
+from weightkit.formats.hdf5 import check_global_heaps, scan_global_heaps
 from weightkit.scanner._allowlist import keras_findings, storage_element_size
 from weightkit.scanner._pickle import OPCODES, PickleResult, _Global, walk
 from weightkit.scanner.report import Ctx
-from weightkit.errors import CorruptFileError
-from weightkit.formats.hdf5 import check_global_heaps, scan_global_heaps
 
 MAX_DEPTH = 3  # nested archives / nested pickle payloads
 MAX_MEMBERS = 100_000

@@ -306,7 +306,7 @@ class _Machine:
                     raise _Stop("pickle-error", f"{name}: invalid UTF-8") from None
             return _Bytes(p, p + k, py2)
 
-        for count in range(self.max_ops):
+        for _ in range(self.max_ops):
             pos = self.pos
             if frame_end is not None and pos >= frame_end:
                 if pos > frame_end:

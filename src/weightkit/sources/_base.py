@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
+
 from weightkit._dtypes import is_viewed
 from weightkit.layers import split_rnn_name
 
@@ -163,7 +164,7 @@ def register_reader(
 
     def deco(factory):
         if name in _READERS:
-            warnings.warn(f"weightkit reader {name!r} registered twice; the later one wins")
+            warnings.warn(f"weightkit reader {name!r} registered twice; the later one wins", stacklevel=2)
         _READERS[name] = ReaderSpec(name, factory, suffixes, sniff, accepts, description)
         return factory
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from weightkit.sources._restricted import MAX_PICKLE_BYTES, Bad, Stub, unpickle
 from weightkit.layers import list_kinds
+from weightkit.sources._restricted import MAX_PICKLE_BYTES, Bad, Stub, unpickle
 
 __all__ = ["load_torch_zip", "load_torch_legacy", "module_state", "is_module", "LEGACY_MAGIC"]
 

@@ -4,17 +4,16 @@ file opened by itself. Each shard is opened by its own reader."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from weightkit.errors import CorruptFileError, SourceNotFoundError
+from weightkit.errors import SourceNotFoundError
 from weightkit.formats.shard_index import index_shards, looks_like_index
-from weightkit.sources._base import RawTensor, ReaderBase, model_order_key, register_reader
 from weightkit.sources import open_reader
+from weightkit.sources._base import RawTensor, ReaderBase, model_order_key, register_reader
 from weightkit.sources.keras_file import keras_shards
 
 # file patterns tried in order when a directory has no index; the first that matches wins,

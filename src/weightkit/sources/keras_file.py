@@ -15,11 +15,8 @@ otherwise. Only HDF5 headers are read until ``read()``. Optimizer variables are 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import mmap
-import os
 import re
 import shutil
 import struct
@@ -35,8 +32,17 @@ from weightkit import _dtypes
 from weightkit.errors import CorruptFileError, UnsupportedFormatError, WeightkitError, require
 from weightkit.formats.hdf5 import check_global_heaps
 from weightkit.sources._base import RawTensor, ReaderBase, register_reader
-from weightkit.sources.keras_model import (BUFFERS, VAR_ORDER, KerasObject, child_entry, describe, fits, legacy_layer,
-                          rnn_from_gates, roles_for)
+from weightkit.sources.keras_model import (
+    BUFFERS,
+    VAR_ORDER,
+    KerasObject,
+    child_entry,
+    describe,
+    fits,
+    legacy_layer,
+    rnn_from_gates,
+    roles_for,
+)
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _WEIGHTS = "model.weights.h5"

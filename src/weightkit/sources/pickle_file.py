@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from weightkit.sources._base import register_reader
-from weightkit.sources.torch_checkpoint import _LEGACY_MAGIC, RESTRICTED, TorchCheckpointReader, _restricted_errors
 from weightkit.sources._restricted import load_pickle
+from weightkit.sources.torch_checkpoint import _LEGACY_MAGIC, RESTRICTED, TorchCheckpointReader, _restricted_errors
 
 _PICKLE_FIRST = frozenset(b"(}]cN)KJMX\x80")  # opcodes that start real pickles of protocols 0-5
 

@@ -19,10 +19,10 @@ import numpy as np
 
 from weightkit import _dtypes
 from weightkit.errors import CorruptFileError
-from weightkit.sources._base import _READERS, RawTensor, ReaderBase, model_order_key, register_reader
-from weightkit.sources.safetensors_file import _sniff as sniff_safetensors
-from weightkit.sources.safetensors_file import _Shard
 from weightkit.formats.quantized import dequantize
+from weightkit.sources._base import _READERS, RawTensor, ReaderBase, model_order_key, register_reader
+from weightkit.sources.safetensors_file import _Shard
+from weightkit.sources.safetensors_file import _sniff as sniff_safetensors
 
 MARKER = b'"weightkit.quantized"'
 TENSORS_KEY = "weightkit.quantized.tensors"

@@ -24,12 +24,12 @@ from typing import Any
 
 from weightkit import _dtypes
 from weightkit.errors import CorruptFileError, UnsafeCheckpointError, UnsupportedFormatError
-from weightkit.sources._base import RawTensor, ReaderBase, register_reader
-from weightkit.sources.torch_module import torch_raw
 from weightkit.scanner import scan
 from weightkit.sources import _torch_files as r
+from weightkit.sources._base import RawTensor, ReaderBase, register_reader
 from weightkit.sources._restricted import Stub
 from weightkit.sources._torch_files import is_module, module_state
+from weightkit.sources.torch_module import torch_raw
 
 # keys under which training checkpoints keep the model's state dict, most specific first
 STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "network",

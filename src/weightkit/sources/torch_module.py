@@ -11,7 +11,6 @@ from weightkit.layers import list_kinds
 from weightkit.sources._base import RawTensor, ReaderBase, module_loaded, register_reader
 
 
-
 def _is_module(obj: Any) -> bool:
     if not module_loaded("torch"):
         return False

@@ -38,10 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from weightkit._version import __version__
 from weightkit.errors import WeightkitError
 from weightkit.tracking.alerts import Thresholds
 from weightkit.tracking.store import FILE_NAME, METRICS, Alert, Histogram, ParamInfo, Run, RunInfo, Store, list_runs, open_run
-from weightkit._version import __version__
 
 __all__ = ["watch", "Watch", "open_run", "list_runs", "Run", "RunInfo", "ParamInfo", "Alert",
            "Histogram", "Thresholds", "METRICS"]

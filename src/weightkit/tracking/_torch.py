@@ -605,7 +605,7 @@ class Core:
             if dev in self._first_dev:
                 self._gather_device(dev, ix, ps, upd, G, C, W, U, hists)
             else:
-                for i, p in zip(ix, ps):
+                for i in ix:
                     st = self._gstats[i]
                     if st is not None:
                         G[i], C[i] = st

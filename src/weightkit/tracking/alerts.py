@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weightkit.tracking.store import Alert
 from weightkit.errors import WeightkitError
+from weightkit.tracking.store import Alert
 
 log = logging.getLogger("weightkit.watch")
 HISTORY = 20  # measured norms the exploding-gradient median looks back on

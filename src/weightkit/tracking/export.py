@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from weightkit._atomic import atomic_write, check_writable
 from weightkit.errors import MissingDependencyError, WeightkitError
 from weightkit.tracking.store import COUNT_METRICS, METRICS, Run, iter_long
-from weightkit._atomic import atomic_write, check_writable
 
 __all__ = ["export_run", "FORMATS"]
 

@@ -21,16 +21,14 @@ from __future__ import annotations
 import os
 import time
 
-from weightkit.errors import WeightkitError
-from weightkit.errors import require
-from weightkit.tracking import _check_int, _check_nan_check
-from weightkit.tracking.alerts import Thresholds
 from weightkit._version import __version__
-from weightkit.tracking import _store_path
-from weightkit.tracking.store import Store
 from weightkit.edits._backend import keras_layers
+from weightkit.errors import WeightkitError, require
+from weightkit.tracking import _check_int, _check_nan_check, _store_path
+from weightkit.tracking.alerts import Thresholds
+from weightkit.tracking.store import Store
 
-__all__ = ["WatchCallback"]
+__all__ = ["WatchCallback"]  # noqa: F822  (built on first use by __getattr__, so Keras loads only then)
 
 
 def _build():

@@ -7,9 +7,9 @@ from typing import Any
 from weightkit.analyses.doctor import rules as _builtin_rules  # noqa: F401  (registers the built-in rules)
 from weightkit.analyses.doctor._registry import Context, DoctorReport, Finding, Rule, list_rules, rule
 from weightkit.core.opening import open as _open
+from weightkit.core.weightset import WeightSet
 from weightkit.errors import WeightkitError
 from weightkit.sources._base import module_loaded
-from weightkit.core.weightset import WeightSet
 
 __all__ = ["doctor", "DoctorReport", "Finding", "Rule", "rule", "list_rules"]
 

@@ -7,6 +7,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Iterator, Literal
+
 from weightkit.analyses.statistics import stats
 
 Severity = Literal["error", "warning", "info"]
@@ -72,7 +73,7 @@ def rule(rule_id: str, *, title: str, needs: str = "weights"):
 
     def deco(fn):
         if rule_id in _RULES:
-            warnings.warn(f"doctor rule {rule_id!r} registered twice; the later one wins")
+            warnings.warn(f"doctor rule {rule_id!r} registered twice; the later one wins", stacklevel=2)
         _RULES[rule_id] = Rule(rule_id, title, fn, needs)
         return fn
 

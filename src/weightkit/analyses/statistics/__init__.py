@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from weightkit.analyses.statistics.engine import DEFAULT_QUANTILES, report
 from weightkit.analyses.statistics.result import GroupStats, StatsReport, TensorStats
 from weightkit.core.opening import open as _open
 from weightkit.core.weightset import WeightSet
-from weightkit.analyses.statistics.engine import DEFAULT_QUANTILES, report
 
 __all__ = ["stats", "StatsReport", "TensorStats", "GroupStats"]
 

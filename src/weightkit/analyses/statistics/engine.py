@@ -12,17 +12,17 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from fnmatch import fnmatchcase
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from weightkit import _dtypes
-from weightkit.errors import WeightkitError
 from weightkit.analyses.statistics.result import GroupStats, StatsReport, TensorStats
+from weightkit.errors import WeightkitError
 
 CHUNK_BYTES = 16 << 20
 SMALL_BYTES = 1 << 20  # pieces below this are folded by the calling thread (see compute)

@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
 from weightkit.errors import require
 
 __all__ = ["TensorStats", "GroupStats", "StatsReport"]

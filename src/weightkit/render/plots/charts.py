@@ -6,13 +6,13 @@ from typing import Sequence
 
 import numpy as np
 
-from weightkit.errors import WeightkitError
-from weightkit.render.plots._mpl import grid, pyplot
+from weightkit.analyses.diff import diff
+from weightkit.analyses.importance import feature_importance
+from weightkit.analyses.statistics import stats
 from weightkit.core.opening import open as _open
 from weightkit.core.weightset import WeightSet
-from weightkit.analyses.statistics import stats
-from weightkit.analyses.importance import feature_importance
-from weightkit.analyses.diff import diff
+from weightkit.errors import WeightkitError
+from weightkit.render.plots._mpl import grid, pyplot
 
 
 def _ws(source):

@@ -6,11 +6,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from weightkit.errors import WeightkitError
 from weightkit.core.layout import conv_filters, downsample, matrix
-from weightkit.render.plots._mpl import grid, pyplot
 from weightkit.core.opening import open as _open
 from weightkit.core.weightset import WeightSet
+from weightkit.errors import WeightkitError
+from weightkit.render.plots._mpl import grid, pyplot
 
 
 def _ws(source):

@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 
 from weightkit.errors import WeightkitError
-from weightkit.tracking.store import Run, open_run
 from weightkit.render.plots._mpl import pyplot
+from weightkit.tracking.store import Run, open_run
 
 __all__ = ["plot_grad_flow"]
 
