@@ -294,7 +294,7 @@ def test_init_default_selection_and_errors():
         (lambda: weightkit.init(model, "kaiming_normal", nonlinearity="swish"), r"unsupported nonlinearity 'swish'"),
         (lambda: weightkit.init(model, "kaiming_normal", mode="fan"), r"mode must be"),
         (lambda: weightkit.init(model, "xavier_uniform", "fc.*"), r"fc.bias has shape \(3,\).*role='weight'"),
-        (lambda: weightkit.init(model, "zeros", "nothing.*"), r"no weight .* matches pattern='nothing"),
+        (lambda: weightkit.init(model, "zeros", "nothing.*"), r"no tensor .* matches select='nothing"),
         (lambda: weightkit.init(model, "normal", seed=-1), r"seed must be"),
         (lambda: weightkit.init(model, "eye", "bn.weight"), r"needs a 2-D tensor"),
     ]:
@@ -369,7 +369,7 @@ def test_freeze_unfreeze_trainable_report():
     assert d["total"] == {"trainable_params": 11, "frozen_params": 32 + 16 + 24, "buffer_elements": 17}
     with pytest.raises(WeightkitError, match="only buffers"):
         weightkit.freeze(model, "bn.running_*")
-    with pytest.raises(WeightkitError, match="matches pattern='head"):
+    with pytest.raises(WeightkitError, match="matches select='head"):
         weightkit.freeze(model, "head.*")
 
 

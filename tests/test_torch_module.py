@@ -392,7 +392,7 @@ def test_tied_embeddings_reported_once():
     assert e.kind == "Embedding" and e.axes == ("num_embeddings", "embedding_dim")
     assert ws["lm_head.weight"] is e
     assert ws.total_params == sum(p.numel() for p in m.parameters()) == 11 * 4 + 4 * 4 + 4
-    assert ws.filter("lm_head.*") == [e]  # filters match aliases too
+    assert weightkit.select(ws, "lm_head.*") == [e]  # selectors match aliases too
 
 
 def test_unknown_name_raises_key_error():
@@ -488,7 +488,7 @@ def test_summary_totals_with_frozen_part_and_batchnorm(small_net):
 
 
 def test_summary_filter(small_net):
-    s = weightkit.summary(small_net, filter="features.1.*")
+    s = weightkit.summary(small_net, select="features.1.*")
     names = [t["name"] for t in s.tensors]
     assert names == [n for n in small_net.state_dict() if fnmatch.fnmatchcase(n, "features.1.*")]
     assert len(names) == 5
@@ -496,8 +496,9 @@ def test_summary_filter(small_net):
     assert s.totals.parameters == bn.weight.numel() + bn.bias.numel()
     assert s.totals.buffers == sum(b.numel() for b in bn.buffers())
     assert s.totals.layers == 1
-    assert weightkit.summary(small_net, filter="*.bias").totals.tensors == 3
-    assert weightkit.summary(small_net, filter="nothing*").tensors == []
+    assert weightkit.summary(small_net, select="*.bias").totals.tensors == 3
+    with pytest.raises(weightkit.WeightkitError, match=r"matches select='nothing\*'; closest names: "):
+        weightkit.summary(small_net, select="nothing*")  # a selection of nothing is an error, not an empty table
 
 
 def test_summary_of_an_open_weightset(small_net):

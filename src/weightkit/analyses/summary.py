@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from weightkit.core.opening import open as open_weights
+from weightkit.core.selector import Selector
 from weightkit.core.weightset import WeightSet
 
 __all__ = ["Summary", "Totals", "summarize", "summary"]
@@ -55,8 +56,8 @@ class Summary:
         return json.dumps(self.to_dict(), **kwargs)
 
 
-def summarize(ws: WeightSet, *, filter: str | None = None) -> Summary:
-    """Summarise ``ws``, optionally only the tensors whose names match the glob ``filter``.
+def summarize(ws: WeightSet, *, select: Any = None) -> Summary:
+    """Summarise ``ws``, or only the tensors ``select`` names (see :class:`weightkit.core.selector.Selector`).
 
     Example:
         >>> import torch, weightkit
@@ -64,7 +65,7 @@ def summarize(ws: WeightSet, *, filter: str | None = None) -> Summary:
         >>> s.totals.parameters, s.totals.trainable
         (8, 8)
     """
-    weights = ws.filter(filter) if filter else list(ws)
+    weights = Selector.of(select).pick(ws, source=ws.source)
     params = [w for w in weights if not w.is_buffer]
     by_dtype: Counter[str] = Counter()
     for w in weights:
@@ -87,11 +88,11 @@ def summarize(ws: WeightSet, *, filter: str | None = None) -> Summary:
         tensors=[w.to_dict() for w in weights],
         totals=totals,
         metadata=ws.metadata,
-        filter=filter,
+        filter=select if isinstance(select, str) else None,
     )
 
 
-def summary(source: Any, *, filter: str | None = None, format: str | None = None) -> Summary:
+def summary(source: Any, *, select: Any = None, format: str | None = None) -> Summary:
     """Summary of a model or checkpoint: per-tensor table and totals, as plain data.
 
     Example:
@@ -100,6 +101,6 @@ def summary(source: Any, *, filter: str | None = None, format: str | None = None
         8
     """
     if isinstance(source, WeightSet):
-        return summarize(source, filter=filter)
+        return summarize(source, select=select)
     with open_weights(source, format=format) as ws:
-        return summarize(ws, filter=filter)
+        return summarize(ws, select=select)

@@ -21,6 +21,10 @@ app = typer.Typer(
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
 
+# One option narrows tensors on every command, with the meaning of weightkit.Selector.
+SELECT = typer.Option(None, "--select", "-s", "--filter", "-f",
+                      help="Only these tensors: a glob on names, 're:<regex>', 'kind:<Kind>' or 'role:<role>'.")
+
 
 def fail(message: str) -> None:
     typer.echo(f"weightkit: error: {message}", err=True)

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from weightkit.analyses.summary import summary
-from weightkit.cli._app import EXIT_FINDINGS, app, console, guard, print_json
+from weightkit.cli._app import EXIT_FINDINGS, SELECT, app, console, guard, print_json
 from weightkit.core.opening import open as open_weights
 from weightkit.edits.prune import prune as do_prune
 from weightkit.edits.quantize import quantize as do_quantize
@@ -29,7 +29,6 @@ _IN = typer.Argument(..., help="Checkpoint file or directory of shards (any form
 _OUT = typer.Argument(None, help="The safetensors file to write (optional with --in-place).")
 _IN_PLACE = typer.Option(False, "--in-place", help="Replace IN itself (atomically).")
 _JSON = typer.Option(False, "--json", help="Print the report as JSON.")
-_FILTER = typer.Option(None, "--filter", "-f", help="Only tensors whose name matches this glob.")
 _BITS = typer.Option(8, "--bits", "-b", help="8 or 4.")
 _SCHEME = typer.Option("symmetric", "--scheme", help="symmetric or asymmetric.")
 _GRANULARITY = typer.Option("tensor", "--granularity", "-g", help="tensor, channel or group.")
@@ -87,7 +86,7 @@ def prune(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Prune every |w| below this instead."),
     scope: str = typer.Option("layer", "--scope", help="layer (each tensor) or global (across selected tensors)."),
     method: str = typer.Option("magnitude", "--method", help="magnitude, random, l1-structured, l2-structured."),
-    filter: Optional[str] = _FILTER,
+    select: Optional[str] = SELECT,
     kind: Optional[str] = typer.Option(None, "--kind", help="Only layers of this kind (Linear, Conv2d…)."),
     role: Optional[str] = typer.Option(None, "--role", help="Tensor role to prune (default: the weight matrices of every layer kind: weight, kernel, weight_ih, …)."),
     dim: Optional[int] = typer.Option(None, "--dim", help="Structured: axis of the removed slices (default: output axis)."),
@@ -98,7 +97,7 @@ def prune(
     """Prune a checkpoint into OUT (safetensors): zero the smallest weights, or whole channels."""
 
     def write(src, dst):
-        return do_prune(src, amount, pattern=filter, kind=kind, role=role, scope=scope, method=method, dim=dim,
+        return do_prune(src, amount, pattern=select, kind=kind, role=role, scope=scope, method=method, dim=dim,
                         threshold=threshold, seed=seed, out=dst, in_place=in_place)
 
     _rewrite(source, out, in_place, as_json, write)
@@ -112,7 +111,7 @@ def quantize(
     scheme: str = _SCHEME,
     granularity: str = _GRANULARITY,
     group_size: int = _GROUP_SIZE,
-    filter: Optional[str] = _FILTER,
+    select: Optional[str] = SELECT,
     in_place: bool = _IN_PLACE,
     as_json: bool = _JSON,
 ) -> None:
@@ -120,7 +119,7 @@ def quantize(
 
     def write(src, dst):
         return do_quantize(src, dst, bits=bits, scheme=scheme, granularity=granularity, group_size=group_size,
-                           select=filter, mode="weight-only", in_place=in_place)
+                           select=select, mode="weight-only", in_place=in_place)
 
     _rewrite(source, out, in_place, as_json, write)
 
@@ -132,7 +131,7 @@ def quantize_error(
     scheme: str = _SCHEME,
     granularity: str = _GRANULARITY,
     group_size: int = _GROUP_SIZE,
-    filter: Optional[str] = _FILTER,
+    select: Optional[str] = SELECT,
     as_json: bool = _JSON,
 ) -> None:
     """Measure what quantising would cost (relative error, SQNR, max error, bytes); changes nothing."""
@@ -142,7 +141,7 @@ def quantize_error(
             raise WeightkitError(f"{source}: no such file or directory; check the path")
         with _naming(source):
             report = measure(str(source), bits=bits, scheme=scheme, granularity=granularity, group_size=group_size,
-                             select=filter)
+                             select=select)
         _show(report, as_json)
 
     guard(run)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from weightkit.cli._app import app, guard, print_json
+from weightkit.cli._app import SELECT, app, guard, print_json
 from weightkit.errors import WeightkitError
 from weightkit.render import plots as p
 from weightkit.render.plots._mpl import save
@@ -22,7 +22,7 @@ def plot(
     source: Path = typer.Argument(..., help="Model checkpoint (for diff: the new one; for gradflow: a watch run)."),
     output: Path = typer.Option(..., "--output", "-o", help="Picture to write (.png, .svg or .pdf)."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer path or tensor name (filters, heatmap)."),
-    filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Glob on tensor names (hist, norms)."),
+    select: Optional[str] = SELECT,
     other: Optional[Path] = typer.Option(None, "--other", help="Reference checkpoint for diff."),
     features: Optional[str] = typer.Option(None, "--features", help="Comma-separated input feature names (importance)."),
     mode: str = typer.Option("auto", "--mode", help="filters: auto, rgb, channels or mean."),
@@ -39,9 +39,9 @@ def plot(
         elif kind == "heatmap":
             fig = p.plot_heatmap(src, layer=layer)
         elif kind == "hist":
-            fig = p.plot_hist(src, select=filter)
+            fig = p.plot_hist(src, select=select)
         elif kind == "norms":
-            fig = p.plot_norms(src, select=filter)
+            fig = p.plot_norms(src, select=select)
         elif kind == "gradflow":
 
             fig = plot_grad_flow(src)

@@ -9,9 +9,9 @@ from typing import Optional
 import typer
 
 from weightkit.analyses.statistics import stats as compute
-from weightkit.cli._app import app, console, guard, print_json
+from weightkit.cli._app import SELECT, app, console, guard, print_json
 from weightkit.core.opening import open as open_weights
-from weightkit.errors import WeightkitError
+from weightkit.core.selector import Selector
 from weightkit.render.console import renderable
 
 PROGRESS_MIN_BYTES = 256 << 20
@@ -20,7 +20,7 @@ PROGRESS_MIN_BYTES = 256 << 20
 @app.command()
 def stats(
     source: Path = typer.Argument(..., help="Checkpoint file or directory of shards."),
-    filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Only tensors whose name matches this glob."),
+    select: Optional[str] = SELECT,
     bins: int = typer.Option(64, "--bins", help="Histogram bins (at most)."),
     eps: float = typer.Option(1e-6, "--eps", help="Count values with |w| < eps as 'small'."),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
@@ -29,9 +29,7 @@ def stats(
 
     def run():
         with open_weights(str(source)) as ws:
-            if filter and not ws.filter(filter):
-                raise WeightkitError(f"{source}: no tensor name matches --filter {filter!r}; try '*{filter}*'")
-            total = sum(w.nbytes for w in (ws.filter(filter) if filter else ws))
+            total = sum(w.nbytes for w in Selector.of(select).pick(ws, source=ws.source))
             show = not as_json and sys.stderr.isatty() and total >= PROGRESS_MIN_BYTES
             if show:
                 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -39,10 +37,10 @@ def stats(
                 with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                               TransferSpeedColumn(), transient=True) as bar:
                     task = bar.add_task("measuring", total=total)
-                    report = compute(ws, select=filter, bins=bins, eps=eps,
+                    report = compute(ws, select=select, bins=bins, eps=eps,
                                      progress=lambda done, _: bar.update(task, completed=done))
             else:
-                report = compute(ws, select=filter, bins=bins, eps=eps)
+                report = compute(ws, select=select, bins=bins, eps=eps)
         if as_json:
             print_json(report.to_dict())
         else:

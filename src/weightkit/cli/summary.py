@@ -8,8 +8,7 @@ from typing import Optional
 import typer
 
 from weightkit.analyses.summary import summary as summarize
-from weightkit.cli._app import app, console, guard, print_json
-from weightkit.errors import WeightkitError
+from weightkit.cli._app import SELECT, app, console, guard, print_json
 from weightkit.render.console import renderable
 from weightkit.sources._base import reader_specs
 
@@ -17,16 +16,14 @@ from weightkit.sources._base import reader_specs
 @app.command()
 def summary(
     source: Path = typer.Argument(..., help="Checkpoint file or directory of shards."),
-    filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Only tensors whose name matches this glob."),
+    select: Optional[str] = SELECT,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (schema in docs/summary-json.md)."),
     format: Optional[str] = typer.Option(None, "--format", help="Force a reader (see `weightkit formats`)."),
 ) -> None:
     """List every weight with its layer, kind, shape, axis meanings, dtype and size."""
 
     def run():
-        s = summarize(str(source), filter=filter, format=format)
-        if filter and not s.tensors:
-            raise WeightkitError(f"{source}: no tensor name matches --filter {filter!r}; try a broader glob such as '*{filter}*'")
+        s = summarize(str(source), select=select, format=format)
         if as_json:
             print_json(s.to_dict())
         else:

@@ -1,32 +1,60 @@
-"""Choosing weights by name pattern, layer kind and role: the selector every edit takes."""
+"""Which tensors a pattern names: the one :class:`Selector` behind every ``select=``.
+
+A selector is a glob on names (``"encoder.*.weight"``, matched against every alias of a tied
+tensor too), ``"re:<regex>"`` (searched), ``"kind:Linear"`` / ``"role:bias"`` (comma-separated
+alternatives), a compiled ``re.Pattern``, a callable on a :class:`weightkit.Weight`, a list of any
+of these (a tensor matching one of them), or a :class:`Selector` combining a pattern with
+``kind=`` and ``role=``. A selection that matches nothing is an error that names the closest
+tensor names, never an empty result.
+
+Example:
+    >>> import torch, weightkit
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    >>> [w.name for w in weightkit.select(net, "re:^2")]
+    ['2.weight', '2.bias']
+    >>> [w.name for w in weightkit.select(net, "kind:Linear")] == [w.name for w in weightkit.select(net, "*")]
+    True
+    >>> [w.name for w in weightkit.select(net, Selector("0.*", role="bias"))]
+    ['0.bias']
+"""
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
-from weightkit.core.opening import open as _open
-from weightkit.core.weightset import WeightSet
+from weightkit.core.opening import as_weightset
 from weightkit.errors import WeightkitError
 
-__all__ = ["select", "matches"]
+__all__ = ["Selector", "select", "matches"]
+
+_FIELDS = ("kind:", "role:")
 
 
-def _compile(pattern: str | re.Pattern | None):
-    if pattern is None:
-        return lambda name: True
+def _name_test(pattern: Any) -> Callable[[Any], bool]:
+    """A test on one weight for one pattern (no list, no Selector)."""
     if isinstance(pattern, re.Pattern):
-        return lambda name: pattern.search(name) is not None
+        rx = pattern
+        return lambda w: any(rx.search(n) is not None for n in (w.name, *w.shared_with))
+    if callable(pattern):
+        return lambda w: bool(pattern(w))
     if not isinstance(pattern, str):
-        raise WeightkitError(f"pattern must be a glob string, 're:<regex>' or a compiled regex; received {pattern!r}")
+        raise WeightkitError(f"select: expected a glob, 're:<regex>', 'kind:<Kind>', 'role:<role>', a compiled regex, "
+                             f"a callable on a Weight, or a list of those; received {pattern!r}")
     if pattern.startswith("re:"):
         try:
             rx = re.compile(pattern[3:])
         except re.error as e:
-            raise WeightkitError(f"pattern {pattern!r} is not a valid regular expression ({e})") from None
-        return lambda name: rx.search(name) is not None
-    return lambda name: fnmatch.fnmatchcase(name, pattern)
+            raise WeightkitError(f"select {pattern!r} is not a valid regular expression ({e})") from None
+        return lambda w: any(rx.search(n) is not None for n in (w.name, *w.shared_with))
+    for field in _FIELDS:
+        if pattern.startswith(field):
+            wanted = {v.strip() for v in pattern[len(field):].split(",") if v.strip()}
+            attr = field[:-1]
+            return lambda w: getattr(w, attr) in wanted
+    return lambda w: any(fnmatch.fnmatchcase(n, pattern) for n in (w.name, *w.shared_with))
 
 
 def _as_set(value: str | Iterable[str] | None) -> set[str] | None:
@@ -35,21 +63,111 @@ def _as_set(value: str | Iterable[str] | None) -> set[str] | None:
     return {value} if isinstance(value, str) else set(value)
 
 
-def matches(weight, pattern=None, *, kind=None, role=None) -> bool:
+class Selector:
+    """A pattern (see the module docstring), optionally narrowed by layer ``kind`` and tensor ``role``.
+
+    ``Selector(...)(weight)`` tells whether one weight is selected; :meth:`pick` selects from a
+    :class:`weightkit.WeightSet` and refuses an empty selection.
+    """
+
+    def __init__(self, pattern: Any = None, *, kind: str | Iterable[str] | None = None,
+                 role: str | Iterable[str] | None = None):
+        if isinstance(pattern, Selector):
+            inner: Selector = pattern
+            pattern, kind, role = inner.pattern, _merge(inner.kind, kind), _merge(inner.role, role)
+        self.pattern: Any = pattern
+        self.kind: set[str] | None = _as_set(kind)
+        self.role: set[str] | None = _as_set(role)
+        if pattern is None:
+            self._tests: Sequence[Callable[[Any], bool]] = ()
+        elif isinstance(pattern, (list, tuple, set, frozenset)):
+            self._tests = [_name_test(p) for p in pattern]
+            if not self._tests:
+                raise WeightkitError("select: an empty list selects nothing; give at least one pattern or None for all")
+        else:
+            self._tests = [_name_test(pattern)]
+
+    @classmethod
+    def of(cls, select: Any = None, *, kind: str | Iterable[str] | None = None,
+           role: str | Iterable[str] | None = None) -> Selector:
+        """``select`` as a Selector (itself when it already is one and nothing narrows it)."""
+        if isinstance(select, Selector) and kind is None and role is None:
+            return select
+        return cls(select, kind=kind, role=role)
+
+    @property
+    def everything(self) -> bool:
+        """True when this selector names every tensor (no pattern, kind or role)."""
+        return self.pattern is None and self.kind is None and self.role is None
+
+    def __call__(self, weight: Any) -> bool:
+        return ((not self._tests or any(t(weight) for t in self._tests))
+                and (self.kind is None or weight.kind in self.kind)
+                and (self.role is None or weight.role in self.role))
+
+    def _parts(self) -> list[str]:
+        return [f"{k}={sorted(v)[0]!r}" if len(v) == 1 else f"{k}={sorted(v)!r}"
+                for k, v in (("kind", self.kind), ("role", self.role)) if v is not None]
+
+    def __repr__(self) -> str:
+        return f"Selector({', '.join(([] if self.pattern is None else [_describe(self.pattern)]) + self._parts())})"
+
+    def describe(self) -> str:
+        """How the selector reads in a message: ``select='encoder.*'``, ``kind='Linear'``…"""
+        parts = ([] if self.pattern is None else [f"select={_describe(self.pattern)}"]) + self._parts()
+        return ", ".join(parts) or "everything"
+
+    def pick(self, weights: Iterable[Any], *, source: str = "the source") -> list:
+        """The selected weights, in order; a one-line :class:`WeightkitError` naming the closest
+        tensor names (and the kinds and roles present) when none is selected."""
+        weights = list(weights)
+        chosen = [w for w in weights if self(w)]
+        if not chosen and weights:
+            raise WeightkitError(self.nothing_message(weights, source=source))
+        return chosen
+
+    def nothing_message(self, weights: Sequence[Any], *, source: str) -> str:
+        names = [w.name for w in weights]
+        hint = ""
+        if isinstance(self.pattern, str) and not self.pattern.startswith(_FIELDS):
+            stem = self.pattern[3:] if self.pattern.startswith("re:") else self.pattern
+            close = difflib.get_close_matches(stem, names, n=3, cutoff=0.0)
+            hint = f"; closest names: {', '.join(close)}" if close else ""
+        kinds = ", ".join(sorted({w.kind for w in weights}))
+        roles = ", ".join(sorted({w.role for w in weights}))
+        return (f"no tensor in {source} matches {self.describe()}{hint}; kinds present: {kinds}; "
+                f"roles present: {roles}")
+
+
+def _merge(a: set[str] | None, b: str | Iterable[str] | None) -> set[str] | None:
+    b = _as_set(b)
+    if a is None or b is None:
+        return a if b is None else b
+    return a & b
+
+
+def _describe(pattern: Any) -> str:
+    if isinstance(pattern, re.Pattern):
+        return f"re:{pattern.pattern!r}"
+    if callable(pattern) and not isinstance(pattern, str):
+        return getattr(pattern, "__name__", "a predicate")
+    return repr(pattern)
+
+
+def matches(weight: Any, pattern: Any = None, *, kind: Any = None, role: Any = None) -> bool:
     """True when ``weight`` (a :class:`weightkit.Weight`) passes the selector."""
-    name_ok = _compile(pattern)
-    kinds, roles = _as_set(kind), _as_set(role)
-    return (any(name_ok(n) for n in (weight.name, *weight.shared_with))
-            and (kinds is None or weight.kind in kinds) and (roles is None or weight.role in roles))
+    return Selector.of(pattern, kind=kind, role=role)(weight)
 
 
-def select(source: Any, pattern: str | re.Pattern | None = None, *, kind=None, role=None) -> list:
-    """The weights whose name matches ``pattern`` and whose layer kind and role match.
+def select(source: Any, select: Any = None, *, kind: Any = None, role: Any = None) -> list:
+    """The weights of ``source`` that ``select`` names (see :class:`Selector`), narrowed by layer
+    ``kind`` and tensor ``role``.
 
     Args:
         source: a model, checkpoint path or ``WeightSet`` (anything :func:`weightkit.open` takes).
-        pattern: a glob on names (``"encoder.*.weight"``), ``"re:<regex>"`` (searched), or a
-            compiled ``re.Pattern``; ``None`` selects every name.
+        select: a glob on names (``"encoder.*.weight"``), ``"re:<regex>"`` (searched),
+            ``"kind:Linear"``, ``"role:bias"``, a compiled ``re.Pattern``, a callable on a
+            ``Weight``, a list of those, or a :class:`Selector`; ``None`` selects every tensor.
         kind: a layer kind or several (``"Linear"``, ``("Conv2d", "Linear")``).
         role: a tensor role or several (``"bias"``, ``"weight"``, ``"kernel"``).
 
@@ -57,7 +175,7 @@ def select(source: Any, pattern: str | re.Pattern | None = None, *, kind=None, r
         A list of :class:`weightkit.Weight`, in model order.
 
     Raises:
-        WeightkitError: nothing matches (the message says what is available).
+        WeightkitError: nothing matches (the message names the closest tensor names).
 
     Example:
         >>> import torch, weightkit
@@ -67,15 +185,5 @@ def select(source: Any, pattern: str | re.Pattern | None = None, *, kind=None, r
         >>> [w.name for w in weightkit.select(net, "re:^2\\\\.")]
         ['2.weight', '2.bias']
     """
-
-    ws = source if isinstance(source, WeightSet) else _open(source)
-    chosen = [w for w in ws if matches(w, pattern, kind=kind, role=role)]
-    if not chosen:
-        asked = ", ".join(f"{k}={v!r}" for k, v in (("pattern", pattern), ("kind", kind), ("role", role)) if v is not None)
-        present_kinds = sorted({w.kind for w in ws})
-        present_roles = sorted({w.role for w in ws})
-        raise WeightkitError(
-            f"no weight in {ws.source} matches {asked or 'the selector'}; kinds present: {', '.join(present_kinds)}; "
-            f"roles present: {', '.join(present_roles)}"
-        )
-    return chosen
+    ws = as_weightset(source)
+    return Selector.of(select, kind=kind, role=role).pick(ws, source=ws.source)

@@ -189,10 +189,6 @@ class WeightSet:
             groups[w.layer].append(w)
         return dict(groups)
 
-    def filter(self, pattern: str) -> list[Weight]:
-        """Weights whose name (or any alias) matches the glob ``pattern``."""
-        return [w for w in self if any(fnmatch.fnmatchcase(n, pattern) for n in (w.name, *w.shared_with))]
-
     def close(self) -> None:
         self._reader.close()
 

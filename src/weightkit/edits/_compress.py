@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from weightkit import _dtypes
-from weightkit.core.selector import matches
+from weightkit.core.selector import Selector
 
 SENTINEL = np.uint32(0xFFFFFFFF)
 CHUNK_ELEMENTS = 1 << 20  # 4 MB of float32 per chunk: temporaries stay a few MB
@@ -71,18 +71,7 @@ def selected(ws, select: Any) -> list:
     """Weights of ``ws`` chosen by ``select``: ``None`` (all), a glob or ``"re:<regex>"``, a list
     of those, or a predicate on :class:`weightkit.Weight`."""
 
-    if select is None:
-        return list(ws)
-    if callable(select) and not isinstance(select, str):
-        return [w for w in ws if select(w)]
-    patterns = [select] if isinstance(select, str) else list(select)
-    return [w for w in ws if any(matches(w, p) for p in patterns)]
-
-
-def describe_select(select: Any) -> str:
-    if callable(select) and not isinstance(select, str):
-        return getattr(select, "__name__", "a predicate")
-    return repr(select)
+    return Selector.of(select).pick(ws, source=ws.source)
 
 
 def ranged_reader(w) -> Callable[[int, int], np.ndarray]:

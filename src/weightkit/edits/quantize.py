@@ -41,7 +41,7 @@ import numpy as np
 
 from weightkit import _dtypes
 from weightkit.edits import _backend
-from weightkit.edits._compress import CHUNK_ELEMENTS, describe_select, output_axis, ranged_reader, selected
+from weightkit.edits._compress import CHUNK_ELEMENTS, output_axis, ranged_reader, selected
 from weightkit.edits.prune import _check_out
 from weightkit.edits.save import Entry, base_metadata, open_source, weight_entry, write_safetensors
 from weightkit.errors import WeightkitError
@@ -375,11 +375,7 @@ def _kept(w, reason: str) -> TensorQuant:
 
 
 def _choose(ws, select) -> list:
-    chosen = selected(ws, select)
-    if not chosen:
-        raise WeightkitError(f"no tensor in {ws.source} matches select={describe_select(select)}; "
-                             f"{len(ws)} names are available (see weightkit summary)")
-    return chosen
+    return selected(ws, select)
 
 
 # --- public ----------------------------------------------------------------------------------

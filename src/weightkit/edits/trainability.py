@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from weightkit.core.selector import _compile, select
+from weightkit.core.selector import Selector, select
 from weightkit.edits._backend import KERAS, TORCH, framework, keras_layers, keras_owners, keras_parents, keras_slots, torch_owners
 from weightkit.errors import WeightkitError
 
@@ -236,8 +236,7 @@ def param_groups(model: Any, *, weight_decay: float = 0.01, no_decay=None) -> li
                              "weight_decay= and optimizer.exclude_from_weight_decay(var_names=[...]) instead")
     if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
         raise WeightkitError(f"param_groups: weight_decay must be a number >= 0; received {weight_decay!r}")
-    patterns = [] if no_decay is None else ([no_decay] if isinstance(no_decay, str) else list(no_decay))
-    tests = [_compile(p) for p in patterns]
+    no_decay_sel = None if no_decay is None else Selector(no_decay)
     module_of = {}
     for name, (module, *_rest) in torch_owners(model).items():
         module_of[name] = module
@@ -247,10 +246,17 @@ def param_groups(model: Any, *, weight_decay: float = 0.01, no_decay=None) -> li
             continue
         module = module_of.get(name)
         norm = module is not None and any(_NORM_CLASS.search(c.__name__) for c in type(module).__mro__)
-        if p.ndim <= 1 or norm or any(t(name) for t in tests):
+        if p.ndim <= 1 or norm or (no_decay_sel is not None and no_decay_sel(_Named(name))):
             keep.append(p)
         else:
             decay.append(p)
     if not decay and not keep:
         raise WeightkitError("param_groups: every parameter of the model is frozen; unfreeze some first")
     return [{"params": decay, "weight_decay": float(weight_decay)}, {"params": keep, "weight_decay": 0.0}]
+
+
+class _Named:
+    """A parameter seen by its name alone (``param_groups`` matches ``no_decay`` on names)."""
+
+    def __init__(self, name: str):
+        self.name, self.shared_with, self.kind, self.role = name, (), None, None

@@ -15,13 +15,13 @@ import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from weightkit import _dtypes
 from weightkit.analyses.statistics.result import GroupStats, StatsReport, TensorStats
+from weightkit.core.selector import Selector
 from weightkit.errors import WeightkitError
 
 CHUNK_BYTES = 16 << 20
@@ -292,10 +292,5 @@ def report(ws, *, select=None, bins: int = 64, eps: float = 1e-6,
 
 
 def _selected(ws, select: Any) -> list:
-    """Weights chosen by a glob, a list of globs, or a predicate on :class:`Weight`."""
-    if select is None:
-        return list(ws)
-    if callable(select):
-        return [w for w in ws if select(w)]
-    patterns = [select] if isinstance(select, str) else list(select)
-    return [w for w in ws if any(fnmatchcase(n, p) for p in patterns for n in (w.name, *w.shared_with))]
+    """The weights ``select`` names (see :class:`weightkit.core.selector.Selector`)."""
+    return Selector.of(select).pick(ws, source=ws.source)
