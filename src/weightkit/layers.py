@@ -20,11 +20,93 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["axes_for", "list_kinds", "split_rnn_name", "infer_kind", "UNKNOWN", "LayerFacts"]
+__all__ = ["Axis", "AXIS_TOKENS", "KERNEL_TOKENS", "axis_spec", "axes_for", "out_axis", "in_axis", "list_kinds", "split_rnn_name",
+           "infer_kind", "UNKNOWN", "LayerFacts"]
 
 UNKNOWN = "unknown"
 
-_KERNEL_DIMS = {1: ("kernel_size",), 2: ("kernel_h", "kernel_w"), 3: ("kernel_d", "kernel_h", "kernel_w")}
+# --- axis meanings: a machine token beside each human label --------------------------------
+#
+# Consumers (per-channel quantisation, structured pruning, the doctor's fan-in, filter plots and
+# heatmaps) read the token, never the label: rewording a label changes nothing they do.
+
+AXIS_TOKENS = {
+    "out": "output units: features, channels, filters",
+    "out_per_group": "output channels of one group (a transposed convolution's axis 1)",
+    "in": "input units: features, channels, an RNN's input",
+    "in_per_group": "input channels of one group (a convolution's axis 1)",
+    "kernel": "spatial kernel of a 1-D convolution",
+    "kernel_d": "kernel depth",
+    "kernel_h": "kernel height",
+    "kernel_w": "kernel width",
+    "gates": "stacked gate blocks of a recurrent layer (their order in Axis.order)",
+    "qkv": "stacked query, key and value projections",
+    "hidden": "recurrent state fed back into a recurrent layer",
+    "vocab": "one row per token of an embedding table",
+    "embed": "embedding vector",
+    "heads": "attention heads",
+    "head_dim": "size of one attention head",
+    "features": "one value per normalised feature or channel",
+    "depth_multiplier": "filters per input channel of a depthwise convolution",
+    "direction": "input and recurrent bias of a Keras GRU (reset_after)",
+    "one": "an axis of size one",
+    "unknown": "not known",
+}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a tensor: ``token`` (one of :data:`AXIS_TOKENS`, for programs), ``label``
+    (for people) and, for stacked blocks, their ``order`` (``"i,f,g,o"``)."""
+
+    token: str
+    label: str
+    order: str | None = None
+
+
+UNKNOWN_AXIS = Axis("unknown", "?")
+KERNEL_TOKENS = ("kernel", "kernel_d", "kernel_h", "kernel_w")
+_OUT_PREFERENCE = ("out", "out_per_group", "gates", "qkv", "heads", "vocab")
+_IN_PREFERENCE = ("in", "in_per_group", "hidden")
+
+
+def out_axis(tokens: tuple[str, ...] | list[str], *, among: tuple[str, ...] = _OUT_PREFERENCE) -> int | None:
+    """Index of the output axis (output units, filters, gate block, vocabulary rows…) of a tensor
+    with these axis tokens; ``None`` when unknown. ``among`` narrows which tokens count.
+
+    Example:
+        >>> out_axis(("in", "out")), out_axis(("in", "out_per_group", "kernel_h", "kernel_w"))
+        (1, 1)
+    """
+    if len(tokens) == 1:
+        return 0
+    if not tokens or all(t == "unknown" for t in tokens):
+        return None
+    for token in among:
+        if token in tokens:
+            return list(tokens).index(token)
+    if "depth_multiplier" in tokens and "in" in tokens:  # depthwise: one filter per input channel
+        return list(tokens).index("in")
+    return None
+
+
+def in_axis(tokens: tuple[str, ...] | list[str]) -> int | None:
+    """Index of the input axis (input units, input channels, the recurrent state); ``None`` for
+    1-D tensors, embedding tables and unknown axes."""
+    for token in _IN_PREFERENCE:
+        if token in tokens and len(tokens) > 1:
+            return list(tokens).index(token)
+    return None
+
+
+def _a(token: str, label: str | None = None, order: str | None = None) -> Axis:
+    return Axis(token, label or token, order)
+
+
+_KERNEL_DIMS = {1: (_a("kernel", "kernel_size"),), 2: (_a("kernel_h"), _a("kernel_w")),
+                3: (_a("kernel_d"), _a("kernel_h"), _a("kernel_w"))}
+_OUT_F, _IN_F = _a("out", "out_features"), _a("in", "in_features")
+_OUT_C = _a("out", "out_channels")
 
 
 @dataclass(frozen=True)
@@ -37,16 +119,19 @@ class LayerFacts:
     names: tuple[str, ...] = ()
 
 
+Spec = tuple[Axis, ...]
+
 # --- PyTorch -------------------------------------------------------------------------------
 
-def _torch_conv(dims: int, transposed: bool = False):
+def _torch_conv(dims: int, transposed: bool = False) -> dict[str, Spec]:
     k = _KERNEL_DIMS[dims]
-    w = ("in_channels", "out_channels/groups", *k) if transposed else ("out_channels", "in_channels/groups", *k)
-    return {"weight": w, "bias": ("out_channels",)}
+    w = ((_a("in", "in_channels"), _a("out_per_group", "out_channels/groups"), *k) if transposed
+         else (_OUT_C, _a("in_per_group", "in_channels/groups"), *k))
+    return {"weight": w, "bias": (_OUT_C,)}
 
 
-_NORM_STATS = ("num_features",)
-_BATCHNORM = {
+_NORM_STATS = (_a("features", "num_features"),)
+_BATCHNORM: dict[str, Spec] = {
     "weight": _NORM_STATS,
     "bias": _NORM_STATS,
     "running_mean": _NORM_STATS,
@@ -54,10 +139,11 @@ _BATCHNORM = {
     "num_batches_tracked": (),
 }
 
-_RNN_GATES = {"LSTM": "4*hidden (i,f,g,o)", "GRU": "3*hidden (r,z,n)", "RNN": "hidden_size"}
+_RNN_GATES = {"LSTM": _a("gates", "4*hidden (i,f,g,o)", "i,f,g,o"), "GRU": _a("gates", "3*hidden (r,z,n)", "r,z,n"),
+              "RNN": _a("gates", "hidden_size")}
 
 
-def _rnn_axes(kind: str, role: str, ndim: int, facts: LayerFacts, layer_index: int) -> tuple[str, ...] | None:
+def _rnn_axes(kind: str, role: str, ndim: int, facts: LayerFacts, layer_index: int) -> Spec | None:
     base = kind.removesuffix("Cell")
     gates = _RNN_GATES.get(base)
     if gates is None:
@@ -71,20 +157,23 @@ def _rnn_axes(kind: str, role: str, ndim: int, facts: LayerFacts, layer_index: i
             inp = f"2*{state.removesuffix('_size')} (fwd,bwd of layer {layer_index - 1})"
         else:
             inp = state
-        return (gates, inp)
+        return (gates, _a("in", inp))
     if role == "weight_hh":
-        return (gates, state)
+        return (gates, _a("hidden", state))
     if role in ("bias_ih", "bias_hh"):
         return (gates,)
     if role == "weight_hr":
-        return ("proj_size", "hidden_size")
+        return (_a("out", "proj_size"), _a("in", "hidden_size"))
     return None
 
 
-_TORCH: dict[str, dict[str, tuple[str, ...]]] = {
-    "Linear": {"weight": ("out_features", "in_features"), "bias": ("out_features",)},
-    "Bilinear": {"weight": ("out_features", "in1_features", "in2_features"), "bias": ("out_features",)},
-    "Conv1D": {"weight": ("in_features", "out_features"), "bias": ("out_features",)},  # HF GPT-2 style
+_EMBED_TORCH = {"weight": (_a("vocab", "num_embeddings"), _a("embed", "embedding_dim"))}
+_EMBED_DIM_OUT = _a("out", "embed_dim")
+
+_TORCH: dict[str, dict[str, Spec]] = {
+    "Linear": {"weight": (_OUT_F, _IN_F), "bias": (_OUT_F,)},
+    "Bilinear": {"weight": (_OUT_F, _a("in", "in1_features"), _a("in", "in2_features")), "bias": (_OUT_F,)},
+    "Conv1D": {"weight": (_IN_F, _OUT_F), "bias": (_OUT_F,)},  # HF GPT-2 style
     "Conv1d": _torch_conv(1),
     "Conv2d": _torch_conv(2),
     "Conv3d": _torch_conv(3),
@@ -99,103 +188,104 @@ _TORCH: dict[str, dict[str, tuple[str, ...]]] = {
     "InstanceNorm1d": _BATCHNORM,
     "InstanceNorm2d": _BATCHNORM,
     "InstanceNorm3d": _BATCHNORM,
-    "GroupNorm": {"weight": ("num_channels",), "bias": ("num_channels",)},
-    "LayerNorm": {"weight": ("normalized_shape",), "bias": ("normalized_shape",)},
-    "RMSNorm": {"weight": ("normalized_shape",)},
-    "Embedding": {"weight": ("num_embeddings", "embedding_dim")},
-    "EmbeddingBag": {"weight": ("num_embeddings", "embedding_dim")},
-    "PReLU": {"weight": ("num_parameters",)},
+    "GroupNorm": {"weight": (_a("features", "num_channels"),), "bias": (_a("features", "num_channels"),)},
+    "LayerNorm": {"weight": (_a("features", "normalized_shape"),), "bias": (_a("features", "normalized_shape"),)},
+    "RMSNorm": {"weight": (_a("features", "normalized_shape"),)},
+    "Embedding": _EMBED_TORCH,
+    "EmbeddingBag": _EMBED_TORCH,
+    "PReLU": {"weight": (_a("features", "num_parameters"),)},
     "MultiheadAttention": {
-        "in_proj_weight": ("3*embed_dim (q,k,v)", "embed_dim"),
-        "in_proj_bias": ("3*embed_dim (q,k,v)",),
-        "q_proj_weight": ("embed_dim", "embed_dim"),
-        "k_proj_weight": ("embed_dim", "kdim"),
-        "v_proj_weight": ("embed_dim", "vdim"),
-        "bias_k": ("1", "1", "embed_dim"),
-        "bias_v": ("1", "1", "embed_dim"),
+        "in_proj_weight": (_a("qkv", "3*embed_dim (q,k,v)", "q,k,v"), _a("in", "embed_dim")),
+        "in_proj_bias": (_a("qkv", "3*embed_dim (q,k,v)", "q,k,v"),),
+        "q_proj_weight": (_EMBED_DIM_OUT, _a("in", "embed_dim")),
+        "k_proj_weight": (_EMBED_DIM_OUT, _a("in", "kdim")),
+        "v_proj_weight": (_EMBED_DIM_OUT, _a("in", "vdim")),
+        "bias_k": (_a("one", "1"), _a("one", "1"), _EMBED_DIM_OUT),
+        "bias_v": (_a("one", "1"), _a("one", "1"), _EMBED_DIM_OUT),
     },
 }
 
 # --- Keras 3 -------------------------------------------------------------------------------
 
-def _keras_conv(dims: int, transposed: bool = False):
+def _keras_conv(dims: int, transposed: bool = False) -> dict[str, Spec]:
     k = _KERNEL_DIMS[dims]
-    w = (*k, "out_channels", "in_channels") if transposed else (*k, "in_channels/groups", "out_channels")
-    return {"kernel": w, "bias": ("out_channels",)}
+    w = ((*k, _OUT_C, _a("in", "in_channels")) if transposed
+         else (*k, _a("in_per_group", "in_channels/groups"), _OUT_C))
+    return {"kernel": w, "bias": (_OUT_C,)}
 
 
-_KERAS_BN = {r: ("num_features",) for r in ("gamma", "beta", "moving_mean", "moving_variance")}
-_KERAS_RNN_GATES = {"LSTM": "4*units (i,f,c,o)", "GRU": "3*units (z,r,h)", "SimpleRNN": "units"}
+_KERAS_BN: dict[str, Spec] = {r: (_a("features", "num_features"),) for r in ("gamma", "beta", "moving_mean", "moving_variance")}
+_KERAS_RNN_GATES = {"LSTM": _a("gates", "4*units (i,f,c,o)", "i,f,c,o"), "GRU": _a("gates", "3*units (z,r,h)", "z,r,h"),
+                    "SimpleRNN": _a("gates", "units")}
+_DEPTH_IN, _DEPTH_M = _a("in", "in_channels"), _a("depth_multiplier")
+_DEPTH_BIAS = (_a("out", "in_channels*depth_multiplier"),)
 
-_KERAS: dict[str, dict[str, tuple[str, ...]]] = {
-    "Dense": {"kernel": ("in_features", "out_features"), "bias": ("out_features",)},
+_KERAS: dict[str, dict[str, Spec]] = {
+    "Dense": {"kernel": (_IN_F, _OUT_F), "bias": (_OUT_F,)},
     "Conv1D": _keras_conv(1),
     "Conv2D": _keras_conv(2),
     "Conv3D": _keras_conv(3),
     "Conv1DTranspose": _keras_conv(1, True),
     "Conv2DTranspose": _keras_conv(2, True),
     "Conv3DTranspose": _keras_conv(3, True),
-    "DepthwiseConv1D": {
-        "kernel": ("kernel_size", "in_channels", "depth_multiplier"),
-        "bias": ("in_channels*depth_multiplier",),
-    },
-    "DepthwiseConv2D": {
-        "kernel": ("kernel_h", "kernel_w", "in_channels", "depth_multiplier"),
-        "bias": ("in_channels*depth_multiplier",),
-    },
+    "DepthwiseConv1D": {"kernel": (*_KERNEL_DIMS[1], _DEPTH_IN, _DEPTH_M), "bias": _DEPTH_BIAS},
+    "DepthwiseConv2D": {"kernel": (*_KERNEL_DIMS[2], _DEPTH_IN, _DEPTH_M), "bias": _DEPTH_BIAS},
     "SeparableConv1D": {
-        "depthwise_kernel": ("kernel_size", "in_channels", "depth_multiplier"),
-        "pointwise_kernel": ("1", "in_channels*depth_multiplier", "out_channels"),
-        "bias": ("out_channels",),
+        "depthwise_kernel": (*_KERNEL_DIMS[1], _DEPTH_IN, _DEPTH_M),
+        "pointwise_kernel": (_a("one", "1"), _a("in", "in_channels*depth_multiplier"), _OUT_C),
+        "bias": (_OUT_C,),
     },
     "SeparableConv2D": {
-        "depthwise_kernel": ("kernel_h", "kernel_w", "in_channels", "depth_multiplier"),
-        "pointwise_kernel": ("1", "1", "in_channels*depth_multiplier", "out_channels"),
-        "bias": ("out_channels",),
+        "depthwise_kernel": (*_KERNEL_DIMS[2], _DEPTH_IN, _DEPTH_M),
+        "pointwise_kernel": (_a("one", "1"), _a("one", "1"), _a("in", "in_channels*depth_multiplier"), _OUT_C),
+        "bias": (_OUT_C,),
     },
     "BatchNormalization": _KERAS_BN,
-    "LayerNormalization": {"gamma": ("normalized_shape",), "beta": ("normalized_shape",)},
-    "RMSNormalization": {"scale": ("normalized_shape",)},
-    "GroupNormalization": {"gamma": ("num_channels",), "beta": ("num_channels",)},
-    "Embedding": {"embeddings": ("input_dim", "output_dim")},
-    "PReLU": {"alpha": ("features",)},
+    "LayerNormalization": {"gamma": (_a("features", "normalized_shape"),), "beta": (_a("features", "normalized_shape"),)},
+    "RMSNormalization": {"scale": (_a("features", "normalized_shape"),)},
+    "GroupNormalization": {"gamma": (_a("features", "num_channels"),), "beta": (_a("features", "num_channels"),)},
+    "Embedding": {"embeddings": (_a("vocab", "input_dim"), _a("embed", "output_dim"))},
+    "PReLU": {"alpha": (_a("features"),)},
     # the preprocessing layer: statistics of the normalised axis (set by adapt(), not trained)
-    "Normalization": {"mean": ("features",), "variance": ("features",), "count": ()},
+    "Normalization": {"mean": (_a("features"),), "variance": (_a("features"),), "count": ()},
 }
 
-_KERAS_MHA = {
-    "query": {"kernel": ("embed_dim", "num_heads", "key_dim"), "bias": ("num_heads", "key_dim")},
-    "key": {"kernel": ("key_embed_dim", "num_heads", "key_dim"), "bias": ("num_heads", "key_dim")},
-    "value": {"kernel": ("value_embed_dim", "num_heads", "value_dim"), "bias": ("num_heads", "value_dim")},
-    "attention_output": {"kernel": ("num_heads", "value_dim", "output_dim"), "bias": ("output_dim",)},
+_HEADS = _a("heads", "num_heads")
+_KERAS_MHA: dict[str, dict[str, Spec]] = {
+    "query": {"kernel": (_a("in", "embed_dim"), _HEADS, _a("head_dim", "key_dim")), "bias": (_HEADS, _a("head_dim", "key_dim"))},
+    "key": {"kernel": (_a("in", "key_embed_dim"), _HEADS, _a("head_dim", "key_dim")), "bias": (_HEADS, _a("head_dim", "key_dim"))},
+    "value": {"kernel": (_a("in", "value_embed_dim"), _HEADS, _a("head_dim", "value_dim")),
+              "bias": (_HEADS, _a("head_dim", "value_dim"))},
+    "attention_output": {"kernel": (_HEADS, _a("head_dim", "value_dim"), _a("out", "output_dim")),
+                         "bias": (_a("out", "output_dim"),)},
 }
 
 
-def _keras_conv_lstm_axes(kind: str, role: str) -> tuple[str, ...] | None:
+def _keras_conv_lstm_axes(kind: str, role: str) -> Spec | None:
     """ConvLSTM1D/2D/3D: convolution kernels whose output channels are the four gates."""
     k = _KERNEL_DIMS.get(int(kind[-2])) if kind[-2:-1].isdigit() else None
-    gates = "4*filters (i,f,c,o)"
+    gates = _a("gates", "4*filters (i,f,c,o)", "i,f,c,o")
     if k is None:
         return None
-    return {"kernel": (*k, "in_channels", gates), "recurrent_kernel": (*k, "filters", gates),
+    return {"kernel": (*k, _a("in", "in_channels"), gates), "recurrent_kernel": (*k, _a("hidden", "filters"), gates),
             "bias": (gates,)}.get(role)
 
 
-def _keras_rnn_axes(kind: str, role: str, ndim: int, facts: LayerFacts) -> tuple[str, ...] | None:
+def _keras_rnn_axes(kind: str, role: str, ndim: int, facts: LayerFacts) -> Spec | None:
     gates = _KERAS_RNN_GATES.get(kind)
     if gates is None:
         return None
     if role == "kernel":
-        return ("input_size", gates)
+        return (_a("in", "input_size"), gates)
     if role == "recurrent_kernel":
-        return ("units", gates)
+        return (_a("hidden", "units"), gates)
     if role == "bias":
-        return ("input/recurrent", gates) if ndim == 2 else (gates,)
+        return (_a("direction", "input/recurrent"), gates) if ndim == 2 else (gates,)
     return None
 
 
 # kinds that are special-cased by a function rather than a fixed table
-_FUNCTIONAL: dict[str, Callable[..., tuple[str, ...] | None]] = {}
+_FUNCTIONAL: dict[str, Callable[..., Spec | None]] = {}
 
 
 def list_kinds() -> list[str]:
@@ -215,24 +305,30 @@ def split_rnn_name(role: str) -> tuple[str, int, bool] | None:
     return m.group(1), int(m.group(2) or 0), bool(m.group(3))
 
 
-def axes_for(kind: str, role: str, shape: tuple[int, ...], facts: LayerFacts | None = None) -> tuple[str, ...]:
-    """Meaning of each axis of a tensor with this ``role`` in a layer of this ``kind``.
+def axis_spec(kind: str, role: str, shape: tuple[int, ...], facts: LayerFacts | None = None) -> Spec:
+    """Each axis of a tensor with this ``role`` in a layer of this ``kind``: its token and label.
 
-    Unknown combinations, and shapes whose rank does not fit the table, give ``"?"`` per axis.
+    Unknown combinations, and shapes whose rank does not fit the table, give the unknown axis.
     """
     ndim = len(shape)
     facts = facts or LayerFacts(kind, frozenset({role}), {})
     axes = _lookup(kind, role, ndim, facts)
     if axes is None:
-        return ("?",) * ndim
+        return (UNKNOWN_AXIS,) * ndim
     if kind in ("LayerNorm", "RMSNorm", "LayerNormalization", "RMSNormalization") and ndim > 1:
-        return tuple(f"normalized_shape[{i}]" for i in range(ndim))
+        return tuple(Axis("features", f"normalized_shape[{i}]") for i in range(ndim))
     if len(axes) != ndim:
-        return ("?",) * ndim
+        return (UNKNOWN_AXIS,) * ndim
     return tuple(axes)
 
 
-def _lookup(kind: str, role: str, ndim: int, facts: LayerFacts) -> tuple[str, ...] | None:
+def axes_for(kind: str, role: str, shape: tuple[int, ...], facts: LayerFacts | None = None) -> tuple[str, ...]:
+    """Meaning of each axis of a tensor with this ``role`` in a layer of this ``kind``, for people
+    (``"?"`` per axis where unknown); programs read :func:`axis_spec`'s tokens instead."""
+    return tuple(a.label for a in axis_spec(kind, role, shape, facts))
+
+
+def _lookup(kind: str, role: str, ndim: int, facts: LayerFacts) -> Spec | None:
     rnn = split_rnn_name(role)
     if rnn is not None and kind.removesuffix("Cell") in _RNN_GATES:
         return _rnn_axes(kind, rnn[0], ndim, facts, rnn[1])

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from weightkit import _dtypes
-from weightkit.layers import UNKNOWN, LayerFacts, axes_for, infer_kind, split_rnn_name
+from weightkit.layers import UNKNOWN, LayerFacts, axis_spec, in_axis, infer_kind, out_axis, split_rnn_name
 
 if TYPE_CHECKING:
     from weightkit.sources import RawTensor, Reader
@@ -46,8 +46,36 @@ class Weight:
     kind_from: str = "inferred"
     """How ``kind`` was found: ``module`` (live class), ``config`` (file config), ``inferred``, ``name``."""
     device: str | None = None
+    axis_tokens: tuple[str, ...] = ()
+    """The machine meaning of each axis (:data:`weightkit.layers.AXIS_TOKENS`); programs read these,
+    never ``axes``. Taken from the layer table when not given."""
+    gate_order: str | None = None
+    """Order of the stacked blocks of a gate or q/k/v axis (``"i,f,g,o"``), if there is one."""
     _reader: Any = field(default=None, repr=False, compare=False)
     _key: str = field(default="", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.axis_tokens and self.shape:
+            spec = axis_spec(self.kind, self.role, tuple(self.shape))
+            object.__setattr__(self, "axis_tokens", tuple(a.token for a in spec))
+            object.__setattr__(self, "gate_order", next((a.order for a in spec if a.order), None))
+
+    @property
+    def out_axis(self) -> int | None:
+        """Index of the output axis (units, filters, gate block, vocabulary rows…), from the tokens.
+
+        Example:
+            >>> import torch, weightkit
+            >>> ws = weightkit.open(torch.nn.ConvTranspose2d(3, 4, 3))
+            >>> ws["weight"].axes, ws["weight"].out_axis, ws["weight"].in_axis
+            (('in_channels', 'out_channels/groups', 'kernel_h', 'kernel_w'), 1, 0)
+        """
+        return out_axis(self.axis_tokens)
+
+    @property
+    def in_axis(self) -> int | None:
+        """Index of the input axis (input units or channels, the recurrent state), from the tokens."""
+        return in_axis(self.axis_tokens)
 
     @property
     def numel(self) -> int:
@@ -98,6 +126,10 @@ class Weight:
             "role": self.role,
             "shape": list(self.shape),
             "axes": list(self.axes),
+            "axis_tokens": list(self.axis_tokens),
+            "out_axis": self.out_axis,
+            "in_axis": self.in_axis,
+            "gate_order": self.gate_order,
             "dtype": self.dtype,
             "numel": self.numel,
             "nbytes": self.nbytes,
@@ -221,6 +253,7 @@ def _annotate(reader: Reader, raws: list[RawTensor]) -> list[Weight]:
                            tuple(role for _, role in members))
         for raw, role in members:
             kind_here = raw.kind or kind
+            spec = axis_spec(kind_here, role, tuple(raw.shape), facts)
             # torch parameters are always floating point: an integer tensor in a file is a buffer
             stat = role in ("running_mean", "running_var", "num_batches_tracked") or (
                 raw.trainable is None and not _dtypes.is_floating(raw.dtype) and not raw.dtype.startswith("complex"))
@@ -231,7 +264,9 @@ def _annotate(reader: Reader, raws: list[RawTensor]) -> list[Weight]:
                     kind=kind_here,
                     role=_base_role(role) if kind_here.removesuffix("Cell") in ("LSTM", "GRU", "RNN") else role,
                     shape=tuple(raw.shape),
-                    axes=axes_for(kind_here, role, tuple(raw.shape), facts),
+                    axes=tuple(a.label for a in spec),
+                    axis_tokens=tuple(a.token for a in spec),
+                    gate_order=next((a.order for a in spec if a.order), None),
                     dtype=raw.dtype,
                     trainable=False if stat and raw.trainable is None else raw.trainable,
                     is_buffer=raw.is_buffer or stat,

@@ -28,15 +28,13 @@ from weightkit.core.selector import Selector
 SENTINEL = np.uint32(0xFFFFFFFF)
 CHUNK_ELEMENTS = 1 << 20  # 4 MB of float32 per chunk: temporaries stay a few MB
 
-_OUT_FIRST = ("hidden_size", "num_embeddings", "input_dim", "embed_dim")
-
-
 def output_axis(w) -> int | None:
-    """Index of the output axis of a weight (output channels / features / units), read from the
-    layer table's axis names; ``None`` when the axes are unknown.
+    """Index of the output axis of a weight (output channels / features / units): the layer
+    table's ``out`` token (or its gate block, q/k/v block, heads, vocabulary rows); ``None`` when
+    the axes are unknown.
 
     Conv2d and Linear weights: axis 0; ConvTranspose: axis 1; a Keras Dense kernel: axis 1; an
-    LSTM: the gates axis; an Embedding: one row per token (axis 0). 1-D tensors: axis 0.
+    LSTM: the gates axis; an Embedding (torch or Keras): one row per token (axis 0). 1-D tensors: axis 0.
 
     Example:
         >>> import torch, weightkit
@@ -44,27 +42,7 @@ def output_axis(w) -> int | None:
         >>> output_axis(weightkit.open(torch.nn.ConvTranspose2d(3, 4, 3))["weight"])
         1
     """
-    axes = tuple(w.axes)
-    if len(axes) == 1:
-        return 0
-    if not axes or all(a == "?" for a in axes):
-        return None
-    for i, a in enumerate(axes):
-        if a.startswith(("out_", "output_")):
-            return i
-    for i, a in enumerate(axes):
-        if "*hidden" in a or "*units" in a or a.startswith("3*embed_dim"):
-            return i
-    if "num_heads" in axes:
-        return axes.index("num_heads")
-    if "units" in axes:  # Keras SimpleRNN: x @ kernel, the units are the last axis
-        return len(axes) - 1 - axes[::-1].index("units")
-    for name in _OUT_FIRST:
-        if name in axes:
-            return axes.index(name)
-    if "in_channels" in axes and "depth_multiplier" in axes:  # depthwise: one filter per input channel
-        return axes.index("in_channels")
-    return None
+    return w.out_axis
 
 
 def selected(ws, select: Any) -> list:

@@ -54,7 +54,7 @@ from weightkit.edits._compress import (
 )
 from weightkit.edits.save import Entry, base_metadata, open_source, weight_entry, write_safetensors
 from weightkit.errors import WeightkitError
-from weightkit.layers import axes_for
+from weightkit.layers import axis_spec
 from weightkit.sources._base import fspath
 from weightkit.sources.torch_module import torch_raw
 
@@ -381,7 +381,9 @@ def _prune_live(model, amount, *, pattern, kind, role, scope, method, dim, thres
             base = pname[:-5]
             old_mask = module._buffers[f"{base}_mask"]
         name = f"{w.layer}.{base}" if w.layer else base
-        shown = replace(w, name=name, role=_base_role(base), axes=axes_for(w.kind, base, tuple(w.shape)),
+        spec = axis_spec(w.kind, base, tuple(w.shape))
+        shown = replace(w, name=name, role=_base_role(base), axes=tuple(a.label for a in spec),
+                        axis_tokens=tuple(a.token for a in spec), gate_order=next((a.order for a in spec if a.order), None),
                         shared_with=tuple(a.removesuffix("_orig") for a in w.shared_with))
         views.append((shown, module, base, module._parameters[pname], old_mask))
     chosen = {w.name for w in _choose([v[0] for v in views], pattern, kind, role, ws.source)}

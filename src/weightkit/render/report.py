@@ -18,6 +18,7 @@ from weightkit.analyses.summary import summary
 from weightkit.core.opening import open as _open
 from weightkit.core.weightset import WeightSet
 from weightkit.errors import WeightkitError
+from weightkit.layers import KERNEL_TOKENS
 from weightkit.render.html import render_html
 from weightkit.render.plots import plot_diff, plot_filters, plot_heatmap, plot_importance
 from weightkit.render.plots.grad_flow import plot_grad_flow
@@ -98,7 +99,7 @@ def _along_depth(items: list, k: int) -> list:
 
 def _pictures(ws, data: ReportData) -> None:
 
-    convs = [w for w in ws if not w.is_buffer and any(a.startswith("kernel") for a in w.axes)]
+    convs = [w for w in ws if not w.is_buffer and any(t in KERNEL_TOKENS for t in w.axis_tokens)]
     for w in _along_depth(convs, MAX_FILTER_LAYERS):
         data.pictures.setdefault("filters", []).append((w.name, _png(plot_filters(ws, layer=w.name, max_filters=32))))
     if len(convs) > MAX_FILTER_LAYERS:

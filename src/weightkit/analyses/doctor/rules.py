@@ -11,6 +11,7 @@ import numpy as np
 
 from weightkit import _dtypes
 from weightkit.analyses.doctor._registry import Context, Finding, rule
+from weightkit.layers import out_axis
 
 SCALE_FACTOR = 10.0  # std more than this many times above 1/sqrt(fan_in) is "exploding"
 VANISH_FACTOR = 100.0  # std more than this many times below it is "vanishing"
@@ -23,11 +24,9 @@ def _names(items) -> str:
 
 
 def _output_axis(w) -> int | None:
-    """Axis of a weight's output units/filters, from the layer table (None if unknown)."""
-    for i, label in enumerate(w.axes):
-        if label.startswith(("out_features", "out_channels", "4*hidden", "3*hidden")):
-            return i
-    return None
+    """Axis of a weight's output units, filters or gates, from the layer table's tokens (None when
+    unknown, and for embedding rows, attention heads and q/k/v blocks, which are not units)."""
+    return out_axis(w.axis_tokens, among=("out", "out_per_group", "gates")) if w.ndim >= 2 else None
 
 
 def _fan_in(w) -> int | None:
@@ -35,7 +34,7 @@ def _fan_in(w) -> int | None:
     out = _output_axis(w)
     if out is None or w.ndim < 2 or w.kind.startswith(("Embedding", "LSTM", "GRU", "RNN")):
         return None
-    if any(a in ("?",) for a in w.axes):
+    if "unknown" in w.axis_tokens:
         return None
     return math.prod(d for i, d in enumerate(w.shape) if i != out)
 

@@ -10,6 +10,7 @@ from weightkit.core.layout import conv_filters, downsample, matrix
 from weightkit.core.opening import open as _open
 from weightkit.core.weightset import WeightSet
 from weightkit.errors import WeightkitError
+from weightkit.layers import KERNEL_TOKENS
 from weightkit.render.plots._mpl import grid, pyplot
 
 
@@ -32,7 +33,7 @@ def _pick(ws, layer: str | None, want) -> Any:
 
 
 def _is_conv(w) -> bool:
-    return any(a.startswith("kernel") for a in w.axes)
+    return any(t in KERNEL_TOKENS for t in w.axis_tokens)
 
 
 def plot_filters(source, *, layer: str | None = None, mode: Literal["auto", "rgb", "channels", "mean"] = "auto",
