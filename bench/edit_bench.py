@@ -85,7 +85,7 @@ def main() -> None:
     rows = [
         ("freeze (all 48 tensors)", lambda: weightkit.freeze(model), unfreeze_all,
          lambda: [p.requires_grad_(False) for p in params], unfreeze_all),
-        ("freeze('0.*')", lambda: weightkit.freeze(model, "0.*"), unfreeze_all,
+        ("freeze('0.*')", lambda: weightkit.freeze(model, select="0.*"), unfreeze_all,
          lambda: [p.requires_grad_(False) for p in model[0].parameters()], unfreeze_all),
         ("trainable report", lambda: weightkit.trainable(model), None, base_trainable, None),
         ("set_weight (one 2048² tensor, float32)", lambda: weightkit.set_weight(model, mid, one32), None,
@@ -99,7 +99,7 @@ def main() -> None:
         ("init xavier_uniform (one layer, seeded)", lambda: weightkit.init(model, "xavier_uniform", mid, seed=0), None,
          base_init, None),
         ("param_groups", lambda: weightkit.param_groups(model), None, base_groups, None),
-        ("weight_norm (one layer)", lambda: weightkit.weight_norm(model, "0.weight"), wn_undo,
+        ("weight_norm (one layer)", lambda: weightkit.weight_norm(model, select="0.weight"), wn_undo,
          lambda: torch.nn.utils.parametrizations.weight_norm(model[0]), wn_undo),
     ]
     print(f"model: {a.layers} x nn.Linear({a.width}, {a.width}) = {n:,} parameters; torch {torch.__version__}, "

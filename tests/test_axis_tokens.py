@@ -67,7 +67,7 @@ def _behaviour(model):
     out["keras"], keras_labels = _per_weight(_keras_zoo())
     live = Zoo()
     live.load_state_dict(model.state_dict())
-    weightkit.prune(live, 0.5, method="l1-structured", pattern="re:^(conv|grouped|up|fc)\\.weight$")
+    weightkit.prune(live, 0.5, method="l1-structured", select="re:^(conv|grouped|up|fc)\\.weight$")
     out["masks"] = {n: b.clone() for n, b in live.named_buffers() if n.endswith("_mask")}
     return out, labels + keras_labels
 

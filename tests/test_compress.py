@@ -133,7 +133,7 @@ def test_random_pruning_is_seeded_and_exact():
 
 def test_make_permanent_and_report():
     net = mlp()
-    r = weightkit.prune(net, 0.5, pattern="0.*")
+    r = weightkit.prune(net, 0.5, select="0.*")
     assert [t.name for t in r.tensors] == ["0.weight"]
     data = json.loads(json.dumps(r.to_dict()))
     t = data["tensors"][0]
@@ -154,7 +154,7 @@ def test_live_prune_leaves_what_torch_prune_leaves_and_make_permanent_equals_rem
     b = twin(a)
     first = a[0].weight
     opt = torch.optim.SGD(a.parameters(), lr=0.1)  # built before pruning: must keep updating the same tensor
-    weightkit.prune(a, 0.4, pattern="0.*")
+    weightkit.prune(a, 0.4, select="0.*")
     tprune.l1_unstructured(b[0], "weight", 0.4)
     assert list(a.state_dict()) == list(b.state_dict())
     assert a[0].weight_orig is first and not isinstance(a[0].weight, nn.Parameter)
@@ -165,7 +165,7 @@ def test_live_prune_leaves_what_torch_prune_leaves_and_make_permanent_equals_rem
     assert torch.equal(a[0].weight_orig.grad, b[0].weight_orig.grad)
     x = torch.randn(4, 784)
     assert torch.equal(a(x), b(x))
-    weightkit.prune(a, 0.5, pattern="0.*")  # composes like torch's second call
+    weightkit.prune(a, 0.5, select="0.*")  # composes like torch's second call
     tprune.l1_unstructured(b[0], "weight", 0.5)
     assert torch.equal(a[0].weight_mask, b[0].weight_mask)
     assert weightkit.make_permanent(a) == ["0.weight"]
@@ -191,7 +191,7 @@ def test_pruned_model_still_trains_and_keeps_zeros():
     ({"amount": -0.1}, "amount must be a fraction"),
     ({"amount": 0.5, "method": "median"}, "unknown pruning method"),
     ({"amount": 0.5, "scope": "world"}, "unknown scope"),
-    ({"amount": 0.5, "pattern": "nothing.*"}, "no prunable weight"),
+    ({"amount": 0.5, "select": "nothing.*"}, "no prunable weight"),
     ({"amount": 0.5, "method": "l1-structured", "scope": "global"}, "no global structured"),
     ({"amount": 0.5, "threshold": 0.1}, "not both"),
     ({}, "give amount="),

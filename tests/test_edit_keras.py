@@ -130,7 +130,7 @@ def test_failed_write_midway_restores_keras(monkeypatch):
 def test_xavier_and_kaiming_on_keras_follow_the_formulas():
     model = keras.Sequential([keras.Input((800,)), L.Dense(1200, name="big"), L.Dense(10, name="out")])
     out_before = model.get_layer("out").kernel.numpy().copy()
-    report = weightkit.init(model, "xavier_uniform", "*big/kernel", seed=0)
+    report = weightkit.init(model, "xavier_uniform", select="*big/kernel", seed=0)
     assert report.framework == "keras" and len(report.tensors) == 1
     w = model.get_layer("big").kernel.numpy().astype(np.float64)
     bound = math.sqrt(6 / (800 + 1200))
@@ -138,10 +138,10 @@ def test_xavier_and_kaiming_on_keras_follow_the_formulas():
     assert abs(w.std() - bound / math.sqrt(3)) < 0.05 * bound / math.sqrt(3)
     np.testing.assert_array_equal(model.get_layer("out").kernel.numpy(), out_before)
     # Keras kernels are (in, out): fan_in is axis 0 (800 here)
-    weightkit.init(model, "kaiming_normal", "*big/kernel", nonlinearity="relu", seed=1)
+    weightkit.init(model, "kaiming_normal", select="*big/kernel", nonlinearity="relu", seed=1)
     std = model.get_layer("big").kernel.numpy().std()
     assert abs(std - math.sqrt(2 / 800)) < 0.05 * math.sqrt(2 / 800)
-    weightkit.init(model, "kaiming_uniform", "*big/kernel", nonlinearity="relu", mode="fan_out", seed=1)
+    weightkit.init(model, "kaiming_uniform", select="*big/kernel", nonlinearity="relu", mode="fan_out", seed=1)
     assert np.abs(model.get_layer("big").kernel.numpy()).max() <= math.sqrt(2) * math.sqrt(3 / 1200)
 
 
@@ -160,13 +160,13 @@ def test_keras_init_seeded_repeatable_global_state_untouched():
 
 def test_keras_init_schemes_and_errors():
     model = transfer_model()
-    weightkit.init(model, "constant", "head/bias", val=0.5)
+    weightkit.init(model, "constant", select="head/bias", val=0.5)
     np.testing.assert_array_equal(model.get_layer("head").bias.numpy(), [0.5, 0.5])
     weightkit.init(model, "zeros", role="bias")
     assert all((v.numpy() == 0).all() for v in model.weights if v.path.endswith("bias"))
-    weightkit.init(model, "eye", "backbone/d2/kernel")
+    weightkit.init(model, "eye", select="backbone/d2/kernel")
     np.testing.assert_array_equal(model.get_layer("backbone").get_layer("d2").kernel.numpy(), np.eye(16))
-    weightkit.init(model, "trunc_normal", "head/kernel", std=0.02, seed=0)
+    weightkit.init(model, "trunc_normal", select="head/kernel", std=0.02, seed=0)
     assert np.abs(model.get_layer("head").kernel.numpy()).max() <= 0.04 + 1e-6
     before = values(model)
     for call, message in [
@@ -174,7 +174,7 @@ def test_keras_init_schemes_and_errors():
         (lambda: weightkit.init(model, "sparse", sparsity=0.1), r"'sparse' is torch-only"),
         (lambda: weightkit.init(model, "trunc_normal", std=0.02, a=-1, b=1), r"mean ± 2·std"),
         (lambda: weightkit.init(model, "he_normal"), r"unknown scheme 'he_normal'"),
-        (lambda: weightkit.init(model, "xavier_uniform", "head/*"), r"head/bias has shape \(2,\)"),
+        (lambda: weightkit.init(model, "xavier_uniform", select="head/*"), r"head/bias has shape \(2,\)"),
     ]:
         with pytest.raises(WeightkitError, match=message):
             call()
@@ -199,7 +199,7 @@ def test_keras_init_default_reruns_layer_initializers():
 
 def test_freeze_backbone_train_head_with_fit():
     model = transfer_model()
-    report = weightkit.freeze(model, "backbone/*")
+    report = weightkit.freeze(model, select="backbone/*")
     assert report.trainable_names == ["head/kernel", "head/bias"]
     assert len(model.trainable_weights) == 2
     before = values(model)
@@ -219,8 +219,8 @@ def test_freeze_unfreeze_trainable_report_keras():
     weightkit.freeze(model)
     assert model.trainable_weights == []
     with pytest.raises(WeightkitError, match=r"Keras cannot unfreeze a single variable.*'backbone/d1'.*backbone/d1/bias"):
-        weightkit.unfreeze(model, "backbone/d1/kernel")
-    report = weightkit.unfreeze(model, "backbone/d1/*")
+        weightkit.unfreeze(model, select="backbone/d1/kernel")
+    report = weightkit.unfreeze(model, select="backbone/d1/*")
     assert report.trainable_names == ["backbone/d1/kernel", "backbone/d1/bias"]
     assert [v.path for v in model.trainable_weights] == report.trainable_names
     d = json.loads(json.dumps(report.to_dict()))
@@ -230,9 +230,9 @@ def test_freeze_unfreeze_trainable_report_keras():
     r = weightkit.trainable(bn)
     assert r.buffer_elements == 6 and r.trainable_params == 6
     with pytest.raises(WeightkitError, match="only buffers"):
-        weightkit.freeze(bn, "*moving_*")
+        weightkit.freeze(bn, select="*moving_*")
     with pytest.raises(WeightkitError, match="cannot freeze a single variable"):
-        weightkit.freeze(bn, "*gamma")
+        weightkit.freeze(bn, select="*gamma")
 
 
 def test_torch_only_edits_refuse_keras():

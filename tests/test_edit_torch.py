@@ -59,7 +59,7 @@ def test_xavier_initialise_a_layer():
     model.add_module("big", nn.Linear(800, 1200))
     model.add_module("out", nn.Linear(1200, 10))
     before_out = model.out.weight.detach().clone()
-    report = weightkit.init(model, "xavier_uniform", "big.weight", seed=0)
+    report = weightkit.init(model, "xavier_uniform", select="big.weight", seed=0)
     assert report.tensors == ["big.weight"] and report.scheme == "xavier_uniform" and report.seed == 0
     w = model.big.weight.detach().numpy().astype(np.float64)
     bound = math.sqrt(6 / (800 + 1200))
@@ -72,12 +72,12 @@ def test_xavier_initialise_a_layer():
 def test_kaiming_initialise_for_relu():
     model = nn.Sequential()
     model.add_module("fc1", nn.Linear(1000, 1000))
-    weightkit.init(model, "kaiming_normal", "fc1.weight", nonlinearity="relu")
+    weightkit.init(model, "kaiming_normal", select="fc1.weight", nonlinearity="relu")
     w = model.fc1.weight.detach().numpy().astype(np.float64)
     assert abs(w.std() - math.sqrt(2 / 1000)) < 0.05 * math.sqrt(2 / 1000)
     # fan_out mode: the standard deviation follows the other axis
     model.add_module("wide", nn.Linear(100, 2000))
-    weightkit.init(model, "kaiming_normal", "wide.weight", nonlinearity="relu", mode="fan_out")
+    weightkit.init(model, "kaiming_normal", select="wide.weight", nonlinearity="relu", mode="fan_out")
     std = model.wide.weight.detach().numpy().std()
     assert abs(std - math.sqrt(2 / 2000)) < 0.05 * math.sqrt(2 / 2000)
 
@@ -89,7 +89,7 @@ def test_freeze_pretrained_backbone_and_train_only_a_new_head(via):
     model = nn.Sequential()
     model.add_module("backbone", backbone)
     model.add_module("head", nn.Linear(16, 2))  # the new head
-    weightkit.freeze(model, "backbone.*")
+    weightkit.freeze(model, select="backbone.*")
     before = snapshot(model)
     params = weightkit.param_groups(model, weight_decay=0.1) if via == "param_groups" else \
         filter(lambda p: p.requires_grad, model.parameters())
@@ -115,7 +115,7 @@ def test_weight_normalise_a_layer():
     model = Net().eval()
     x = torch.randn(5, 4)
     before = model(x)
-    report = weightkit.weight_norm(model, "fc.weight")
+    report = weightkit.weight_norm(model, select="fc.weight")
     assert report.tensors == ["fc.weight"]
     assert torch.nn.utils.parametrize.is_parametrized(model.fc, "weight")
     assert "fc.parametrizations.weight.original0" in model.state_dict()
@@ -123,7 +123,7 @@ def test_weight_normalise_a_layer():
     g = model.fc.parametrizations.weight.original0.detach().numpy()
     w = model.fc.weight.detach().numpy()
     np.testing.assert_allclose(g[:, 0], np.linalg.norm(w, axis=1), rtol=1e-5)
-    weightkit.remove_norm(model, "fc.weight")
+    weightkit.remove_norm(model, select="fc.weight")
     assert not torch.nn.utils.parametrize.is_parametrized(model.fc)
     assert isinstance(model.fc.weight, nn.Parameter)
     torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
@@ -293,10 +293,10 @@ def test_init_default_selection_and_errors():
         (lambda: weightkit.init(model, "constant"), r"needs val="),
         (lambda: weightkit.init(model, "kaiming_normal", nonlinearity="swish"), r"unsupported nonlinearity 'swish'"),
         (lambda: weightkit.init(model, "kaiming_normal", mode="fan"), r"mode must be"),
-        (lambda: weightkit.init(model, "xavier_uniform", "fc.*"), r"fc.bias has shape \(3,\).*role='weight'"),
-        (lambda: weightkit.init(model, "zeros", "nothing.*"), r"no tensor .* matches select='nothing"),
+        (lambda: weightkit.init(model, "xavier_uniform", select="fc.*"), r"fc.bias has shape \(3,\).*role='weight'"),
+        (lambda: weightkit.init(model, "zeros", select="nothing.*"), r"no tensor .* matches select='nothing"),
         (lambda: weightkit.init(model, "normal", seed=-1), r"seed must be"),
-        (lambda: weightkit.init(model, "eye", "bn.weight"), r"needs a 2-D tensor"),
+        (lambda: weightkit.init(model, "eye", select="bn.weight"), r"needs a 2-D tensor"),
     ]:
         with pytest.raises(WeightkitError, match=message):
             call()
@@ -313,7 +313,7 @@ def test_every_torch_init_scheme_by_name(scheme):
     args = {"constant": {"val": 0.3}, "sparse": {"sparsity": 0.5}}.get(scheme, {})
     pattern = "0.weight" if scheme == "dirac" else "1.weight"
     weight = model[0].weight if scheme == "dirac" else model[1].weight
-    report = weightkit.init(model, scheme, pattern, seed=3, **args)
+    report = weightkit.init(model, scheme, select=pattern, seed=3, **args)
     assert report.tensors == [pattern] and weight is (model[0].weight if scheme == "dirac" else model[1].weight)
     ref = torch.empty_like(weight)
     with torch.random.fork_rng():
@@ -342,13 +342,13 @@ def test_init_default_resets_only_the_selection():
         model.fc.weight.fill_(5)
         model.fc.bias.fill_(5)
         model.bn.running_mean.fill_(5)
-    weightkit.init(model, "default", "fc.weight", seed=0)
+    weightkit.init(model, "default", select="fc.weight", seed=0)
     bound = 1 / math.sqrt(8)  # nn.Linear's reset_parameters: kaiming_uniform(a=sqrt(5)) -> U(-1/sqrt(fan_in), ..)
     assert model.fc.weight.abs().max() <= bound
     assert (model.fc.bias == 5).all()
     weightkit.init(model, "default", kind="BatchNorm1d")  # parameters only: running stats stay
     assert (model.bn.weight == 1).all() and (model.bn.running_mean == 5).all()
-    weightkit.init(model, "default", "bn.running_*")  # buffers when the pattern names them
+    weightkit.init(model, "default", select="bn.running_*")  # buffers when the pattern names them
     assert (model.bn.running_mean == 0).all() and (model.bn.running_var == 1).all()
     weird = nn.Module()
     weird.p = nn.Parameter(torch.zeros(2))
@@ -368,9 +368,9 @@ def test_freeze_unfreeze_trainable_report():
     d = json.loads(json.dumps(report.to_dict()))
     assert d["total"] == {"trainable_params": 11, "frozen_params": 32 + 16 + 24, "buffer_elements": 17}
     with pytest.raises(WeightkitError, match="only buffers"):
-        weightkit.freeze(model, "bn.running_*")
+        weightkit.freeze(model, select="bn.running_*")
     with pytest.raises(WeightkitError, match="matches select='head"):
-        weightkit.freeze(model, "head.*")
+        weightkit.freeze(model, select="head.*")
 
 
 def test_param_groups():
@@ -407,12 +407,12 @@ def test_spectral_norm_and_errors():
     for m in (model[0], model[2]):
         assert abs(torch.linalg.matrix_norm(m.weight.detach(), 2).item() - 1) < 1e-3
     with pytest.raises(WeightkitError, match="0.weight.*already parametrized; remove_norm first"):
-        weightkit.weight_norm(model, "0.weight")
+        weightkit.weight_norm(model, select="0.weight")
     weightkit.remove_norm(model)
     with pytest.raises(WeightkitError, match="no weight of the model is parametrized"):
         weightkit.remove_norm(model)
     with pytest.raises(WeightkitError, match="dim=5 is out of range"):
-        weightkit.weight_norm(model, "0.weight", dim=5)
+        weightkit.weight_norm(model, select="0.weight", dim=5)
     assert not torch.nn.utils.parametrize.is_parametrized(model[0])
     tied = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
     tied[1].weight = tied[0].weight

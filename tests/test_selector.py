@@ -74,3 +74,33 @@ def test_nothing_selected_is_an_error_naming_the_closest_names(small_net_file):
         r = _cli(command, path, "--select", "haed.*")
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert r.stderr.count("\n") == 1 and "closest names: head." in r.stderr
+
+
+EDIT_PATTERNS = [
+    ("head.*", {"head.weight", "head.bias"}),
+    ("re:^features\\.0", {"features.0.weight", "features.0.bias"}),
+    ("kind:Linear", {"head.weight", "head.bias"}),
+    (lambda w: w.ndim == 4, {"features.0.weight"}),
+    (["head.bias", "kind:Conv2d"], {"head.bias", "features.0.weight", "features.0.bias"}),
+]
+
+
+@pytest.mark.parametrize("pattern,expected", EDIT_PATTERNS, ids=lambda p: getattr(p, "__name__", str(p))[:30])
+def test_every_edit_selects_the_same_tensors(small_net, pattern, expected):
+    from conftest import _small_net
+
+    def fresh():
+        net = _small_net()
+        for p in net.parameters():
+            p.requires_grad_(True)
+        return net
+
+    net = fresh()
+    weightkit.freeze(net, select=pattern)
+    assert {n for n, p in net.named_parameters() if not p.requires_grad} == expected
+    assert set(weightkit.init(fresh(), "zeros", select=pattern).tensors) == expected
+    # pruning narrows to weight matrices by default (its role= default); naming the roles prunes all
+    assert {t.name for t in weightkit.prune(fresh(), 0.5, select=pattern).tensors} == {
+        n for n in expected if not n.endswith("bias")}
+    assert {t.name for t in weightkit.prune(fresh(), 0.5, select=pattern, role=["weight", "bias"]).tensors} == expected
+    assert {t.name for t in weightkit.quantize_error(fresh(), select=pattern).tensors} == expected

@@ -97,7 +97,7 @@ def prune(
     """Prune a checkpoint into OUT (safetensors): zero the smallest weights, or whole channels."""
 
     def write(src, dst):
-        return do_prune(src, amount, pattern=select, kind=kind, role=role, scope=scope, method=method, dim=dim,
+        return do_prune(src, amount, select=select, kind=kind, role=role, scope=scope, method=method, dim=dim,
                         threshold=threshold, seed=seed, out=dst, in_place=in_place)
 
     _rewrite(source, out, in_place, as_json, write)

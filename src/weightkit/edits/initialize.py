@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from weightkit import _dtypes
-from weightkit.core.selector import select
+from weightkit.core.selector import select as select_weights
 from weightkit.edits._backend import KERAS, TORCH, Slot, framework, keras_owners, keras_slots, to_torch, torch_owners
 from weightkit.edits.values import commit
 from weightkit.errors import WeightkitError
@@ -104,7 +104,7 @@ class InitReport:
                 "framework": self.framework, "initializer": dict(self.initializer)}
 
 
-def init(model: Any, scheme: str, pattern=None, *, kind=None, role=None, seed: int | None = None,
+def init(model: Any, scheme: str, *, select: Any = None, kind=None, role=None, seed: int | None = None,
          **args: Any) -> InitReport:
     """Initialise weights of a live torch or Keras 3 model in place with a ``torch.nn.init`` scheme.
 
@@ -115,11 +115,11 @@ def init(model: Any, scheme: str, pattern=None, *, kind=None, role=None, seed: i
             ``kaiming_uniform``, ``kaiming_normal`` (``nonlinearity=``, ``mode=``, ``a=``),
             ``orthogonal``, ``sparse`` (``sparsity=``), or ``default`` (the layer's own
             initialisation: ``reset_parameters()`` in torch, the layer's initializers in Keras).
-        pattern, kind, role: the selector of :func:`weightkit.select`. With none of them, every
+        select, kind, role: the selector of :func:`weightkit.select`. With none of them, every
             floating-point parameter the scheme can take (2-D or more for the fan-based schemes,
             so biases are left alone) — buffers never. With a selector every selected tensor must
             take the scheme (a bias under ``xavier_uniform`` is an error: add ``role="weight"``);
-            buffers are included only when ``pattern`` matches them.
+            buffers are included only when ``select`` matches them.
         seed: make the draw repeatable without touching the global random state.
         **args: the scheme's arguments, named as in ``torch.nn.init``. On Keras the same names
             map to Keras initializers that know Keras' ``(in, out)`` layouts (table in
@@ -136,7 +136,7 @@ def init(model: Any, scheme: str, pattern=None, *, kind=None, role=None, seed: i
         >>> import torch, weightkit
         >>> net = torch.nn.Sequential()
         >>> net.add_module("fc1", torch.nn.Linear(100, 50))
-        >>> weightkit.init(net, "kaiming_normal", "fc1.weight", nonlinearity="relu", seed=0).tensors
+        >>> weightkit.init(net, "kaiming_normal", select="fc1.weight", nonlinearity="relu", seed=0).tensors
         ['fc1.weight']
         >>> weightkit.init(net, "zeros", role="bias").tensors
         ['fc1.bias']
@@ -146,9 +146,9 @@ def init(model: Any, scheme: str, pattern=None, *, kind=None, role=None, seed: i
     scheme = scheme.rstrip("_")  # "xavier_uniform_" (torch's spelling) is accepted too
     seed = _check_seed(seed)
 
-    weights = select(model, pattern, kind=kind, role=role)
-    chosen = _applicable(weights, scheme, explicit=any(x is not None for x in (pattern, kind, role)),
-                         buffers=pattern is not None, fw=fw)
+    weights = select_weights(model, select, kind=kind, role=role)
+    chosen = _applicable(weights, scheme, explicit=any(x is not None for x in (select, kind, role)),
+                         buffers=select is not None, fw=fw)
     if fw == TORCH:
         plan, used = _torch_plan(model, chosen, scheme, full, seed)
     else:
@@ -233,7 +233,7 @@ def _applicable(weights: list, scheme: str, *, explicit: bool, buffers: bool, fw
     chosen = [w for w in weights if buffers or not w.is_buffer]
     if not chosen:
         raise WeightkitError(f"init: the selector matches only buffers ({', '.join(w.name for w in weights[:5])}); "
-                             "name them with pattern= to initialise buffers")
+                             "name them with select= to initialise buffers")
     bad = [r for r in (_why_not(w, scheme) for w in chosen) if r]
     if bad:
         hint = "; narrow the selector (e.g. role='weight')" if _DIMS.get(scheme, (0,))[0] >= 2 else ""

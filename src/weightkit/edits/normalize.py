@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from weightkit.core.selector import matches, select
+from weightkit.core.selector import matches
+from weightkit.core.selector import select as select_weights
 from weightkit.edits._backend import KERAS, framework, torch_owners
 from weightkit.errors import WeightkitError
 from weightkit.sources.torch_module import _kind
@@ -34,15 +35,15 @@ class NormReport:
         return {"action": self.action, "tensors": list(self.tensors), "args": dict(self.args)}
 
 
-def weight_norm(model: Any, pattern=None, *, kind=None, role="weight", dim: int | None = 0) -> NormReport:
+def weight_norm(model: Any, *, select: Any = None, kind=None, role="weight", dim: int | None = 0) -> NormReport:
     """Re-parametrise the selected weights as ``g · v / ‖v‖`` (norm over every axis but ``dim``).
 
-    The module computes the same outputs as before (up to rounding). Without ``pattern`` and
+    The module computes the same outputs as before (up to rounding). Without ``select`` and
     ``kind``, every parameter named ``role`` with two or more dimensions is normalised.
 
     Args:
         model: a ``torch.nn.Module`` (Keras: ``WeightkitError``, torch only).
-        pattern, kind, role: the selector of :func:`weightkit.select` (``role`` defaults to
+        select, kind, role: the selector of :func:`weightkit.select` (``role`` defaults to
             ``"weight"``; ``role=None`` for any).
         dim: the axis that keeps one norm per slice (0: one per output unit for ``Linear`` and
             ``Conv``); ``None`` for one norm over the whole tensor.
@@ -50,26 +51,26 @@ def weight_norm(model: Any, pattern=None, *, kind=None, role="weight", dim: int 
     Example:
         >>> import torch, weightkit
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2))
-        >>> weightkit.weight_norm(net, "0.weight").tensors
+        >>> weightkit.weight_norm(net, select="0.weight").tensors
         ['0.weight']
         >>> sorted(net.state_dict())
         ['0.bias', '0.parametrizations.weight.original0', '0.parametrizations.weight.original1']
     """
     from torch.nn.utils import parametrizations
 
-    targets = _targets(model, pattern, kind, role, dim, "weight_norm")
+    targets = _targets(model, select, kind, role, dim, "weight_norm")
     _apply(targets, lambda m, attr: parametrizations.weight_norm(m, name=attr, dim=dim))
     return NormReport("weight_norm", [t[0] for t in targets], {"dim": dim})
 
 
-def spectral_norm(model: Any, pattern=None, *, kind=None, role="weight", n_power_iterations: int = 1,
+def spectral_norm(model: Any, *, select: Any = None, kind=None, role="weight", n_power_iterations: int = 1,
                   eps: float = 1e-12, dim: int | None = None) -> NormReport:
     """Re-parametrise the selected weights divided by their spectral norm (largest singular value,
     estimated by power iteration). Unlike :func:`weight_norm`, this changes the module's outputs.
 
     Args:
         model: a ``torch.nn.Module`` (Keras: ``WeightkitError``, torch only).
-        pattern, kind, role: as for :func:`weight_norm`.
+        select, kind, role: as for :func:`weight_norm`.
         n_power_iterations, eps: as in ``torch.nn.utils.parametrizations.spectral_norm``.
         dim: the output axis; ``None``: 1 for ``ConvTranspose*``, 0 otherwise (torch's rule).
 
@@ -83,14 +84,14 @@ def spectral_norm(model: Any, pattern=None, *, kind=None, role="weight", n_power
 
     if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) or n_power_iterations < 1:
         raise WeightkitError(f"spectral_norm: n_power_iterations must be an integer >= 1; received {n_power_iterations!r}")
-    targets = _targets(model, pattern, kind, role, dim, "spectral_norm")
+    targets = _targets(model, select, kind, role, dim, "spectral_norm")
     _apply(targets, lambda m, attr: parametrizations.spectral_norm(
         m, name=attr, n_power_iterations=n_power_iterations, eps=eps, dim=dim))
     return NormReport("spectral_norm", [t[0] for t in targets],
                       {"n_power_iterations": n_power_iterations, "eps": eps, "dim": dim})
 
 
-def remove_norm(model: Any, pattern=None, *, kind=None, role=None) -> NormReport:
+def remove_norm(model: Any, *, select: Any = None, kind=None, role=None) -> NormReport:
     """Remove the parametrizations (weight norm, spectral norm…) of the selected weights, keeping
     their current values as plain parameters again.
 
@@ -113,9 +114,9 @@ def remove_norm(model: Any, pattern=None, *, kind=None, role=None) -> NormReport
     present = _parametrized(model)
     if not present:
         raise WeightkitError("remove_norm: no weight of the model is parametrized (weight_norm / spectral_norm)")
-    chosen = [(ns, m, attr) for ns, m, attr in present if matches(ns, pattern, kind=kind, role=role)]
+    chosen = [(ns, m, attr) for ns, m, attr in present if matches(ns, select, kind=kind, role=role)]
     if not chosen:
-        asked = ", ".join(f"{k}={v!r}" for k, v in (("pattern", pattern), ("kind", kind), ("role", role)) if v is not None)
+        asked = ", ".join(f"{k}={v!r}" for k, v in (("select", select), ("kind", kind), ("role", role)) if v is not None)
         raise WeightkitError(f"remove_norm: no parametrized weight matches {asked}; parametrized: "
                              f"{', '.join(ns.name for ns, _, _ in present)}")
     for _, m, attr in chosen:
@@ -144,19 +145,19 @@ def _parametrized(model) -> list[tuple[SimpleNamespace, Any, str]]:
     return out
 
 
-def _targets(model, pattern, kind, role, dim, what: str) -> list[tuple[str, Any, str, Any]]:
+def _targets(model, select, kind, role, dim, what: str) -> list[tuple[str, Any, str, Any]]:
     """(name, module, attribute, parameter) of each selected weight, validated."""
 
     _torch_only(model, what)
     try:
-        weights = select(model, pattern, kind=kind, role=role)
+        weights = select_weights(model, select, kind=kind, role=role)
     except WeightkitError:
-        done = [ns.name for ns, _, _ in _parametrized(model) if matches(ns, pattern, kind=kind, role=role)]
+        done = [ns.name for ns, _, _ in _parametrized(model) if matches(ns, select, kind=kind, role=role)]
         if done:
             raise WeightkitError(f"{what}: {', '.join(done)} already parametrized; remove_norm first, then "
                                  f"apply {what}") from None
         raise
-    explicit = pattern is not None or kind is not None
+    explicit = select is not None or kind is not None
     owners = torch_owners(model)
     out, problems = [], []
     for w in weights:
@@ -185,7 +186,7 @@ def _targets(model, pattern, kind, role, dim, what: str) -> list[tuple[str, Any,
         raise WeightkitError(f"{what}: nothing was changed; {'; '.join(problems)}")
     if not out:
         raise WeightkitError(f"{what}: no parameter with 2 or more dimensions matches role={role!r}; name the weights "
-                             "with pattern= or kind=")
+                             "with select= or kind=")
     return out
 
 

@@ -344,26 +344,26 @@ WEIGHT_ROLES = ("weight", "kernel", "weight_ih", "weight_hh", "weight_hr", "recu
                 "embeddings")
 
 
-def _choose(weights, pattern, kind, role, source: str) -> list:
+def _choose(weights, select, kind, role, source: str) -> list:
     role = WEIGHT_ROLES if role is None else role
-    explicit = pattern is not None or kind is not None
+    explicit = select is not None or kind is not None
     chosen = [w for w in weights if not w.is_buffer and _dtypes.is_floating(w.dtype)
-              and matches(w, pattern, kind=kind, role=role) and (explicit or w.ndim >= 2)]
+              and matches(w, select, kind=kind, role=role) and (explicit or w.ndim >= 2)]
     if not chosen:
-        asked = ", ".join(f"{k}={v!r}" for k, v in (("pattern", pattern), ("kind", kind), ("role", role)) if v is not None)
+        asked = ", ".join(f"{k}={v!r}" for k, v in (("select", select), ("kind", kind), ("role", role)) if v is not None)
         floating = [w for w in weights if not w.is_buffer and _dtypes.is_floating(w.dtype)]
         roles = sorted({w.role for w in floating})
         kinds = sorted({w.kind for w in floating})
         raise WeightkitError(
             f"no prunable weight in {source} matches {asked or 'the selector'} (prunable: floating-point parameters, "
-            f"2-D or more unless pattern/kind names them); roles present: {', '.join(roles) or 'none'}; "
+            f"2-D or more unless select/kind names them); roles present: {', '.join(roles) or 'none'}; "
             f"kinds present: {', '.join(kinds) or 'none'}")
     return chosen
 
 
 # --- live torch models -----------------------------------------------------------------------
 
-def _prune_live(model, amount, *, pattern, kind, role, scope, method, dim, threshold, seed) -> PruneReport:
+def _prune_live(model, amount, *, select, kind, role, scope, method, dim, threshold, seed) -> PruneReport:
     import torch
     from torch.nn.utils import prune as tprune
 
@@ -386,12 +386,12 @@ def _prune_live(model, amount, *, pattern, kind, role, scope, method, dim, thres
                         axis_tokens=tuple(a.token for a in spec), gate_order=next((a.order for a in spec if a.order), None),
                         shared_with=tuple(a.removesuffix("_orig") for a in w.shared_with))
         views.append((shown, module, base, module._parameters[pname], old_mask))
-    chosen = {w.name for w in _choose([v[0] for v in views], pattern, kind, role, ws.source)}
+    chosen = {w.name for w in _choose([v[0] for v in views], select, kind, role, ws.source)}
     picked = [v for v in views if v[0].name in chosen]
     for shown, *_ in picked:
         if shown.shared_with:
             raise WeightkitError(f"{shown.name} is tied to {', '.join(shown.shared_with)}; torch pruning would untie "
-                                 "them; exclude it with pattern=")
+                                 "them; exclude it with select=")
     targets = []
     for i, (shown, _module, _base, orig, old_mask) in enumerate(picked):
         array = torch_raw(orig.detach())
@@ -468,12 +468,12 @@ def _apply_first_mask(module, name: str, mask) -> None:
 
 # --- files -----------------------------------------------------------------------------------
 
-def _prune_source(source, out, amount, *, pattern, kind, role, scope, method, dim, threshold, seed,
+def _prune_source(source, out, amount, *, select, kind, role, scope, method, dim, threshold, seed,
                   in_place: bool = False) -> PruneReport:
     out = _check_out(source, out, in_place)
     ws, framework, owned = open_source(source)
     try:
-        chosen = _choose(list(ws), pattern, kind, role, ws.source)
+        chosen = _choose(list(ws), select, kind, role, ws.source)
         index = {w.name: i for i, w in enumerate(chosen)}
         targets = {w.name: _Target(w, i) for w, i in ((w, index[w.name]) for w in chosen)}
         keepers, dims = _plan(list(targets.values()), method=method, scope=scope, amount=amount, threshold=threshold,
@@ -526,7 +526,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 # --- public ----------------------------------------------------------------------------------
 
-def prune(model: Any, amount: float | None = None, *, pattern: Any = None, kind: Any = None, role: Any = None,
+def prune(model: Any, amount: float | None = None, *, select: Any = None, kind: Any = None, role: Any = None,
           scope: str = "layer", method: str = "magnitude", dim: int | None = None, threshold: float | None = None,
           seed: int | None = None, out: str | Path | None = None, in_place: bool = False) -> PruneReport:
     """Prune weights: zero the smallest (or random, or whole low-norm output channels).
@@ -541,10 +541,10 @@ def prune(model: Any, amount: float | None = None, *, pattern: Any = None, kind:
         model: a ``torch.nn.Module``, or a source with ``out=``.
         amount: fraction from 0 to 1 of the candidates to prune: elements (``magnitude``,
             ``random``) or output channels (structured); ``round(amount·n)`` of them, like torch.
-        pattern, kind, role: the selector (see :func:`weightkit.select`). By default every
+        select, kind, role: the selector (see :func:`weightkit.select`). By default every
             floating-point weight matrix (roles in ``WEIGHT_ROLES``: ``weight``, ``kernel``,
             ``weight_ih``, ``recurrent_kernel``…) with at least 2 dimensions (1-D norm
-            scales are skipped unless ``pattern`` or ``kind`` names them).
+            scales are skipped unless ``select`` or ``kind`` names them).
         scope: ``"layer"`` (each tensor loses ``amount`` of itself) or ``"global"`` (the
             smallest across all selected tensors: the overall sparsity is exactly ``amount``).
         method: ``"magnitude"``, ``"random"``, ``"l1-structured"``, ``"l2-structured"``.
@@ -573,7 +573,7 @@ def prune(model: Any, amount: float | None = None, *, pattern: Any = None, kind:
         ['0.weight', '2.weight']
     """
     amount, seed = _validate(amount, method, scope, dim, threshold, seed)
-    opts = dict(pattern=pattern, kind=kind, role=role, scope=scope, method=method, dim=dim, threshold=threshold, seed=seed)
+    opts = dict(select=select, kind=kind, role=role, scope=scope, method=method, dim=dim, threshold=threshold, seed=seed)
     if _backend.is_keras(model):  # first: with the torch backend a Keras layer is also a torch.nn.Module
         raise WeightkitError(f"pruning live models is torch only; save the Keras model {model.name!r} with "
                              "weightkit.save and prune the file (out=...)")

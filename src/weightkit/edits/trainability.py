@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from weightkit.core.selector import Selector, select
+from weightkit.core.selector import Selector
+from weightkit.core.selector import select as select_weights
 from weightkit.edits._backend import KERAS, TORCH, framework, keras_layers, keras_owners, keras_parents, keras_slots, torch_owners
 from weightkit.errors import WeightkitError
 
@@ -102,7 +103,7 @@ def trainable(model: Any) -> TrainableReport:
     Example:
         >>> import torch, weightkit
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-        >>> _ = weightkit.freeze(net, "0.*")
+        >>> _ = weightkit.freeze(net, select="0.*")
         >>> weightkit.trainable(net).frozen_names
         ['0.weight', '0.bias']
     """
@@ -125,7 +126,7 @@ def trainable(model: Any) -> TrainableReport:
     return TrainableReport(fw, out)
 
 
-def freeze(model: Any, pattern=None, *, kind=None, role=None) -> TrainableReport:
+def freeze(model: Any, *, select: Any = None, kind=None, role=None) -> TrainableReport:
     """Stop the selected weights from training (torch ``requires_grad_(False)``, Keras
     ``layer.trainable = False``). Without a selector, everything is frozen.
 
@@ -141,13 +142,13 @@ def freeze(model: Any, pattern=None, *, kind=None, role=None) -> TrainableReport
         >>> net = torch.nn.Sequential()
         >>> net.add_module("backbone", torch.nn.Linear(8, 8))
         >>> net.add_module("head", torch.nn.Linear(8, 2))
-        >>> weightkit.freeze(net, "backbone.*").trainable_names
+        >>> weightkit.freeze(net, select="backbone.*").trainable_names
         ['head.weight', 'head.bias']
     """
-    return _set_trainable(model, pattern, kind, role, False, "freeze")
+    return _set_trainable(model, select, kind, role, False, "freeze")
 
 
-def unfreeze(model: Any, pattern=None, *, kind=None, role=None) -> TrainableReport:
+def unfreeze(model: Any, *, select: Any = None, kind=None, role=None) -> TrainableReport:
     """Let the selected weights train again; the counterpart of :func:`freeze`. On Keras, the
     layers holding the selection are made trainable (without unfreezing their siblings).
 
@@ -158,13 +159,13 @@ def unfreeze(model: Any, pattern=None, *, kind=None, role=None) -> TrainableRepo
         >>> weightkit.unfreeze(net, role="bias").trainable_names
         ['bias']
     """
-    return _set_trainable(model, pattern, kind, role, True, "unfreeze")
+    return _set_trainable(model, select, kind, role, True, "unfreeze")
 
 
-def _set_trainable(model, pattern, kind, role, value: bool, what: str) -> TrainableReport:
+def _set_trainable(model, select, kind, role, value: bool, what: str) -> TrainableReport:
 
     fw = framework(model, what)
-    weights = select(model, pattern, kind=kind, role=role)
+    weights = select_weights(model, select, kind=kind, role=role)
     params = [w for w in weights if not w.is_buffer]
     if not params:
         raise WeightkitError(f"{what}: the selection holds only buffers ({', '.join(w.name for w in weights[:5])}), "
@@ -195,7 +196,7 @@ def _keras_set(model, params: list, value: bool, what: str) -> None:
             raise WeightkitError(
                 f"{what}: Keras cannot {what} a single variable: layer {layer.path or layer.name!r} "
                 f"({type(layer).__name__}) also holds {', '.join(left)}, which the selection leaves out; "
-                f"select the whole layer (e.g. pattern={(layer.path or layer.name) + '/*'!r})")
+                f"select the whole layer (e.g. select={(layer.path or layer.name) + '/*'!r})")
     parents = keras_parents(model)
     for layer in layers.values():
         layer.trainable = value

@@ -23,7 +23,7 @@ LEGEND = (
 def render_summary(s: Summary, width: int = 120) -> Iterator[RenderableType]:
     yield Text.assemble(("weightkit summary ", "bold"), (s.source, "cyan"), f"  ({s.format})")
     if s.filter:
-        yield Text(f"filter: {s.filter}  ({s.totals.tensors} tensors match)", style="dim")
+        yield Text(f"select: {s.filter}  ({s.totals.tensors} tensors match)", style="dim")
     yield LongTable(_tensor_table(s, width))
     yield _totals_table(s)
     if s.metadata:
