@@ -478,7 +478,7 @@ def test_quantize_refuses_to_overwrite_its_input(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 
 
-@pytest.mark.parametrize("name", ["weightkit.edits.prune", "weightkit.edits.quantize", "weightkit.edits.save", "weightkit._atomic",
+@pytest.mark.parametrize("name", ["weightkit.edits.prune", "weightkit.edits.quantize", "weightkit.edits.save", "weightkit.edits.load", "weightkit._atomic",
                                   "weightkit.edits._compress"])
 def test_docstring_examples_run(name):
     import doctest

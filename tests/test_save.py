@@ -271,3 +271,39 @@ def test_keras_save_and_load_into_a_fresh_instance(tmp_path):
         weightkit.load_into(wrong, path)
     with pytest.raises(WeightkitError, match="torch only"):
         weightkit.prune(model, 0.5)
+
+
+def test_load_into_and_set_weights_share_one_dtype_rule(tmp_path):
+    """A float32 file into a float16 model loses digits: refused by both write paths, with the same
+    reason and nothing written; allow_cast=True rounds, in both."""
+    src = nn.Linear(3, 2)
+    with torch.no_grad():
+        src.weight[0, 0] = 1.0 + 2.0 ** -20  # not a float16 value
+    path = weightkit.save(src, tmp_path / "f32.safetensors")
+    model = nn.Linear(3, 2).half()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(WeightkitError) as loading:
+        weightkit.load_into(model, path)
+    with pytest.raises(WeightkitError) as setting:
+        weightkit.set_weights(model, {k: v.detach() for k, v in src.state_dict().items()})
+    for e in (loading, setting):
+        msg = str(e.value)
+        assert "nothing was written" in msg and "float32 but the weight is float16" in msg and "allow_cast=True" in msg
+        assert "\n" not in msg
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    report = weightkit.load_into(model, path, allow_cast=True)
+    assert {c["name"] for c in report.cast} == {"weight", "bias"} and model.weight.dtype == torch.float16
+    assert torch.equal(model.weight, src.weight.detach().half())
+
+
+def test_load_into_takes_a_checkpoint_as_it_is_unless_told_otherwise(tmp_path):
+    src = nn.Linear(3, 2)
+    with torch.no_grad():
+        src.bias[1] = float("inf")
+    path = weightkit.save(src, tmp_path / "inf.safetensors")
+    model = nn.Linear(3, 2)
+    with pytest.raises(WeightkitError, match="NaN/Inf"):
+        weightkit.load_into(model, path, allow_nonfinite=False)
+    assert torch.isfinite(model.bias).all()
+    weightkit.load_into(model, path)
+    assert torch.isinf(model.bias[1])

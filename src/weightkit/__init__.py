@@ -32,9 +32,10 @@ from weightkit.edits import (
     unfreeze,
     weight_norm,
 )
+from weightkit.edits.load import LoadReport, VerifyReport, load_into, verify
 from weightkit.edits.prune import PruneReport, make_permanent, prune
 from weightkit.edits.quantize import QuantizeReport, quantize, quantize_error
-from weightkit.edits.save import LoadReport, VerifyReport, load_into, save, verify
+from weightkit.edits.save import save
 from weightkit.errors import (
     CorruptFileError,
     MissingDependencyError,

@@ -16,11 +16,11 @@ import typer
 from weightkit.analyses.summary import summary
 from weightkit.cli._app import EXIT_FINDINGS, SELECT, app, console, guard, print_json
 from weightkit.core.opening import open as open_weights
+from weightkit.edits.load import verify as check
 from weightkit.edits.prune import prune as do_prune
 from weightkit.edits.quantize import quantize as do_quantize
 from weightkit.edits.quantize import quantize_error as measure
 from weightkit.edits.save import save
-from weightkit.edits.save import verify as check
 from weightkit.errors import WeightkitError
 from weightkit.render._format import human_bytes
 from weightkit.render.console import renderable

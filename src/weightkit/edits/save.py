@@ -1,5 +1,5 @@
-"""Saving weights (streamed, atomic, hashed safetensors), loading them into a live model, and
-checking a saved file's hashes.
+"""Saving weights: streamed, atomic, hashed safetensors (:func:`save`, and the writer that
+pruning and quantisation use too).
 
 Files are written by weightkit's own streaming safetensors writer: the header (whose length is
 known in advance, hashes included, because a sha256 is always 64 hex digits) goes first as a
@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -34,12 +34,10 @@ from weightkit.core.opening import open as _open
 from weightkit.core.weightset import WeightSet
 from weightkit.edits import _backend
 from weightkit.edits._compress import ranged_reader
-from weightkit.errors import CorruptFileError, UnsupportedFormatError, WeightkitError
-from weightkit.sources._base import module_loaded, sniff_head
+from weightkit.errors import UnsupportedFormatError, WeightkitError
 from weightkit.sources.mapping import MappingReader
-from weightkit.sources.safetensors_file import _Shard, _sniff
 
-__all__ = ["save", "load_into", "verify", "LoadReport", "VerifyReport", "Entry", "write_safetensors",
+__all__ = ["save", "Entry", "write_safetensors", "weight_entry", "base_metadata",
            "open_source"]
 
 HASH_KEY = "weightkit.sha256"
@@ -249,231 +247,3 @@ def save(model_or_weights: Any, path: str | Path, *, metadata: dict[str, str] | 
         if owned:
             ws.close()
     return path
-
-
-# --- load_into -----------------------------------------------------------------------------
-
-@dataclass
-class LoadReport:
-    """What :func:`weightkit.load_into` found and did."""
-
-    path: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    """In the model, not in the file."""
-    unexpected: list[str] = field(default_factory=list)
-    """In the file, not in the model."""
-    shape_mismatches: list[dict[str, Any]] = field(default_factory=list)
-    """``{"name", "model_shape", "file_shape"}`` per tensor whose shapes differ (not loaded)."""
-    cast: list[dict[str, str]] = field(default_factory=list)
-    """``{"name", "file_dtype", "model_dtype"}``: loaded with a dtype conversion."""
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.shape_mismatches)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
-
-    def problems(self) -> str:
-        parts = []
-        if self.missing:
-            parts.append(f"missing in file: {', '.join(self.missing)}")
-        if self.unexpected:
-            parts.append(f"unexpected in file: {', '.join(self.unexpected)}")
-        if self.shape_mismatches:
-            parts.append("shape mismatches: " + ", ".join(
-                f"{m['name']} (model {tuple(m['model_shape'])}, file {tuple(m['file_shape'])})"
-                for m in self.shape_mismatches))
-        return "; ".join(parts)
-
-
-def load_into(model: Any, path: str | Path, *, strict: bool = True) -> LoadReport:
-    """Load a checkpoint into a live torch model in place (same ``Parameter`` objects).
-
-    Values are copied under ``torch.no_grad()`` with ``copy_``, so device, dtype and every
-    optimizer's references stay. Names are the model's ``state_dict`` keys; a tied tensor
-    stored once (``alias: kept`` metadata) fills every name it has.
-
-    Args:
-        model: a ``torch.nn.Module``.
-        path: any checkpoint weightkit opens (or a state dict / ``WeightSet``).
-        strict: when ``True``, a missing key, an unexpected key or a shape mismatch raises
-            ``WeightkitError`` listing all of them and nothing is loaded; when ``False``
-            the matching tensors are loaded and the report lists the rest.
-
-    Example:
-        >>> import tempfile, torch, weightkit
-        >>> a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-        >>> p = weightkit.save(a, tempfile.mkdtemp() + "/a.safetensors")
-        >>> weightkit.load_into(b, p).loaded
-        ['weight', 'bias']
-        >>> bool(torch.equal(a.weight, b.weight))
-        True
-    """
-
-    if _backend.is_keras(model):
-        return _load_into_keras(model, path, strict=strict)
-    if not module_loaded("torch"):
-        raise UnsupportedFormatError(f"load_into needs a live torch.nn.Module; received {type(model).__name__}")
-    import torch
-
-    if not isinstance(model, torch.nn.Module):
-        raise UnsupportedFormatError(
-            f"load_into needs a live torch.nn.Module or Keras model; received {type(model).__name__}")
-    ws, _, owned = open_source(path)
-    try:
-        report = LoadReport(path=ws.source)
-        targets = model.state_dict(keep_vars=True)
-        for name in targets:
-            if name not in ws:
-                report.missing.append(name)
-        known = set(targets)
-        for w in ws:
-            if not ({w.name, *w.shared_with} & known):
-                report.unexpected.append(w.name)
-        plan = []
-        for name, t in targets.items():
-            if name not in ws:
-                continue
-            w = ws[name]
-            if tuple(w.shape) != tuple(t.shape):
-                report.shape_mismatches.append({"name": name, "model_shape": list(t.shape), "file_shape": list(w.shape)})
-                continue
-            plan.append((name, t, w))
-        if strict and not report.ok:
-            raise WeightkitError(f"{ws.source} does not fit {type(model).__name__} (nothing loaded): {report.problems()}")
-        # read and convert everything first, so a failure cannot leave the model half-loaded
-        staged = []
-        for name, t, w in plan:
-            value = w.torch()
-            if value.dtype != t.dtype:
-                if value.is_floating_point() and not t.is_floating_point():
-                    raise WeightkitError(f"{ws.source}: tensor {name!r} is {w.dtype} in the file but "
-                                         f"{_dtypes.from_torch(t.dtype)} in the model; converting would lose values")
-                report.cast.append({"name": name, "file_dtype": w.dtype, "model_dtype": _dtypes.from_torch(t.dtype)})
-            staged.append((name, t, value.to(device=t.device, dtype=t.dtype)))
-        with torch.no_grad():
-            for name, t, value in staged:
-                t.copy_(value)
-                report.loaded.append(name)
-        return report
-    finally:
-        if owned:
-            ws.close()
-
-
-def _load_into_keras(model, path, *, strict: bool) -> LoadReport:
-    """Keras variables are matched by path; when none matches (a new instance of the same
-    architecture has new auto-generated layer names) and the file records the saved model's
-    variable order, by position in ``model.weights``."""
-    import keras
-
-    ws, _, owned = open_source(path)
-    try:
-        report = LoadReport(path=ws.source)
-        variables = {v.path: v for v in model.weights}
-        names = {n: n for n in variables if n in ws}
-        order = ws.metadata.get(KERAS_ORDER_KEY) if not names else None
-        if order:
-            saved = json.loads(order)
-            if len(saved) == len(variables):
-                names = {n: s for n, s in zip(variables, saved) if s in ws}
-        report.missing = [n for n in variables if n not in names]
-        used = set(names.values())
-        report.unexpected = [w.name for w in ws if w.name not in used]
-        plan = []
-        for name, v in variables.items():
-            if name not in names:
-                continue
-            w = ws[names[name]]
-            if tuple(w.shape) != tuple(v.shape):
-                report.shape_mismatches.append({"name": name, "model_shape": list(v.shape), "file_shape": list(w.shape)})
-                continue
-            plan.append((name, v, w.numpy()))
-        if strict and not report.ok:
-            raise WeightkitError(f"{ws.source} does not fit Keras model {model.name!r} (nothing loaded): {report.problems()}")
-        for name, v, value in plan:
-            v.assign(keras.ops.cast(value, v.dtype))
-            report.loaded.append(name)
-        return report
-    finally:
-        if owned:
-            ws.close()
-
-
-# --- verify --------------------------------------------------------------------------------
-
-@dataclass
-class VerifyReport:
-    """The result of :func:`weightkit.verify`: every recorded sha256 recomputed."""
-
-    path: str
-    checked: int
-    matched: list[str]
-    mismatched: list[str]
-    """Tensors whose bytes no longer hash to the recorded value."""
-    missing: list[str]
-    """Hash recorded, tensor absent from the file."""
-    unrecorded: list[str]
-    """Tensor in the file with no recorded hash."""
-
-    @property
-    def ok(self) -> bool:
-        return not (self.mismatched or self.missing or self.unrecorded)
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.ok else 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
-
-
-def verify(path: str | Path) -> VerifyReport:
-    """Recompute the sha256 of every tensor of a weightkit-written safetensors file.
-
-    Raises:
-        WeightkitError: not a safetensors file, damaged header, or no hashes recorded
-            (a file weightkit did not write: there is nothing to compare against).
-
-    Example:
-        >>> import tempfile, torch, weightkit
-        >>> p = weightkit.save(torch.nn.Linear(3, 2), tempfile.mkdtemp() + "/m.safetensors")
-        >>> r = weightkit.verify(p)
-        >>> r.ok, r.checked
-        (True, 2)
-    """
-
-    p = Path(path)
-    if not p.is_file():
-        raise WeightkitError(f"{p}: no such file; check the path")
-    if not _sniff(p, sniff_head(p)):
-        raise UnsupportedFormatError(f"{p}: not a safetensors file; verify checks files written by weightkit.save")
-    shard = _Shard(p)
-    raw = shard.metadata.get(HASH_KEY)
-    if raw is None:
-        raise WeightkitError(f"{p}: no hashes recorded (not written by weightkit); nothing to verify")
-    try:
-        recorded = json.loads(raw)
-        assert isinstance(recorded, dict) and all(isinstance(v, str) for v in recorded.values())
-    except (ValueError, AssertionError):
-        raise CorruptFileError(f"{p}: the recorded hashes ({HASH_KEY}) are not a JSON object of strings") from None
-    matched, mismatched = [], []
-    for name in shard.header:
-        if name not in recorded:
-            continue
-        info = shard.header[name]
-        n = math.prod(info["shape"])
-        itemsize = max(1, shard.flat(name, 0, 0).dtype.itemsize)
-        step = max(1, CHUNK_BYTES // itemsize)
-        h = hashlib.sha256()
-        for start in range(0, n, step):
-            h.update(np.ascontiguousarray(shard.flat(name, start, min(n, start + step))))
-        (matched if h.hexdigest() == recorded[name] else mismatched).append(name)
-    return VerifyReport(
-        path=str(p), checked=len(matched) + len(mismatched), matched=matched, mismatched=mismatched,
-        missing=[n for n in recorded if n not in shard.header],
-        unrecorded=[n for n in shard.header if n not in recorded],
-    )
-

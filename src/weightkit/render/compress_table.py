@@ -9,9 +9,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from weightkit.edits.load import VerifyReport
 from weightkit.edits.prune import PruneReport
 from weightkit.edits.quantize import QuantizeReport
-from weightkit.edits.save import VerifyReport
 from weightkit.render._format import human_bytes
 
 

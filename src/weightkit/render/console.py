@@ -23,9 +23,9 @@ from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from weightkit.analyses.doctor import DoctorReport
 from weightkit.analyses.statistics.result import StatsReport
 from weightkit.analyses.summary import Summary
+from weightkit.edits.load import VerifyReport
 from weightkit.edits.prune import PruneReport
 from weightkit.edits.quantize import QuantizeReport
-from weightkit.edits.save import VerifyReport
 from weightkit.render.compress_table import render_prune, render_quantize, render_verify
 from weightkit.render.doctor_table import render_doctor
 from weightkit.render.scan_table import render_scans
