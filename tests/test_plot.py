@@ -1,8 +1,10 @@
 """Plots checked by what the pictures contain: panel counts, image sizes, the values drawn."""
 
+import io
 import os
 import subprocess
 import sys
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -156,3 +158,51 @@ def test_cli_writes_png_and_rejects_bad_input(tmp_path):
                  ["plot", "diff", str(path), "-o", str(out)]):
         bad = subprocess.run([sys.executable, "-m", "weightkit", *args], capture_output=True, text=True)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def draw_everything(run_dir, tag=""):
+    """Every plot function once, on layers whose names end in ``tag``."""
+    net = nn.Sequential(OrderedDict([(f"conv{tag}", nn.Conv2d(3, 4, 3)), ("flat", nn.Flatten()),
+                                     (f"fc{tag}", nn.Linear(4, 3)), ("act", nn.Tanh()), (f"out{tag}", nn.Linear(3, 2))]))
+    mlp = nn.Sequential(OrderedDict([(f"fc{tag}", nn.Linear(3, 4)), ("act", nn.Tanh()), (f"out{tag}", nn.Linear(4, 2))]))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.SGD(mlp.parameters(), lr=0.1)
+    with weightkit.watch(mlp, optimizer=opt, every=1, run_dir=run_dir, name="run"):
+        for _ in range(3):
+            opt.zero_grad()
+            mlp(torch.randn(8, 3)).square().mean().backward()
+            opt.step()
+    return [weightkit.plot_hist(net), weightkit.plot_norms(net), weightkit.plot_filters(net), weightkit.plot_heatmap(net),
+            weightkit.plot_importance(mlp, feature_names=[f"a{tag}", "b", "c"]), weightkit.plot_diff(net, before),
+            weightkit.plot_grad_flow("run", run_dir=run_dir)]
+
+
+def test_plots_leave_the_users_backend_and_pyplot_alone(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    before = matplotlib.get_backend()
+    matplotlib.use("ps")  # a non-interactive backend a library must keep, though it cannot draw PNGs itself
+    plt.close("all")
+    try:
+        figs = draw_everything(tmp_path)
+        assert all(isinstance(f, Figure) for f in figs)
+        png = io.BytesIO()
+        figs[0].savefig(png, format="png")
+        assert png.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.get_backend() == "ps"
+        assert plt.get_fignums() == []  # nothing registered with pyplot, so nothing piles up
+    finally:
+        matplotlib.use(before)
+
+
+def test_names_from_a_file_are_drawn_literally_never_as_mathtext(tmp_path):
+    from matplotlib.text import Text
+
+    tag = r"$\bogus$"  # as mathtext this fails to draw (unknown symbol)
+    for fig in draw_everything(tmp_path, tag):
+        for fmt in ("png", "svg"):
+            fig.savefig(io.BytesIO(), format=fmt, bbox_inches="tight")
+        shown = [t for t in fig.findobj(Text) if tag in t.get_text() and t.get_visible()]
+        assert shown and not any(t.get_parse_math() or t.get_usetex() for t in shown)

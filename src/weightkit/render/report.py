@@ -5,7 +5,6 @@ Assembly (this module) collects results as data; ``render/html.py`` turns them i
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from weightkit.errors import WeightkitError
 from weightkit.layers import KERNEL_TOKENS
 from weightkit.render.html import render_html
 from weightkit.render.plots import plot_diff, plot_filters, plot_heatmap, plot_importance
+from weightkit.render.plots._mpl import encode
 from weightkit.render.plots.grad_flow import plot_grad_flow
 from weightkit.tracking import open_run
 
@@ -52,12 +52,7 @@ class ReportInfo:
 
 
 def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
+    return encode(fig, "png", dpi=80)
 
 
 def gather(source, *, run=None, compare=None, pictures: bool = True) -> ReportData:

@@ -1,17 +1,34 @@
-"""matplotlib, imported only when a plot is drawn, always with a non-interactive backend."""
+"""What every plot shares: a new Figure, literal text, and writing a figure to bytes or a file.
+
+Figures are built with matplotlib's object API, never pyplot: pyplot keeps every figure it made
+until closed and draws through the user's backend, so a library that used it would pile figures
+up in long runs and have to switch the user's backend to draw headless.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from weightkit.errors import WeightkitError, require
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def pyplot():
-    mpl = require("matplotlib", extra="all", purpose="plotting")
-    if mpl.get_backend().lower() not in ("agg", "svg", "pdf", "cairo", "module://matplotlib_inline.backend_inline"):
-        mpl.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+# Text properties for strings that come from a file or a caller (tensor names, paths, feature
+# names): matplotlib would read "$...$" in them as mathtext (a wrong picture, or an error at draw
+# time) and, under the user's rcParams text.usetex, the whole string as LaTeX.
+LITERAL: dict[str, Any] = {"parse_math": False, "usetex": False}
 
-    return plt
+
+def figure(figsize: tuple[float, float]) -> Figure:
+    """A new Figure on its own Agg canvas, unknown to pyplot; the caller's backend is left alone."""
+    require("matplotlib", extra="all", purpose="plotting")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)  # so fig.canvas.draw() and buffer_rgba() work as on a pyplot figure under Agg
+    return fig
 
 
 def grid(n: int, *, max_cols: int = 8):
@@ -20,8 +37,18 @@ def grid(n: int, *, max_cols: int = 8):
     return rows, cols
 
 
+def encode(fig, fmt: str, *, dpi: int = 110) -> bytes:
+    """The figure as PNG, SVG or PDF bytes, cropped to what is drawn."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
 def save(fig, path) -> None:
-    """Save a figure as PNG or SVG (by suffix); a path that cannot be written is a WeightkitError."""
+    """Save a figure as PNG, SVG or PDF (by suffix); a path that cannot be written is a WeightkitError."""
+    import os
     from pathlib import Path
 
     path = Path(path)
@@ -29,14 +56,10 @@ def save(fig, path) -> None:
         raise WeightkitError(f"{path}: unsupported picture format {path.suffix or '(none)'}; use .png, .svg or .pdf")
     if not path.parent.exists():
         raise WeightkitError(f"{path}: the directory {path.parent} does not exist; create it or choose another path")
-    import io
-    import os
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format=path.suffix.lower()[1:], dpi=110, bbox_inches="tight")
+    data = encode(fig, path.suffix.lower()[1:])
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(buf.getvalue())
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from weightkit.analyses.statistics import stats
 from weightkit.core.opening import open as _open
 from weightkit.core.weightset import WeightSet
 from weightkit.errors import WeightkitError
-from weightkit.render.plots._mpl import grid, pyplot
+from weightkit.render.plots._mpl import LITERAL, figure, grid
 
 
 def _ws(source):
@@ -34,14 +34,13 @@ def plot_hist(source, *, select=None, max_panels: int = 24, bins: int = 64):
     tensors = [t for t in report.tensors if t.hist_counts][:max_panels]
     if not tensors:
         raise WeightkitError(f"{report.source}: no tensor with finite values to draw")
-    plt = pyplot()
     rows, cols = grid(len(tensors), max_cols=4)
-    fig = plt.figure(figsize=(3.2 * cols, 2.2 * rows + 0.4))
+    fig = figure((3.2 * cols, 2.2 * rows + 0.4))
     for k, t in enumerate(tensors):
         ax = fig.add_subplot(rows, cols, k + 1)
         edges = np.asarray(t.hist_edges)
         ax.stairs(t.hist_counts, edges, fill=True, color="#4c72b0")
-        ax.set_title(t.name, fontsize=7)
+        ax.set_title(t.name, fontsize=7, **LITERAL)
         ax.tick_params(labelsize=6)
     fig.tight_layout()
     return fig
@@ -59,8 +58,8 @@ def plot_norms(source, *, select=None):
 
     report = stats(_ws(source), select=select)
     layers = [g for g in report.layers if g.finite]
-    plt = pyplot()
-    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(layers) + 2), 5), sharex=True)
+    fig = figure((max(6, 0.35 * len(layers) + 2), 5))
+    axes = fig.subplots(2, 1, sharex=True)
     x = np.arange(len(layers))
     axes[0].bar(x, [g.l2_norm for g in layers], color="#4c72b0")
     axes[0].set_ylabel("L2 norm")
@@ -68,8 +67,8 @@ def plot_norms(source, *, select=None):
     axes[1].bar(x, [g.std or 0.0 for g in layers], color="#dd8452")
     axes[1].set_ylabel("std")
     axes[1].set_yscale("log")
-    axes[1].set_xticks(x, [g.name or "(top)" for g in layers], rotation=90, fontsize=7)
-    fig.suptitle(f"per-layer weight scale: {report.source}", fontsize=9)
+    axes[1].set_xticks(x, [g.name or "(top)" for g in layers], rotation=90, fontsize=7, **LITERAL)
+    fig.suptitle(f"per-layer weight scale: {report.source}", fontsize=9, **LITERAL)
     fig.tight_layout()
     return fig
 
@@ -84,14 +83,16 @@ def plot_importance(source, *, feature_names: Sequence[str] | None = None, top: 
     """
 
     imp = feature_importance(source, feature_names=feature_names)
-    plt = pyplot()
     n = min(top, len(imp.features))
-    fig, axes = plt.subplots(1, 3, figsize=(12, max(3, 0.25 * n + 1)))
+    fig = figure((12, max(3, 0.25 * n + 1)))
+    axes = fig.subplots(1, 3)
     for ax, (title, values) in zip(axes, (("first layer |W| share", imp.first_layer),
                                           ("Garson", imp.garson), ("Olden (signed)", imp.olden))):
         order = np.argsort(-np.abs(values))[:n][::-1]
-        ax.barh([imp.features[i] for i in order], [values[i] for i in order],
+        # numeric positions with fixed labels, not a category axis: names stay literal, duplicates stay apart
+        ax.barh(range(len(order)), [values[i] for i in order],
                 color=["#c44e52" if values[i] < 0 else "#4c72b0" for i in order])
+        ax.set_yticks(range(len(order)), [imp.features[i] for i in order], **LITERAL)
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
     fig.suptitle(f"input-feature importance through {len(imp.layers)} layers", fontsize=9)
@@ -115,14 +116,14 @@ def plot_diff(a, b):
     report = diff(a, b)
     if not report.layers:
         raise WeightkitError(f"{report.a} and {report.b} have no tensor names in common to compare")
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(report.layers) + 2), 4))
+    fig = figure((max(6, 0.35 * len(report.layers) + 2), 4))
+    ax = fig.subplots()
     values = [c.relative if np.isfinite(c.relative) else np.nan for c in report.layers]
     floor = min([v for v in values if v and np.isfinite(v)] or [1e-12]) / 10
     ax.bar(range(len(values)), [max(v, floor) if np.isfinite(v) else floor for v in values], color="#55a868")
     ax.set_yscale("log")
     ax.set_ylabel("relative change ||A-B|| / ||B||")
-    ax.set_xticks(range(len(values)), [c.layer or "(top)" for c in report.layers], rotation=90, fontsize=7)
-    ax.set_title(f"{report.a}  vs  {report.b}", fontsize=8)
+    ax.set_xticks(range(len(values)), [c.layer or "(top)" for c in report.layers], rotation=90, fontsize=7, **LITERAL)
+    ax.set_title(f"{report.a}  vs  {report.b}", fontsize=8, **LITERAL)
     fig.tight_layout()
     return fig

@@ -11,7 +11,7 @@ from weightkit.core.opening import open as _open
 from weightkit.core.weightset import WeightSet
 from weightkit.errors import WeightkitError
 from weightkit.layers import KERNEL_TOKENS
-from weightkit.render.plots._mpl import grid, pyplot
+from weightkit.render.plots._mpl import LITERAL, figure, grid
 
 
 def _ws(source):
@@ -60,7 +60,6 @@ def plot_filters(source, *, layer: str | None = None, mode: Literal["auto", "rgb
         mode = "rgb" if channels == 3 and len(kernel) == 2 else "mean"
     if mode == "rgb" and (channels != 3 or len(kernel) != 2):
         raise WeightkitError(f"{w.name}: 'rgb' needs 2-D filters over 3 input channels; this one has {channels}")
-    plt = pyplot()
     if mode == "channels" and len(kernel) == 2:
         panels = [(i, c, f[i, c]) for i in range(n_filters) for c in range(channels)]
         rows, cols = n_filters, channels
@@ -77,14 +76,14 @@ def plot_filters(source, *, layer: str | None = None, mode: Literal["auto", "rgb
                 img = f[i].mean(axis=0)
             panels.append((i, None, img))
         rows, cols = grid(len(panels))
-    fig = plt.figure(figsize=(1.2 * cols + 0.5, 1.2 * rows + 0.6))
+    fig = figure((1.2 * cols + 0.5, 1.2 * rows + 0.6))
     for k, (i, c, img) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, k + 1)
         ax.imshow(img, cmap=None if img.ndim == 3 else "RdBu_r", interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{i}" if c is None else f"{i}/{c}", fontsize=6)
-    fig.suptitle(f"{w.layer} ({w.kind}) filters, {mode}", fontsize=9)
+    fig.suptitle(f"{w.layer} ({w.kind}) filters, {mode}", fontsize=9, **LITERAL)
     return fig
 
 
@@ -102,13 +101,13 @@ def plot_heatmap(source, *, layer: str | None = None, max_size: int = 256):
     ws = _ws(source)
     w = _pick(ws, layer, lambda w: w.ndim == 2 and not _is_conv(w))
     m = downsample(matrix(w), max_size)
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = figure((6, 4.5))
+    ax = fig.subplots()
     lim = float(np.abs(m).max()) or 1.0
     im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
     ax.set_xlabel("input")
     ax.set_ylabel("output unit")
     shown = "" if m.shape == (w.shape[0], w.shape[1]) or m.shape == (w.shape[1], w.shape[0]) else " (block means)"
-    ax.set_title(f"{w.name} ({w.kind}){shown}", fontsize=9)
+    ax.set_title(f"{w.name} ({w.kind}){shown}", fontsize=9, **LITERAL)
     fig.colorbar(im, ax=ax)
     return fig

@@ -1,4 +1,4 @@
-"""The gradient-flow figure of a recorded run (matplotlib, Agg backend)."""
+"""The gradient-flow figure of a recorded run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from weightkit.errors import WeightkitError
-from weightkit.render.plots._mpl import pyplot
+from weightkit.render.plots._mpl import LITERAL, figure
 from weightkit.tracking.store import Run, open_run
 
 __all__ = ["plot_grad_flow"]
@@ -40,7 +40,7 @@ def plot_grad_flow(run: Run | str | os.PathLike, *, run_dir: str | os.PathLike =
     try:
         with warnings.catch_warnings():  # an all-NaN series on a log axis is expected (a run that blew up)
             warnings.simplefilter("ignore", UserWarning)
-            return _draw(r, pyplot(), include_bias)
+            return _draw(r, include_bias)
     finally:
         if own:
             r.close()
@@ -50,7 +50,7 @@ def _positive(v: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(v) & (v > 0), v, np.nan)
 
 
-def _draw(run: Run, plt, include_bias: bool):
+def _draw(run: Run, include_bias: bool):
     if not len(run.steps):
         raise WeightkitError(f"{run.name}: the run has no measured step yet; nothing to draw")
     pick = [i for i, p in enumerate(run.params) if include_bias or len(p.shape) >= 2]
@@ -63,8 +63,11 @@ def _draw(run: Run, plt, include_bias: bool):
     amax = run.metric("grad_absmax")[:, pick]
     ratio = run.metric("update_ratio")[:, pick]
 
-    fig, axes = plt.subplots(3, 1, figsize=(max(7.0, 0.32 * len(pick) + 3), 10.5))
-    colors = plt.get_cmap("viridis")(np.linspace(0, 0.95, len(pick)))
+    from matplotlib import colormaps
+
+    fig = figure((max(7.0, 0.32 * len(pick) + 3), 10.5))
+    axes = fig.subplots(3, 1)
+    colors = colormaps["viridis"](np.linspace(0, 0.95, len(pick)))
 
     # 1. bars at the latest measured step where any gradient was seen
     ax = axes[0]
@@ -91,7 +94,7 @@ def _draw(run: Run, plt, include_bias: bool):
         ax.scatter(no_grad, [floor * 1.5] * len(no_grad), marker="x", color="#c44e52", zorder=3, label="no gradient")
     if bad:
         ax.scatter(bad, [floor * 1.5] * len(bad), marker="^", color="#c44e52", zorder=3, label="NaN/Inf")
-    ax.set_xticks(x, names, rotation=90, fontsize=7)
+    ax.set_xticks(x, names, rotation=90, fontsize=7, **LITERAL)
     ax.set_xlim(-0.6, len(pick) - 0.4)
     ax.set_ylabel("|grad|")
     ax.legend(fontsize=7, loc="upper left")
@@ -105,7 +108,9 @@ def _draw(run: Run, plt, include_bias: bool):
     ax.set_ylabel("mean |grad| (max faint)")
     ax.set_title("per-layer gradient magnitude over steps (dark: input side, light: output side)", fontsize=9)
     if len(pick) <= 16:
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        legend = ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        for text in legend.get_texts():  # parameter names
+            text.set(**LITERAL)
 
     # 3. update ratio over the steps
     ax = axes[2]
@@ -121,6 +126,6 @@ def _draw(run: Run, plt, include_bias: bool):
     ax.set_xlabel("optimizer step")
     ax.set_title("update-to-weight ratio per layer", fontsize=9)
     ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"weightkit run {run.name}", fontsize=10)
+    fig.suptitle(f"weightkit run {run.name}", fontsize=10, **LITERAL)
     fig.tight_layout()
     return fig
