@@ -31,6 +31,7 @@ PY_ONLY = [
 
 def _api_sets(source, pattern):
     return {
+        "plot_hist": {ax.get_title() for ax in weightkit.plot_hist(source, select=pattern).axes},
         "select": {w.name for w in weightkit.select(source, pattern)},
         "summary": {t["name"] for t in weightkit.summary(source, select=pattern).tensors},
         "stats": {t.name for t in weightkit.stats(source, select=pattern).tensors},
@@ -104,3 +105,16 @@ def test_every_edit_selects_the_same_tensors(small_net, pattern, expected):
         n for n in expected if not n.endswith("bias")}
     assert {t.name for t in weightkit.prune(fresh(), 0.5, select=pattern, role=["weight", "bias"]).tensors} == expected
     assert {t.name for t in weightkit.quantize_error(fresh(), select=pattern).tensors} == expected
+
+
+def test_the_pictures_of_one_tensor_take_the_same_selector(small_net_file, tmp_path):
+    path, _ = small_net_file
+    fig = weightkit.plot_filters(str(path), select="kind:Conv2d")
+    assert "features.0 (Conv2d)" in fig.texts[0].get_text()
+    assert weightkit.plot_heatmap(str(path), select=re.compile("^head")).axes[0].get_title().startswith("head.weight")
+    with pytest.raises(weightkit.WeightkitError, match="closest names: head.weight"):
+        weightkit.plot_heatmap(str(path), select="haed.weight")
+    r = _cli("plot", "heatmap", path, "-o", tmp_path / "h.png", "--select", "head.*", "--json")
+    assert r.returncode == 0, r.stderr
+    r = _cli("plot", "filters", path, "-o", tmp_path / "f.png", "--select", "nothing")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1

@@ -21,7 +21,6 @@ def plot(
     kind: str = typer.Argument(..., help=f"What to draw: {', '.join(KINDS)}."),
     source: Path = typer.Argument(..., help="Model checkpoint (for diff: the new one; for gradflow: a watch run)."),
     output: Path = typer.Option(..., "--output", "-o", help="Picture to write (.png, .svg or .pdf)."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="Layer path or tensor name (filters, heatmap)."),
     select: Optional[str] = SELECT,
     other: Optional[Path] = typer.Option(None, "--other", help="Reference checkpoint for diff."),
     features: Optional[str] = typer.Option(None, "--features", help="Comma-separated input feature names (importance)."),
@@ -35,9 +34,9 @@ def plot(
             raise WeightkitError(f"unknown plot kind {kind!r}; choose one of: {', '.join(KINDS)}")
         src = str(source)
         if kind == "filters":
-            fig = p.plot_filters(src, layer=layer, mode=mode)
+            fig = p.plot_filters(src, select=select, mode=mode)
         elif kind == "heatmap":
-            fig = p.plot_heatmap(src, layer=layer)
+            fig = p.plot_heatmap(src, select=select)
         elif kind == "hist":
             fig = p.plot_hist(src, select=select)
         elif kind == "norms":

@@ -96,12 +96,12 @@ def _pictures(ws, data: ReportData) -> None:
 
     convs = [w for w in ws if not w.is_buffer and any(t in KERNEL_TOKENS for t in w.axis_tokens)]
     for w in _along_depth(convs, MAX_FILTER_LAYERS):
-        data.pictures.setdefault("filters", []).append((w.name, _png(plot_filters(ws, layer=w.name, max_filters=32))))
+        data.pictures.setdefault("filters", []).append((w.name, _png(plot_filters(ws, select=_exactly(w.name), max_filters=32))))
     if len(convs) > MAX_FILTER_LAYERS:
         data.notes.append(f"filters drawn for {MAX_FILTER_LAYERS} of {len(convs)} conv layers, first to last")
     dense = [w for w in ws if not w.is_buffer and w.ndim == 2 and w.kind in ("Linear", "Dense")]
     for w in _along_depth(dense, MAX_HEATMAPS):
-        data.pictures.setdefault("heatmaps", []).append((w.name, _png(plot_heatmap(ws, layer=w.name, max_size=128))))
+        data.pictures.setdefault("heatmaps", []).append((w.name, _png(plot_heatmap(ws, select=_exactly(w.name), max_size=128))))
     if len(dense) > MAX_HEATMAPS:
         data.notes.append(f"heatmaps drawn for {MAX_HEATMAPS} of {len(dense)} dense layers, first to last")
     if data.importance is not None:
@@ -145,3 +145,8 @@ def report(source, out, *, run=None, compare=None) -> ReportInfo:
         tmp.unlink(missing_ok=True)
         raise WeightkitError(f"{out}: cannot be written ({e.strerror}); choose a writable path") from None
     return ReportInfo(str(out), len(html.encode()), sections)
+
+
+def _exactly(name: str):
+    """A selector of one tensor by its exact name (a name may hold glob characters such as ``[``)."""
+    return lambda w: w.name == name

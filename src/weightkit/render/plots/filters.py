@@ -7,42 +7,33 @@ from typing import Any, Literal
 import numpy as np
 
 from weightkit.core.layout import conv_filters, downsample, matrix
-from weightkit.core.opening import open as _open
-from weightkit.core.weightset import WeightSet
+from weightkit.core.opening import as_weightset
+from weightkit.core.selector import Selector
 from weightkit.errors import WeightkitError
 from weightkit.layers import KERNEL_TOKENS
 from weightkit.render.plots._mpl import LITERAL, figure, grid
 
 
-def _ws(source):
-
-    return source if isinstance(source, WeightSet) else _open(source)
-
-
-def _pick(ws, layer: str | None, want) -> Any:
+def _pick(ws, select: Any, want) -> Any:
+    """The first weight of the kind drawn (``want``) that ``select`` names (any, without it)."""
     candidates = [w for w in ws if w.role in ("weight", "kernel", "depthwise_kernel") and want(w)]
-    if layer is None:
-        if not candidates:
-            raise WeightkitError(f"{ws.source}: no layer has weights of this kind to draw")
-        return candidates[0]
-    for w in ws:
-        if w.name == layer or (w.layer == layer and w in candidates):
-            return w
-    names = ", ".join(w.layer for w in candidates[:8]) or "none"
-    raise WeightkitError(f"{ws.source}: no layer or tensor {layer!r} to draw; candidates: {names}")
+    if not candidates:
+        raise WeightkitError(f"{ws.source}: no layer has weights of this kind to draw")
+    return Selector.of(select).pick(candidates, source=ws.source)[0]
 
 
 def _is_conv(w) -> bool:
     return any(t in KERNEL_TOKENS for t in w.axis_tokens)
 
 
-def plot_filters(source, *, layer: str | None = None, mode: Literal["auto", "rgb", "channels", "mean"] = "auto",
+def plot_filters(source, *, select: Any = None, mode: Literal["auto", "rgb", "channels", "mean"] = "auto",
                  max_filters: int = 64):
     """The filters of a conv layer as an image grid; returns a matplotlib Figure.
 
     ``auto``: first-layer filters over 3 input channels in colour (RGB), other 2-D filters
     averaged over input channels (``mean``); ``channels`` draws one panel per (filter, input
-    channel); 1-D filters are drawn as (channels × kernel) images. One axes per panel.
+    channel); 1-D filters are drawn as (channels × kernel) images. One axes per panel. ``select``
+    (see :class:`weightkit.core.selector.Selector`) chooses the conv weight; the first one by default.
 
     Example:
         >>> import torch, weightkit
@@ -50,8 +41,8 @@ def plot_filters(source, *, layer: str | None = None, mode: Literal["auto", "rgb
         >>> len(fig.axes)
         8
     """
-    ws = _ws(source)
-    w = _pick(ws, layer, _is_conv)
+    ws = as_weightset(source)
+    w = _pick(ws, select, _is_conv)
     if not _is_conv(w):
         raise WeightkitError(f"{w.name} ({w.kind}) has no filters; 'filters' draws convolution layers")
     f = conv_filters(w)[:max_filters]
@@ -87,10 +78,11 @@ def plot_filters(source, *, layer: str | None = None, mode: Literal["auto", "rgb
     return fig
 
 
-def plot_heatmap(source, *, layer: str | None = None, max_size: int = 256):
+def plot_heatmap(source, *, select: Any = None, max_size: int = 256):
     """A Linear/Dense weight matrix as a heatmap, rows = output units, columns = inputs
     (Keras kernels are transposed to match); matrices larger than ``max_size`` are shown
-    as block means. ``fig.axes[0]`` is the heatmap, ``fig.axes[1]`` its colour bar.
+    as block means. ``fig.axes[0]`` is the heatmap, ``fig.axes[1]`` its colour bar. ``select``
+    chooses the matrix; the first one by default.
 
     Example:
         >>> import torch, weightkit
@@ -98,8 +90,8 @@ def plot_heatmap(source, *, layer: str | None = None, max_size: int = 256):
         >>> fig.axes[0].images[0].get_array().shape
         (5, 20)
     """
-    ws = _ws(source)
-    w = _pick(ws, layer, lambda w: w.ndim == 2 and not _is_conv(w))
+    ws = as_weightset(source)
+    w = _pick(ws, select, lambda w: w.ndim == 2 and not _is_conv(w))
     m = downsample(matrix(w), max_size)
     fig = figure((6, 4.5))
     ax = fig.subplots()
