@@ -167,7 +167,7 @@ def _rnn_axes(kind: str, role: str, ndim: int, facts: LayerFacts, layer_index: i
     return None
 
 
-_EMBED_TORCH = {"weight": (_a("vocab", "num_embeddings"), _a("embed", "embedding_dim"))}
+_EMBED_TORCH: dict[str, Spec] = {"weight": (_a("vocab", "num_embeddings"), _a("embed", "embedding_dim"))}
 _EMBED_DIM_OUT = _a("out", "embed_dim")
 
 _TORCH: dict[str, dict[str, Spec]] = {

@@ -37,7 +37,8 @@ class FeatureImportance:
 
 def _chain(ws) -> tuple[list[str], list[np.ndarray]]:
 
-    names, mats = [], []
+    names: list[str] = []
+    mats: list[np.ndarray] = []
     for w in ws:
         if w.is_buffer or w.ndim != 2 or w.role not in ("weight", "kernel") or w.kind not in ("Linear", "Dense"):
             continue

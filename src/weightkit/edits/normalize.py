@@ -59,7 +59,7 @@ def weight_norm(model: Any, *, select: Any = None, kind=None, role="weight", dim
     from torch.nn.utils import parametrizations
 
     targets = _targets(model, select, kind, role, dim, "weight_norm")
-    _apply(targets, lambda m, attr: parametrizations.weight_norm(m, name=attr, dim=dim))
+    _apply(targets, lambda m, attr: parametrizations.weight_norm(m, name=attr, dim=dim))  # type: ignore[arg-type]  # torch takes None: the norm over the whole tensor
     return NormReport("weight_norm", [t[0] for t in targets], {"dim": dim})
 
 

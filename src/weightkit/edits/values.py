@@ -227,7 +227,7 @@ def check_value(slot: Slot, t, *, allow_cast: bool, allow_nonfinite: bool) -> st
     return cast_problem(t, slot.torch_dtype, slot.dtype_name)
 
 
-_HALF_ULP = {}  # target dtype -> unit roundoff (filled on first use: torch is imported lazily)
+_HALF_ULP: dict[Any, float] = {}  # target dtype -> unit roundoff (filled on first use: torch is imported lazily)
 
 
 def all_finite(t) -> bool:

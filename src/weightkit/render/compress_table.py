@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -14,6 +15,8 @@ from weightkit.edits.prune import PruneReport
 from weightkit.edits.quantize import QuantizeReport
 from weightkit.render._format import human_bytes
 
+_Justify = Literal["left", "right"]
+
 
 def render_prune(r: PruneReport) -> RenderableType:
     what = f"amount={r.amount}" if r.threshold is None else f"threshold={r.threshold}"
@@ -21,8 +24,9 @@ def render_prune(r: PruneReport) -> RenderableType:
                           f"  {r.method}, scope={r.scope}, {what}",
                           *((("  →  ", ""), (r.out, "green")) if r.out else ()))
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold", pad_edge=False)
-    for col, just in (("tensor", "left"), ("kind", "left"), ("shape", "left"), ("pruned", "right"),
-                      ("sparsity", "right")):
+    columns: tuple[tuple[str, _Justify], ...] = (("tensor", "left"), ("kind", "left"), ("shape", "left"),
+                                                 ("pruned", "right"), ("sparsity", "right"))
+    for col, just in columns:
         table.add_column(col, justify=just)
     for t in r.tensors:
         table.add_row(t.name, t.kind, "×".join(map(str, t.shape)) or "scalar", f"{t.pruned:,}", f"{t.sparsity:.2%}")
@@ -40,8 +44,10 @@ def render_quantize(r: QuantizeReport) -> RenderableType:
                           f"  int{r.bits} {r.scheme}, per {grain}",
                           *((("  →  ", ""), (r.out, "green")) if r.out else ()))
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold", pad_edge=False)
-    for col, just in (("tensor", "left"), ("kind", "left"), ("shape", "left"), ("rel. error", "right"),
-                      ("SQNR dB", "right"), ("max |err|", "right"), ("before", "right"), ("after", "right")):
+    columns: tuple[tuple[str, _Justify], ...] = (
+        ("tensor", "left"), ("kind", "left"), ("shape", "left"), ("rel. error", "right"), ("SQNR dB", "right"),
+        ("max |err|", "right"), ("before", "right"), ("after", "right"))
+    for col, just in columns:
         table.add_column(col, justify=just)
     for t in r.tensors:
         shape = "×".join(map(str, t.shape)) or "scalar"

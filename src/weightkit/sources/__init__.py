@@ -98,6 +98,6 @@ def _open_path(path: Path, specs, *, forced: bool) -> Reader:
                 "(truncated, corrupt or mislabelled); re-download or re-save it"
             )
     raise UnsupportedFormatError(
-        f"{path}: unknown weights format (first bytes {head[:8]!r}); "
+        f"{path}: unknown weights format (first bytes {(head or b'')[:8]!r}); "
         f"weightkit reads: {', '.join(s.name for s in specs if s.sniff)}"
     )

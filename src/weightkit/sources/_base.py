@@ -93,6 +93,12 @@ class Reader(Protocol):
     def read(self, key: str) -> np.ndarray:
         """Raw storage of one tensor with its full shape (bfloat16 as uint16, see _dtypes)."""
 
+    def read_flat(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Raw elements ``[start, stop)`` of the flattened tensor, without reading the rest."""
+
+    def read_torch(self, key: str) -> Any:
+        """The tensor as ``torch.Tensor`` in its own dtype."""
+
     def metadata(self) -> dict[str, Any]:
         """Everything in the source that is not a weight, JSON-serialisable."""
 
@@ -108,6 +114,12 @@ class ReaderBase:
     def metadata(self) -> dict[str, Any]:
         return {}
 
+    def tensors(self) -> list[RawTensor]:
+        raise NotImplementedError
+
+    def read(self, key: str) -> np.ndarray:
+        raise NotImplementedError
+
     def read_flat(self, key: str, start: int, stop: int) -> np.ndarray:
         """Raw elements ``[start, stop)`` of the flattened tensor."""
         return self.read(key).reshape(-1)[start:stop]
@@ -115,7 +127,6 @@ class ReaderBase:
     def read_torch(self, key: str):
         """The tensor as torch (raw views are reinterpreted, values stay exact)."""
         import torch
-
 
         raw = self.read(key)
         info = self._info(key)

@@ -52,6 +52,10 @@ class Stub:
 
     __slots__ = ("args", "kwargs", "state", "items")
     qualname = "?"
+    args: tuple
+    kwargs: dict
+    state: dict
+    items: list
 
     def __new__(cls, *args, **kwargs):
         self = object.__new__(cls)
@@ -303,10 +307,10 @@ def _implementations() -> dict[str, Any]:
                 "collections.Counter": _plain(*_CONTAINERS)(Counter),
                 "copyreg._reconstructor": _copyreg_reconstructor, "copyreg.__newobj__": _copyreg_newobj,
                 "numpy.ndarray": _Marker("numpy.ndarray")})
-    for t in (set, frozenset, tuple, list, dict):
-        out[f"builtins.{t.__name__}"] = _plain(*_CONTAINERS)(t)
-    for t in (int, float, bool, str, complex, slice, range):
-        out[f"builtins.{t.__name__}"] = _plain()(t)
+    for container in (set, frozenset, tuple, list, dict):
+        out[f"builtins.{container.__name__}"] = _plain(*_CONTAINERS)(container)
+    for scalar in (int, float, bool, str, complex, slice, range):
+        out[f"builtins.{scalar.__name__}"] = _plain()(scalar)
     out["builtins.bytes"], out["builtins.bytearray"] = _bytes(bytes), _bytes(bytearray)
     for core in _NUMPY_CORE:
         out.update({f"{core}.multiarray._reconstruct": _np_reconstruct, f"{core}.multiarray.scalar": _np_scalar,
@@ -359,8 +363,9 @@ class RestrictedUnpickler(pickle._Unpickler):
         else:
             raise Bad(f"BUILD applied to {type(inst).__name__}, which takes no state")
 
-    dispatch[pickle.BYTEARRAY8[0]] = _bytearray8
-    dispatch[pickle.BUILD[0]] = _build
+    # pickle's own dispatch table is typed for the base class; these take the subclass
+    dispatch[pickle.BYTEARRAY8[0]] = _bytearray8  # type: ignore[assignment]
+    dispatch[pickle.BUILD[0]] = _build  # type: ignore[assignment]
 
     def find_class(self, module, name):
         m, n = fix_imports(module, name, self.proto)

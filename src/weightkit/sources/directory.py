@@ -13,7 +13,7 @@ import numpy as np
 from weightkit.errors import SourceNotFoundError
 from weightkit.formats.shard_index import index_shards, looks_like_index
 from weightkit.sources import open_reader
-from weightkit.sources._base import RawTensor, ReaderBase, model_order_key, register_reader
+from weightkit.sources._base import RawTensor, Reader, ReaderBase, model_order_key, register_reader
 from weightkit.sources.keras_file import keras_shards
 
 # file patterns tried in order when a directory has no index; the first that matches wins,
@@ -53,12 +53,12 @@ class DirectoryReader(ReaderBase):
 
     def _open_shards(self, files: list[Path], meta: dict[str, Any]) -> None:
         self._meta = meta
+        self._shards: list[Reader]
         if meta.get("index", "").endswith(".weights.json"):  # Keras: one model's variables spread over files
-
-            self._shards = keras_shards(files)
+            self._shards = list(keras_shards(files))
         else:
             self._shards = [open_reader(f) for f in files]
-        self._where: dict[str, tuple[ReaderBase, RawTensor]] = {}
+        self._where: dict[str, tuple[Reader, RawTensor]] = {}
         self._tensors: list[RawTensor] = []
         for shard in self._shards:
             for raw in shard.tensors():

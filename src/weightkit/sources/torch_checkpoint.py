@@ -247,7 +247,7 @@ def _stub_summary(v: Any, depth: int, budget: list) -> dict[str, Any] | None:
     if restricted is None:
         return None
     if isinstance(v, type) and issubclass(v, restricted.Stub):
-        return {"needs_code": v.qualname}
+        return {"needs_code": getattr(v, "qualname", "?")}
     if not isinstance(v, restricted.Stub):
         return None
     out: dict[str, Any] = {"needs_code": v.qualname}
@@ -291,7 +291,8 @@ class TorchCheckpointReader(ReaderBase):
         report = refuse_unsafe(path)
         obj, how = self._load(path, report)
         self._hints: dict[int, dict] = {}
-        root, self._done = obj, {}
+        self._done: dict[int, Any] = {}
+        root = obj
         if how == RESTRICTED:
             obj = self._materialize(obj, 0)
         del self._done

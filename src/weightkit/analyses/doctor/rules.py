@@ -10,7 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from weightkit import _dtypes
-from weightkit.analyses.doctor._registry import Context, Finding, rule
+from weightkit.analyses.doctor._registry import Context, Finding, Severity, rule
 from weightkit.layers import out_axis
 
 SCALE_FACTOR = 10.0  # std more than this many times above 1/sqrt(fan_in) is "exploding"
@@ -194,7 +194,7 @@ def batchnorm(ctx: Context) -> Iterator[Finding]:
         ms = stats.get(mean.name) if mean is not None else None
         initial_values = (ms is not None and vs is not None and ms.min == 0 == ms.max and vs.min == 1 == vs.max)
         if untouched_counter or initial_values:
-            severity = "warning" if ctx.claims_trained else "info"
+            severity: Severity = "warning" if ctx.claims_trained else "info"
             why = "num_batches_tracked is 0" if untouched_counter else "running mean is all 0 and variance all 1"
             yield Finding(
                 "batchnorm-untrained", severity, [n.name for n in (mean, var, tracked) if n is not None],

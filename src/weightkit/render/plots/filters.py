@@ -65,7 +65,7 @@ def plot_filters(source, *, select: Any = None, mode: Literal["auto", "rgb", "ch
                 img = f[i]  # (channels, kernel)
             else:
                 img = f[i].mean(axis=0)
-            panels.append((i, None, img))
+            panels.append((i, None, img))  # type: ignore[arg-type]  # c is None: one panel per filter
         rows, cols = grid(len(panels))
     fig = figure((1.2 * cols + 0.5, 1.2 * rows + 0.6))
     for k, (i, c, img) in enumerate(panels):

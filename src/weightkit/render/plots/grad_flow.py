@@ -36,7 +36,7 @@ def plot_grad_flow(run: Run | str | os.PathLike, *, run_dir: str | os.PathLike =
     """
 
     own = not isinstance(run, Run)
-    r = open_run(run, run_dir=run_dir) if own else run
+    r = run if isinstance(run, Run) else open_run(run, run_dir=run_dir)
     try:
         with warnings.catch_warnings():  # an all-NaN series on a log axis is expected (a run that blew up)
             warnings.simplefilter("ignore", UserWarning)
