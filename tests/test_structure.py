@@ -37,3 +37,16 @@ def test_documented_attributes_exist():
 
 def test_one_version_number():
     assert weightkit.__version__ == importlib.metadata.version("weightkit")
+
+
+def test_every_public_function_is_fully_annotated():
+    import inspect
+
+    for name in weightkit.__all__:
+        obj = getattr(weightkit, name)
+        if inspect.isclass(obj) or not callable(obj):
+            continue
+        sig = inspect.signature(obj)
+        missing = [p for p, v in sig.parameters.items() if v.annotation is inspect.Parameter.empty]
+        assert not missing, f"weightkit.{name}: parameters without annotation: {missing}"
+        assert sig.return_annotation is not inspect.Signature.empty, f"weightkit.{name}: no return annotation"

@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from weightkit.core.opening import open as _open
-from weightkit.core.weightset import WeightSet
+from weightkit.core.opening import as_weightset
 
 __all__ = ["DiffReport", "LayerChange", "diff"]
 
@@ -48,7 +47,7 @@ class DiffReport:
         return {**d, "identical": self.identical}
 
 
-def diff(a, b) -> DiffReport:
+def diff(a: Any, b: Any) -> DiffReport:
     """Per-layer relative change ‖A − B‖/‖B‖ between two sources (B is the reference),
     read tensor by tensor.
 
@@ -63,8 +62,8 @@ def diff(a, b) -> DiffReport:
         (True, [])
     """
 
-    wa = a if isinstance(a, WeightSet) else _open(a)
-    wb = b if isinstance(b, WeightSet) else _open(b)
+    wa = as_weightset(a)
+    wb = as_weightset(b)
     names_a, names_b = set(wa.names), set(wb.names)
     sums: dict[str, list[float]] = {}
     kinds: dict[str, str] = {}

@@ -8,8 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from weightkit.core.layout import matrix
-from weightkit.core.opening import open as _open
-from weightkit.core.weightset import WeightSet
+from weightkit.core.opening import as_weightset
 from weightkit.errors import WeightkitError
 
 __all__ = ["FeatureImportance", "feature_importance"]
@@ -52,7 +51,7 @@ def _chain(ws) -> tuple[list[str], list[np.ndarray]]:
     return names, mats
 
 
-def feature_importance(source, *, feature_names: Sequence[str] | None = None) -> FeatureImportance:
+def feature_importance(source: Any, *, feature_names: Sequence[str] | None = None) -> FeatureImportance:
     """Importance of each input feature of an MLP from its weights alone.
 
     Example:
@@ -65,7 +64,7 @@ def feature_importance(source, *, feature_names: Sequence[str] | None = None) ->
         'c'
     """
 
-    ws = source if isinstance(source, WeightSet) else _open(source)
+    ws = as_weightset(source)
     names, mats = _chain(ws)
     n_in = mats[0].shape[1]
     if feature_names is None:

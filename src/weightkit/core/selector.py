@@ -23,12 +23,15 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, Union
 
 from weightkit.core.opening import as_weightset
 from weightkit.errors import WeightkitError
 
-__all__ = ["Selector", "select", "matches"]
+Names = Union[str, Iterable[str], None]
+"""One name or several (a layer kind, a tensor role), or ``None`` for any."""
+
+__all__ = ["Selector", "Names", "select", "matches"]
 
 _FIELDS = ("kind:", "role:")
 

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from weightkit import _dtypes
+from weightkit.core.selector import Names
 from weightkit.core.selector import select as select_weights
 from weightkit.edits._backend import KERAS, TORCH, Slot, framework, keras_owners, keras_slots, to_torch, torch_owners
 from weightkit.edits.values import commit
@@ -104,7 +105,7 @@ class InitReport:
                 "framework": self.framework, "initializer": dict(self.initializer)}
 
 
-def init(model: Any, scheme: str, *, select: Any = None, kind=None, role=None, seed: int | None = None,
+def init(model: Any, scheme: str, *, select: Any = None, kind: Names = None, role: Names = None, seed: int | None = None,
          **args: Any) -> InitReport:
     """Initialise weights of a live torch or Keras 3 model in place with a ``torch.nn.init`` scheme.
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from weightkit.core.selector import matches
+from weightkit.core.selector import Names, matches
 from weightkit.core.selector import select as select_weights
 from weightkit.edits._backend import KERAS, framework, torch_owners
 from weightkit.errors import WeightkitError
@@ -35,7 +35,7 @@ class NormReport:
         return {"action": self.action, "tensors": list(self.tensors), "args": dict(self.args)}
 
 
-def weight_norm(model: Any, *, select: Any = None, kind=None, role="weight", dim: int | None = 0) -> NormReport:
+def weight_norm(model: Any, *, select: Any = None, kind: Names = None, role: Names = "weight", dim: int | None = 0) -> NormReport:
     """Re-parametrise the selected weights as ``g · v / ‖v‖`` (norm over every axis but ``dim``).
 
     The module computes the same outputs as before (up to rounding). Without ``select`` and
@@ -63,7 +63,7 @@ def weight_norm(model: Any, *, select: Any = None, kind=None, role="weight", dim
     return NormReport("weight_norm", [t[0] for t in targets], {"dim": dim})
 
 
-def spectral_norm(model: Any, *, select: Any = None, kind=None, role="weight", n_power_iterations: int = 1,
+def spectral_norm(model: Any, *, select: Any = None, kind: Names = None, role: Names = "weight", n_power_iterations: int = 1,
                   eps: float = 1e-12, dim: int | None = None) -> NormReport:
     """Re-parametrise the selected weights divided by their spectral norm (largest singular value,
     estimated by power iteration). Unlike :func:`weight_norm`, this changes the module's outputs.
@@ -91,7 +91,7 @@ def spectral_norm(model: Any, *, select: Any = None, kind=None, role="weight", n
                       {"n_power_iterations": n_power_iterations, "eps": eps, "dim": dim})
 
 
-def remove_norm(model: Any, *, select: Any = None, kind=None, role=None) -> NormReport:
+def remove_norm(model: Any, *, select: Any = None, kind: Names = None, role: Names = None) -> NormReport:
     """Remove the parametrizations (weight norm, spectral norm…) of the selected weights, keeping
     their current values as plain parameters again.
 

@@ -429,7 +429,7 @@ def quantize_error(source: Any, *, bits: int = 8, scheme: str = "symmetric", gra
 
 def quantize(model_or_source: Any, out: str | Path | None = None, *, bits: int = 8, scheme: str = "symmetric",
              granularity: str = "tensor", group_size: int = 128, select: Any = None, mode: str | None = None,
-             in_place: bool = False):
+             in_place: bool = False) -> QuantizeReport:
     """Quantise weights: torch dynamic quantisation of a live model, or a weight-only
     quantised safetensors checkpoint.
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from weightkit.core.selector import Selector
+from weightkit.core.selector import Names, Selector
 from weightkit.core.selector import select as select_weights
 from weightkit.edits._backend import KERAS, TORCH, framework, keras_layers, keras_owners, keras_parents, keras_slots, torch_owners
 from weightkit.errors import WeightkitError
@@ -126,7 +126,7 @@ def trainable(model: Any) -> TrainableReport:
     return TrainableReport(fw, out)
 
 
-def freeze(model: Any, *, select: Any = None, kind=None, role=None) -> TrainableReport:
+def freeze(model: Any, *, select: Any = None, kind: Names = None, role: Names = None) -> TrainableReport:
     """Stop the selected weights from training (torch ``requires_grad_(False)``, Keras
     ``layer.trainable = False``). Without a selector, everything is frozen.
 
@@ -148,7 +148,7 @@ def freeze(model: Any, *, select: Any = None, kind=None, role=None) -> Trainable
     return _set_trainable(model, select, kind, role, False, "freeze")
 
 
-def unfreeze(model: Any, *, select: Any = None, kind=None, role=None) -> TrainableReport:
+def unfreeze(model: Any, *, select: Any = None, kind: Names = None, role: Names = None) -> TrainableReport:
     """Let the selected weights train again; the counterpart of :func:`freeze`. On Keras, the
     layers holding the selection are made trainable (without unfreezing their siblings).
 
@@ -208,7 +208,7 @@ def _keras_set(model, params: list, value: bool, what: str) -> None:
                 p = parents.get(id(p))
 
 
-def param_groups(model: Any, *, weight_decay: float = 0.01, no_decay=None) -> list[dict[str, Any]]:
+def param_groups(model: Any, *, weight_decay: float = 0.01, no_decay: Any = None) -> list[dict[str, Any]]:
     """Two torch optimizer parameter groups: weights with ``weight_decay``, and biases plus
     normalisation weights with ``weight_decay=0``. Frozen parameters are left out.
 

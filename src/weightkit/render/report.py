@@ -14,8 +14,7 @@ from weightkit.analyses.doctor import doctor
 from weightkit.analyses.importance import _chain, feature_importance
 from weightkit.analyses.statistics import stats
 from weightkit.analyses.summary import summary
-from weightkit.core.opening import open as _open
-from weightkit.core.weightset import WeightSet
+from weightkit.core.opening import as_weightset
 from weightkit.errors import WeightkitError
 from weightkit.layers import KERNEL_TOKENS
 from weightkit.render.html import render_html
@@ -58,7 +57,7 @@ def _png(fig) -> bytes:
 def gather(source, *, run=None, compare=None, pictures: bool = True) -> ReportData:
     """Run the analyses a report shows; a failing optional section becomes a note, not an error."""
 
-    ws = source if isinstance(source, WeightSet) else _open(source)
+    ws = as_weightset(source)
     data = ReportData(summary=summary(ws), stats=stats(ws), doctor=doctor(ws))
     if compare is not None:
 
@@ -121,7 +120,7 @@ def _run_section(run, data: ReportData, pictures: bool) -> dict[str, Any]:
     return section
 
 
-def report(source, out, *, run=None, compare=None) -> ReportInfo:
+def report(source: Any, out: str | Path, *, run: Any = None, compare: Any = None) -> ReportInfo:
     """Write a self-contained HTML report (no network, no external files) for ``source``.
 
     Example:

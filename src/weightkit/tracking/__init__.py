@@ -155,7 +155,7 @@ class Watch:
             pass  # the training error is the one to see
 
 
-def watch(model, *, optimizer=None, every: int = 10, histograms: int = 10, bins: int = 64, store=None,
+def watch(model: Any, *, optimizer: Any = None, every: int = 10, histograms: int = 10, bins: int = 64, store: Any = None,
           name: str | None = None, run_dir: str | os.PathLike = "runs", overwrite: bool = False,
           nan_check: str = "step", vanishing: float = 1e-3, exploding: float = 10.0, ratio_high: float = 1e-1,
           ratio_low: float = 1e-5, patience: int = 3, unused_after: int = 3) -> Watch:

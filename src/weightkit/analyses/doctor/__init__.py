@@ -6,15 +6,14 @@ from typing import Any
 
 from weightkit.analyses.doctor import rules as _builtin_rules  # noqa: F401  (registers the built-in rules)
 from weightkit.analyses.doctor._registry import Context, DoctorReport, Finding, Rule, list_rules, rule
-from weightkit.core.opening import open as _open
-from weightkit.core.weightset import WeightSet
+from weightkit.core.opening import as_weightset
 from weightkit.errors import WeightkitError
 from weightkit.sources._base import module_loaded
 
 __all__ = ["doctor", "DoctorReport", "Finding", "Rule", "rule", "list_rules"]
 
 
-def doctor(source: Any, *, optimizer=None, rules: list[str] | None = None, eps: float = 1e-6) -> DoctorReport:
+def doctor(source: Any, *, optimizer: Any = None, rules: list[str] | None = None, eps: float = 1e-6) -> DoctorReport:
     """Check weights for problems and return the findings (``report.exit_code`` is 1 on errors).
 
     Args:
@@ -48,7 +47,7 @@ def doctor(source: Any, *, optimizer=None, rules: list[str] | None = None, eps: 
     if optimizer is not None and module is None:
         raise WeightkitError("optimizer checks need the live torch.nn.Module the optimizer was built for; "
                              "pass the model as the source")
-    ws = source if isinstance(source, WeightSet) else _open(source)
+    ws = as_weightset(source)
     ctx = Context(ws, module=module, optimizer=optimizer, eps=eps)
     findings: list[Finding] = []
     ran = []

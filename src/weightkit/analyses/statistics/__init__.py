@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from weightkit.analyses.statistics.engine import DEFAULT_QUANTILES, report
 from weightkit.analyses.statistics.result import GroupStats, StatsReport, TensorStats
@@ -20,7 +20,7 @@ def stats(
     eps: float = 1e-6,
     quantiles: tuple[float, ...] | None = None,
     threads: int | None = None,
-    progress=None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> StatsReport:
     """Measure every weight: count, mean, std, min, max, absmax, L2 norm, exact zeros, the
     fraction with ``|w| < eps``, NaN/±Inf counts, an exact histogram and quantiles.

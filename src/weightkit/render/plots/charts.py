@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from weightkit.analyses.diff import diff
 from weightkit.analyses.importance import feature_importance
 from weightkit.analyses.statistics import stats
-from weightkit.core.opening import open as _open
-from weightkit.core.weightset import WeightSet
+from weightkit.core.opening import as_weightset
 from weightkit.errors import WeightkitError
 from weightkit.render.plots._mpl import LITERAL, figure, grid
 
-
-def _ws(source):
-
-    return source if isinstance(source, WeightSet) else _open(source)
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def plot_hist(source, *, select=None, max_panels: int = 24, bins: int = 64):
+
+
+def plot_hist(source: Any, *, select: Any = None, max_panels: int = 24, bins: int = 64) -> Figure:
     """Weight histograms, one panel per tensor, from the streaming statistics engine.
 
     Example:
@@ -30,7 +29,7 @@ def plot_hist(source, *, select=None, max_panels: int = 24, bins: int = 64):
         2
     """
 
-    report = stats(_ws(source), select=select, bins=bins)
+    report = stats(as_weightset(source), select=select, bins=bins)
     tensors = [t for t in report.tensors if t.hist_counts][:max_panels]
     if not tensors:
         raise WeightkitError(f"{report.source}: no tensor with finite values to draw")
@@ -46,7 +45,7 @@ def plot_hist(source, *, select=None, max_panels: int = 24, bins: int = 64):
     return fig
 
 
-def plot_norms(source, *, select=None):
+def plot_norms(source: Any, *, select: Any = None) -> Figure:
     """Per-layer L2 norm and standard deviation as bar charts along depth (two panels).
 
     Example:
@@ -56,7 +55,7 @@ def plot_norms(source, *, select=None):
         [2, 2]
     """
 
-    report = stats(_ws(source), select=select)
+    report = stats(as_weightset(source), select=select)
     layers = [g for g in report.layers if g.finite]
     fig = figure((max(6, 0.35 * len(layers) + 2), 5))
     axes = fig.subplots(2, 1, sharex=True)
@@ -73,7 +72,7 @@ def plot_norms(source, *, select=None):
     return fig
 
 
-def plot_importance(source, *, feature_names: Sequence[str] | None = None, top: int = 30):
+def plot_importance(source: Any, *, feature_names: Sequence[str] | None = None, top: int = 30) -> Figure:
     """Bar charts of input-feature importance (first layer, Garson, Olden), most important first.
 
     Example:
@@ -100,7 +99,7 @@ def plot_importance(source, *, feature_names: Sequence[str] | None = None, top: 
     return fig
 
 
-def plot_diff(a, b):
+def plot_diff(a: Any, b: Any) -> Figure:
     """Per-layer relative change ‖A − B‖/‖B‖ as a bar chart (log scale).
 
     Example:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -12,6 +12,9 @@ from weightkit.core.selector import Selector
 from weightkit.errors import WeightkitError
 from weightkit.layers import KERNEL_TOKENS
 from weightkit.render.plots._mpl import LITERAL, figure, grid
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _pick(ws, select: Any, want) -> Any:
@@ -26,8 +29,8 @@ def _is_conv(w) -> bool:
     return any(t in KERNEL_TOKENS for t in w.axis_tokens)
 
 
-def plot_filters(source, *, select: Any = None, mode: Literal["auto", "rgb", "channels", "mean"] = "auto",
-                 max_filters: int = 64):
+def plot_filters(source: Any, *, select: Any = None, mode: Literal["auto", "rgb", "channels", "mean"] = "auto",
+                 max_filters: int = 64) -> Figure:
     """The filters of a conv layer as an image grid; returns a matplotlib Figure.
 
     ``auto``: first-layer filters over 3 input channels in colour (RGB), other 2-D filters
@@ -78,7 +81,7 @@ def plot_filters(source, *, select: Any = None, mode: Literal["auto", "rgb", "ch
     return fig
 
 
-def plot_heatmap(source, *, select: Any = None, max_size: int = 256):
+def plot_heatmap(source: Any, *, select: Any = None, max_size: int = 256) -> Figure:
     """A Linear/Dense weight matrix as a heatmap, rows = output units, columns = inputs
     (Keras kernels are transposed to match); matrices larger than ``max_size`` are shown
     as block means. ``fig.axes[0]`` is the heatmap, ``fig.axes[1]`` its colour bar. ``select``

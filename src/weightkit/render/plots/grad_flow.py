@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,10 +12,13 @@ from weightkit.errors import WeightkitError
 from weightkit.render.plots._mpl import LITERAL, figure
 from weightkit.tracking.store import Run, open_run
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = ["plot_grad_flow"]
 
 
-def plot_grad_flow(run: Run | str | os.PathLike, *, run_dir: str | os.PathLike = "runs", include_bias: bool = False):
+def plot_grad_flow(run: Run | str | os.PathLike, *, run_dir: str | os.PathLike = "runs", include_bias: bool = False) -> Figure:
     """Three panels, log scale: mean and max |grad| per layer at the latest measured step (bars, in
     model order, input first), mean |grad| (solid) and max |grad| (faint) per layer over the steps,
     and the update-to-weight ratio ‖Δw‖/‖w‖ per layer over the steps with the 1e-3 line.
