@@ -16,26 +16,14 @@ from weightkit.analyses.summary import Summary, Totals, summary
 from weightkit.core.opening import open
 from weightkit.core.selector import select
 from weightkit.core.weightset import Weight, WeightSet
-from weightkit.edits import (
-    InitReport,
-    NormReport,
-    TrainableReport,
-    freeze,
-    get_weights,
-    init,
-    param_groups,
-    remove_norm,
-    set_weight,
-    set_weights,
-    spectral_norm,
-    trainable,
-    unfreeze,
-    weight_norm,
-)
+from weightkit.edits.initialize import InitReport, init
 from weightkit.edits.load import LoadReport, VerifyReport, load_into, verify
+from weightkit.edits.normalize import NormReport, remove_norm, spectral_norm, weight_norm
 from weightkit.edits.prune import PruneReport, make_permanent, prune
 from weightkit.edits.quantize import QuantizeReport, quantize, quantize_error
 from weightkit.edits.save import save
+from weightkit.edits.trainability import TrainableReport, freeze, param_groups, trainable, unfreeze
+from weightkit.edits.values import get_weights, set_weight, set_weights
 from weightkit.errors import (
     CorruptFileError,
     MissingDependencyError,
