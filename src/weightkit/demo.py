@@ -12,6 +12,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
+import weightkit
+
 console = Console(width=None if sys.stdout.isatty() else 140)
 
 
@@ -60,8 +62,6 @@ def build_rnn(vocab: int = 1000):
 def train(model, make_batch, steps: int, *, run_dir: Path, name: str):
     """A plain training loop; the two ``watch`` lines record gradients and updates to a run."""
     import torch
-
-    import weightkit
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()

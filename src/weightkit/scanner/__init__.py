@@ -108,7 +108,6 @@ def scan(path: str | os.PathLike, *, allow: Iterable[str] = ()) -> ScanReport:
 def _shard_index(ctx: Ctx, path: Path) -> bool:
     """A shard index (``*.safetensors.index.json``, Keras ``*.weights.json``: JSON, which holds no
     code) is judged by the shards it lists, scanned here; False when ``path`` is not one."""
-    from weightkit.errors import WeightkitError
 
     try:
         with open(path, "rb") as fh:

@@ -206,7 +206,7 @@ def watch(model: Any, *, optimizer: Any = None, every: int = 10, histograms: int
         raise WeightkitError(f"{type(model).__name__}: a Keras model; use weightkit.tracking.keras.WatchCallback in model.fit(callbacks=[...])")
     import torch
 
-    from weightkit.tracking._torch import Core
+    from weightkit.tracking._torch import Core  # imports torch: loaded with the first watch, not with weightkit
 
     if not isinstance(model, torch.nn.Module):
         raise WeightkitError(f"{type(model).__name__}: not a torch.nn.Module; watch() needs the model being trained")

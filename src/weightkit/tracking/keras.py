@@ -124,7 +124,7 @@ def _build():
         def _setup(self) -> None:
             import torch
 
-            from weightkit.tracking._torch import Core
+            from weightkit.tracking._torch import Core  # imports torch, like Keras on its torch backend
 
             model = self.model
             variables = [v for v in model.trainable_weights if int(getattr(v, "size", 1) or 0) > 0]

@@ -101,7 +101,7 @@ def dead_units(ctx: Context) -> Iterator[Finding]:
 def _duplicate_rows(rows: np.ndarray) -> tuple[int, int]:
     """``(rows equal to an earlier row, groups of equal rows)``: candidates by a row hash, then
     compared exactly (as values: -0.0 equals 0.0)."""
-    from weightkit.analyses.doctor._kernel import row_hashes
+    from weightkit.analyses.doctor._kernel import row_hashes  # numba: compiled on first use, not on import
 
     _, inverse, counts = np.unique(row_hashes(rows), return_inverse=True, return_counts=True)
     dup = groups = 0
