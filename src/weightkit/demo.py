@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"Open [bold cyan]{report.resolve()}[/] in a browser.")
     console.print()
     console.print("Next: [bold]weightkit summary PATH --json[/] for machine-readable output, "
-                  "[bold]--filter 'lstm.*'[/] to narrow it, and in Python: "
+                  "[bold]--select 'lstm.*'[/] to narrow it, and in Python: "
                   "[bold]ws = weightkit.open(path); ws['head.weight'].numpy()[/]")
     return 0
 
