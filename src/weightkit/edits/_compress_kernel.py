@@ -6,10 +6,12 @@ third pass writes the keep mask and a short fourth one drops the ties that are p
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba as nb
 import numpy as np
 
-_OPTS = dict(nogil=True, cache=True)
+_OPTS: dict[str, Any] = dict(nogil=True, cache=True)
 SENT = np.uint32(0xFFFFFFFF)
 
 

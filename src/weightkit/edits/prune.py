@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import numpy as np
 
@@ -182,6 +183,7 @@ class _Target:
         """Raw flat elements ``[s, e)``; from a file each piece is mapped and released on its own,
         so resident memory stays at one chunk."""
         if self._array is None:
+            assert self._read is not None  # made in __init__ when there is no array
             return self._read(s, e)
         return self._array.reshape(-1)[s:e]
 
@@ -199,7 +201,7 @@ class _Target:
                 k[self.old_mask.reshape(-1)[s:e] == 0] = SENTINEL
             return k
 
-        return [lambda ci=ci, s=s, e=e: keys(ci, s, e) for ci, (s, e) in enumerate(self.spans())]
+        return [partial(keys, ci, s, e) for ci, (s, e) in enumerate(self.spans())]
 
     def candidates(self) -> int:
         if self.old_mask is None:
@@ -226,7 +228,7 @@ class _Target:
         if self.old_mask is None:
             return np.ones(c, dtype=bool)
         m = np.moveaxis(self.old_mask, dim, 0).reshape(c, -1)
-        return m.any(axis=1)
+        return cast(np.ndarray, m.any(axis=1))  # 2-D, so an array (the stub allows a scalar)
 
 
 class Keeper:
@@ -235,9 +237,11 @@ class Keeper:
 
     def __init__(self, t: _Target, masker: KeepMasker | None = None, parts: list[Part] | None = None,
                  channels: tuple[np.ndarray, int, int] | None = None):
-        self.t, self.masker, self._parts, self.channels = t, masker, parts, channels
+        self.t, self.masker, self.channels = t, masker, channels
+        self._parts: list[Part] = parts if parts is not None else []  # given with a masker
 
     def _channel_mask(self, s: int, e: int) -> np.ndarray:
+        assert self.channels is not None  # given when there is no masker
         keep_ch, inner, c = self.channels
         return keep_ch[(np.arange(s, e, dtype=np.int64) // inner) % c]
 
@@ -273,16 +277,19 @@ def _plan(targets: list[_Target], *, method: str, scope: str, amount: float | No
         for t in targets:
             keepers[t.index] = Keeper(t, KeepMasker(float_key(threshold), 0), parts[t.index])
     elif method in ("magnitude", "random") and scope == "global":
+        assert amount is not None  # amount= or threshold=, checked by the caller
         n = sum(t.candidates() for t in targets)
         thr, take = kth_threshold([p for t in targets for p in parts[t.index]], n_to_prune(amount, n), threads=threads)
         shared = KeepMasker(thr, take)
         for t in targets:
             keepers[t.index] = Keeper(t, shared, parts[t.index])
     elif method in ("magnitude", "random"):
+        assert amount is not None
         for t in targets:
             thr, take = kth_threshold(parts[t.index], n_to_prune(amount, t.candidates()), threads=threads)
             keepers[t.index] = Keeper(t, KeepMasker(thr, take), parts[t.index])
     else:
+        assert amount is not None
         p = 1 if method == "l1-structured" else 2
         for t in targets:
             d = _resolve_dim(t.w, dim)
@@ -492,7 +499,7 @@ def _prune_source(source, out, amount, *, select, kind, role, scope, method, dim
             results[t.w.name] = TensorPrune(t.w.name, t.w.kind, tuple(t.w.shape), t.w.dtype, t.numel, zeros, pruned,
                                             dims.get(t.index))
 
-        entries = [Entry(w.name, w.dtype, tuple(w.shape), (lambda t=targets[w.name]: produce(t)))
+        entries = [Entry(w.name, w.dtype, tuple(w.shape), partial(produce, targets[w.name]))
                    if w.name in targets else weight_entry(w) for w in ws]
         what = f"threshold={threshold}" if threshold is not None else f"amount={amount}"
         meta = base_metadata(ws, framework, {"weightkit.operation": f"prune {method} scope={scope} {what}"}, carry=True)

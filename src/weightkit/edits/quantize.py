@@ -533,11 +533,16 @@ def _weight_only(source, out, *, bits, scheme, granularity, group_size, select, 
                     raise WeightkitError(f"{ws.source}: tensor {name!r} holds NaN or Inf and cannot be quantised; "
                                          "exclude it with select=") from None
 
+            def scale(qz=qz):
+                return [qz.scale_array()]
+
+            def zero_point(qz=qz):
+                return [qz.zero_point_array()]
+
             entries.append(Entry(w.name + "::q", codes_dtype, (codes_n,), codes))
-            entries.append(Entry(w.name + "::scale", "float32", scale_shape, lambda qz=qz: [qz.scale_array()]))
+            entries.append(Entry(w.name + "::scale", "float32", scale_shape, scale))
             if scheme == "asymmetric":
-                entries.append(Entry(w.name + "::zero_point", "uint8", scale_shape,
-                                     lambda qz=qz: [qz.zero_point_array()]))
+                entries.append(Entry(w.name + "::zero_point", "uint8", scale_shape, zero_point))
             rows.append(w.name)
         grain = granularity + (f" {group_size}" if granularity == "group" else "")
         meta = base_metadata(ws, framework, {"weightkit.operation": f"quantize int{bits} {scheme} per {grain}"},

@@ -83,7 +83,7 @@ def roles_for(kind: str | None, count: int, config: dict | None = None) -> list[
     if config is not None:
         if config.get("rms_scaling"):  # LayerNormalization(rms_scaling=True): a gamma, no beta
             config = {**config, "scale": True, "center": False}
-        roles = [r for r, flag in order if flag is None or config.get(flag, flag not in _OFF_BY_DEFAULT)]
+        roles: list[str | None] = [r for r, flag in order if flag is None or config.get(flag, flag not in _OFF_BY_DEFAULT)]
         return roles if len(roles) == count else None
     optional = sum(flag is not None for _, flag in order)
     present = count - (len(order) - optional)
@@ -183,6 +183,7 @@ def describe(parent: KerasObject | None, attr: str, name: str | None, container:
             kind, how, cfg = pk, parent.kind_from, pcfg
             name = name or CELL_NAMES.get(pk, "conv_lstm_cell")
     elif pk == "MultiHeadAttention" and attr in MHA_SUBLAYERS:
+        assert parent is not None  # pk is its kind
         name, kind, how = name or MHA_SUBLAYERS[attr], "EinsumDense", parent.kind_from
         cfg = {"bias_axes": pcfg.get("use_bias", True)} if pcfg is not None else None
         facts = {"parent": "MultiHeadAttention", "sublayer": MHA_SUBLAYERS[attr]}
@@ -193,12 +194,13 @@ def describe(parent: KerasObject | None, attr: str, name: str | None, container:
     name = name or attr
     if kind is None and parent is not None:  # list members are named after their class
         kind, how = kind_from_name(attr if container else name), "name"
-    kind = CELL_KIND.get(kind, kind)
+    if kind is not None:
+        kind = CELL_KIND.get(kind, kind)
     if cfg is not None:
         is_model, functional = "layers" in cfg, "input_layers" in cfg
     else:
         is_model = layer_list is not None
-        functional = is_model and any(re.fullmatch(r"input_layer(_\d+)?", k) for k in layer_list)
+        functional = layer_list is not None and any(re.fullmatch(r"input_layer(_\d+)?", k) for k in layer_list)
     scope = name if is_model or parent is None else f"{parent.child_scope}/{name}".lstrip("/")
     trainable = (parent.trainable if parent else True) and (cfg or {}).get("trainable", True) is not False
     return KerasObject(kind or None, how if kind else None, cfg, trainable, scope,
@@ -222,7 +224,9 @@ def legacy_layer(lname: str, path: list[str], entries: dict[str, dict]):
         owner = m.group(2)
     kind, how = (entry["class_name"], "config") if entry else (kind_from_name(owner), "name")
     cfg = (entry.get("config") or {}) if entry else None
-    return "/".join(path[:-1] if cell else path), CELL_KIND.get(kind, kind), how, cfg, facts
+    if kind is not None:
+        kind = CELL_KIND.get(kind, kind)
+    return "/".join(path[:-1] if cell else path), kind, how, cfg, facts
 
 
 def kind_from_name(name: str) -> str | None:

@@ -10,6 +10,7 @@ arithmetic) and in float64 across blocks.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba as nb
 import numpy as np
@@ -17,7 +18,7 @@ from numba import types
 from numba.extending import intrinsic
 
 BLOCK = 1024
-_OPTS = dict(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+_OPTS: dict[str, Any] = dict(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 
 
 @nb.njit(**_OPTS)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ def _compiled(x: torch.Tensor) -> bool:
     return _host(x.device) and x.dtype in _HOST_DTYPES and x.layout == torch.strided and x.is_contiguous()
 
 
-def _zeros(n: int, dtype, device) -> torch.Tensor:
+def _zeros(n: int | tuple[int, ...], dtype, device) -> torch.Tensor:
     key = (n, dtype, device)
     z = _ZEROS.get(key)
     if z is None:
@@ -180,13 +180,13 @@ def histogram(t: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
     if _host(x.device):
         lo, hi = torch.aminmax(x)
         if math.isfinite(lo.item()) and math.isfinite(hi.item()):  # the common case, fast on CPU
-            width = hi.item() - lo.item()
-            scale = bins / width if width > 0 else 0.0  # all values equal: everything in bin 0
+            span = hi.item() - lo.item()
+            scale = bins / span if span > 0 else 0.0  # all values equal: everything in bin 0
             if _compiled(x):
                 a = x.numpy()
-                counts = np.zeros(bins + 3, dtype=np.int64)
-                total, q = kernels().histogram(a, lo.item(), scale, counts[3:])
-                return torch.tensor([lo.item(), hi.item(), total, q], dtype=torch.float64), torch.from_numpy(counts)
+                hist = np.zeros(bins + 3, dtype=np.int64)
+                total, q = kernels().histogram(a, lo.item(), scale, hist[3:])
+                return torch.tensor([lo.item(), hi.item(), total, q], dtype=torch.float64), torch.from_numpy(hist)
             idx = x.sub(lo).mul_(scale).to(torch.int64).clamp_(0, bins - 1)
             counts = torch.bincount(idx, minlength=bins)
             floats = torch.stack([lo, hi, x.sum(), torch.dot(x, x)])
@@ -219,7 +219,7 @@ def _l2_norms(ts: list[torch.Tensor]) -> torch.Tensor:
         if pos:
             for k, n in zip(pos, torch._foreach_norm([ts[k] for k in pos], 2, **kw)):
                 out[k] = n.to(torch.float64)
-    return torch.stack(out)
+    return torch.stack(cast("list[torch.Tensor]", out))  # every slot filled: each tensor is wide or not
 
 
 def _hist_row(i: int, what: str, f, c) -> tuple:
@@ -614,7 +614,7 @@ class Core:
                     if i in self._unorm:
                         U[i] = self._unorm[i]
                     else:
-                        b = before[i]
+                        b = cast("list[torch.Tensor]", before)[i]  # upd: parameters with a copy
                         b.sub_(self.params[i])
                         U[i] = host_norm(b)
                 if self.hist_now:
@@ -656,8 +656,9 @@ class Core:
         for i in range(self.n):
             w = wnorm[i]
             u = r = None
-            if before is not None and before[i] is not None:
-                u = unorm[i] if i in unorm else host_norm(before[i].sub_(self.params[i]))
+            b = before[i] if before is not None else None
+            if b is not None:
+                u = unorm[i] if i in unorm else host_norm(b.sub_(self.params[i]))
                 # as NumPy divides: u/0 is Inf, 0/0 and NaN/0 are NaN
                 r = ratio[i] = u / w if w else (math.inf if u > 0 else math.nan)
             st = gstats[i]
@@ -696,7 +697,8 @@ class Core:
             add("gcount", torch.stack([self._gstats[i][1] for i in have]))
         add("wnorm", _l2_norms(ps))
         if upd:
-            before = [self._before[i] for i in upd]
+            copies = cast("list[torch.Tensor]", self._before)  # upd: parameters with a copy
+            before = [copies[i] for i in upd]
             torch._foreach_sub_(before, [self.params[i] for i in upd])
             add("unorm", _l2_norms(before))
         hist_g = [i for i in ix if self._ghist[i] is not None] if self.hist_now else []

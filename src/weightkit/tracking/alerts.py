@@ -161,7 +161,8 @@ class AlertEngine:
     def measured_step(self, step: int, grad_norm: np.ndarray, ratio: np.ndarray, received: np.ndarray) -> list[Alert]:
         """Judge one measured step. ``grad_norm``/``ratio``: NaN where not measured; ``received``:
         which parameters got a gradient in any backward pass so far."""
-        t, out = self.t, []
+        t = self.t
+        out: list[Alert] = []
         self.measured += 1
         flags, values = self._flags, self._values
         grad_norm = np.ascontiguousarray(grad_norm, dtype=np.float64)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from weightkit._version import __version__
 from weightkit.edits._backend import keras_layers
@@ -27,6 +29,9 @@ from weightkit.errors import WeightkitError, require
 from weightkit.tracking import _check_int, _check_nan_check, _store_path
 from weightkit.tracking.alerts import Thresholds
 from weightkit.tracking.store import Store
+
+if TYPE_CHECKING:
+    from weightkit.tracking._torch import Core
 
 __all__ = ["WatchCallback"]  # noqa: F822  (built on first use by __getattr__, so Keras loads only then)
 
@@ -63,14 +68,14 @@ def _build():
                      ratio_high: float = 1e-1, ratio_low: float = 1e-5, patience: int = 3, unused_after: int = 3):
             super().__init__()
 
-            self._options = dict(every=_check_int("every", every, 1), histograms=_check_int("histograms", histograms, 0),
+            self._options: dict[str, Any] = dict(every=_check_int("every", every, 1), histograms=_check_int("histograms", histograms, 0),
                                  bins=_check_int("bins", bins, 2, 4096), nan_check=_check_nan_check(nan_check))
             self._thresholds = Thresholds(vanishing, exploding, ratio_high, ratio_low, patience, unused_after).check()
             self._where = (store, name, run_dir, overwrite)
-            self._core = None
-            self._store = None
-            self._wrapped = None
-            self.path = None
+            self._core: Core | None = None
+            self._store: Store | None = None
+            self._wrapped: tuple[Any, Any] | None = None  # (model, its own train_function) while fit runs
+            self.path: Path | None = None
             self.name = name
 
         # -- public -----------------------------------------------------------------------------
@@ -179,6 +184,7 @@ def _build():
                 model.train_function = original
                 self._wrapped = None
             if self._core is not None and self._core._handles:
+                assert self._store is not None  # _setup makes the store before the core
                 self._core.finish()
                 self._store.set_meta(status=status, stopped=time.strftime("%Y-%m-%dT%H:%M:%S"), steps=self._core.step)
 

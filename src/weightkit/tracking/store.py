@@ -125,7 +125,7 @@ class Store:
 
     # -- public ---------------------------------------------------------------------------------
 
-    def put(self, step: int, rows: list[tuple], alerts: list[tuple] = (), hists: list[tuple] = ()) -> None:
+    def put(self, step: int, rows: list[tuple], alerts: Sequence[tuple] = (), hists: Sequence[tuple] = ()) -> None:
         """Queue one measured step: ``rows`` are ``(param_id, *METRICS)``; one transaction on disk."""
         if self._closed:
             return
@@ -141,6 +141,7 @@ class Store:
     def _hand_over(self) -> None:
         """Give the steps gathered so far to the writer, as one transaction."""
         if self._pending:
+            assert self._queue is not None  # only called with a writer thread
             self._queue.put(("steps", self._pending))
             self._pending = []
         self._handed = time.time()
@@ -192,6 +193,7 @@ class Store:
 
     def _drain(self) -> None:
         q = self._queue
+        assert q is not None  # the writer thread runs only with a queue
         while True:
             record = q.get()
             try:
@@ -369,7 +371,7 @@ class Run:
         except (sqlite3.Error, ValueError) as e:
             raise WeightkitError(f"{self.path}: not a readable weightkit run store ({e})") from None
         self._index = {p.name: i for i, p in enumerate(self.params)}
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __repr__(self) -> str:
         return f"<weightkit Run {self.name!r}: {len(self.steps)} steps, {len(self.params)} params, {len(self.alerts)} alerts>"

@@ -23,6 +23,7 @@ in with their counts, so bfloat16 never takes a detour through a float32 copy of
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba as nb
 import numpy as np
@@ -35,7 +36,7 @@ S, SS, SQ, MIN, MAX = 0, 1, 2, 3, 4
 # count slots
 FINITE, NAN, PINF, NINF, ZERO, SMALL, TOTAL = 0, 1, 2, 3, 4, 5, 6
 
-_OPTS = dict(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+_OPTS: dict[str, Any] = dict(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
 
 
 @nb.njit(**_OPTS)

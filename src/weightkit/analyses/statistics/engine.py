@@ -15,7 +15,7 @@ import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import numpy as np
 
@@ -43,12 +43,16 @@ def _kernel():
     return _K
 
 
+_LUTS: dict[str, np.ndarray] | None = None
+
+
 def _luts() -> dict[str, np.ndarray]:
-    cache = getattr(_luts, "cache", None)
+    global _LUTS
+    cache = _LUTS
     if cache is None:
         u16 = np.arange(1 << 16, dtype=np.uint32)
         u8 = np.arange(256, dtype=np.uint8)
-        cache = _luts.cache = {
+        cache = _LUTS = {
             "bfloat16": (u16 << 16).view(np.float32),
             "float16": u16.astype(np.uint16).view(np.float16).astype(np.float32),
             "int16": u16.astype(np.uint16).view(np.int16).astype(np.float32),
@@ -183,7 +187,8 @@ def compute(
     # big pieces go to the worker threads; small ones (biases, norms: mostly Python around a short
     # kernel call) are folded here meanwhile: two threads taking turns with the GIL for thousands of
     # them ran 2.4x slower than one
-    big, small = [], []
+    big: list[tuple[int, int, int]] = []
+    small: list[tuple[int, int, int]] = []
     for p in pieces:
         if p[0] not in errors:
             nbytes = (p[2] - p[1]) * _dtypes.itemsize(weights[p[0]].dtype)
@@ -227,7 +232,7 @@ def _finish(w, acc: _Acc | None, shift: float, error: str | None, bins: int, qua
         mean = float(shift + m[K.S] / n)
         var = max(0.0, float((m[K.SS] - m[K.S] * m[K.S] / n) / n))
         lo, hi = float(m[K.MIN]), float(m[K.MAX])
-        stats = dict(mean=mean, std=math.sqrt(var), min=lo, max=hi, absmax=max(abs(lo), abs(hi)))
+        stats: dict[str, Any] = dict(mean=mean, std=math.sqrt(var), min=lo, max=hi, absmax=max(abs(lo), abs(hi)))
     else:
         stats = dict(mean=None, std=None, min=None, max=None, absmax=None)
     edges, counts, qs, qerr = _histogram(acc.hist, acc.geo, bins, n, quantiles, stats["min"], stats["max"])
@@ -257,13 +262,15 @@ def roll_up(name: str, kind: str, items: list[TensorStats]) -> GroupStats:
     n = sum(t.finite for t in ok)
     mean = var_sum = None
     if n:
-        mean = float(sum(t.mean * t.finite for t in ok if t.finite) / n)
-        var_sum = float(sum(t.finite * (t.std ** 2 + (t.mean - mean) ** 2) for t in ok if t.finite))
+        # a tensor with finite values has a mean and a std
+        mean = float(sum(cast(float, t.mean) * t.finite for t in ok if t.finite) / n)
+        var_sum = float(sum(t.finite * (cast(float, t.std) ** 2 + (cast(float, t.mean) - mean) ** 2)
+                            for t in ok if t.finite))
     mins = [t.min for t in ok if t.min is not None]
     maxs = [t.max for t in ok if t.max is not None]
     return GroupStats(
         name=name, kind=kind, tensors=len(items), count=sum(t.count for t in items), finite=n,
-        mean=mean, std=math.sqrt(var_sum / n) if n else None,
+        mean=mean, std=math.sqrt(var_sum / n) if var_sum is not None else None,  # var_sum: set when n
         min=min(mins) if mins else None, max=max(maxs) if maxs else None,
         absmax=max((t.absmax for t in ok if t.absmax is not None), default=None),
         l2_norm=math.sqrt(sum(t.l2_norm ** 2 for t in ok)),
