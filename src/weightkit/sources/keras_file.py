@@ -148,7 +148,8 @@ def _json_or_note(raw, what: str, notes: list[str]) -> Any:
 class KerasFileReader(ReaderBase):
     """A Keras 3 ``.weights.h5`` or ``.keras`` archive, or a Keras 2 HDF5 weights file."""
 
-    def __init__(self, path: Path, format: str, *, vars_names: dict[str, str] | None = None, shard: bool = False):
+    def __init__(self, path: Path, format: str, *, vars_names: dict[str, str | None] | None = None,
+                 shard: bool = False):
         """``vars_names``/``shard``: one file of a sharded ``*.weights.json`` set, where a ``vars``
         group's name (which scopes variable paths) may be written in another shard than its
         variables (``vars_names``: group path -> name, from every shard), and a shard may hold no
@@ -161,7 +162,9 @@ class KerasFileReader(ReaderBase):
         self._raw: list[RawTensor] = []
         self._names: set[str] = set()
         self._notes: list[str] = []  # what could not be read but did not stop the weights from being read
-        self._optimizer = self._slice = self._h5 = None
+        self._optimizer: Any = None
+        self._slice: _Slice | None = None
+        self._h5: Any = None  # an h5py.File (h5py is imported on first use and ships no types)
         with _guard(path, "opening the Keras file"):
             source = self._open_archive() if format == "keras" else path
             _check_global_heaps(path, source)
@@ -279,7 +282,7 @@ class KerasFileReader(ReaderBase):
             kind = rnn_from_gates(shapes)
             how = "inferred" if kind else None
         roles = roles_for(kind, len(dsets), obj.config if how == "config" else None)
-        if roles is not None and how in ("name", "inferred") and not fits(kind, shapes):
+        if roles is not None and kind is not None and how in ("name", "inferred") and not fits(kind, shapes):
             roles = None
         if roles is None:  # never guess: the class does not fit these variables
             facts.update({"keras_class": kind} if kind else {})
@@ -435,7 +438,7 @@ def keras_shards(files: list[Path]) -> list[KerasFileReader]:
     """The files of a Keras sharded ``*.weights.json`` set, each read knowing every ``vars``
     group's name, which Keras may write in another shard than the group's variables."""
     h5py = require("h5py", extra="keras", purpose="reading Keras weight files")
-    names: dict[str, str] = {}
+    names: dict[str, str | None] = {}
 
     def note(path: str, obj) -> None:  # visititems stops at the first callback that returns a value
         if isinstance(obj, h5py.Group) and path.split("/")[-1] == "vars" and "name" in obj.attrs:
