@@ -202,8 +202,7 @@ def verify(path: str | Path) -> VerifyReport:
     for name in shard.header:
         if name not in recorded:
             continue
-        info = shard.header[name]
-        n = math.prod(info["shape"])
+        n = math.prod(shard.header[name].shape)
         itemsize = max(1, shard.flat(name, 0, 0).dtype.itemsize)
         step = max(1, CHUNK_BYTES // itemsize)
         h = hashlib.sha256()

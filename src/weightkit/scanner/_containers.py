@@ -12,10 +12,7 @@ after their pickles, safetensors/npy are judged by their headers.
 
 from __future__ import annotations
 
-import ast
 import io
-import json
-import math
 import re
 import struct
 import tarfile
@@ -25,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from weightkit.errors import CorruptFileError
+from weightkit.formats import npy, safetensors
 from weightkit.formats.hdf5 import check_global_heaps, scan_global_heaps
 from weightkit.scanner._allowlist import keras_findings, storage_element_size
 from weightkit.scanner._pickle import OPCODES, PickleResult, _Global, walk
@@ -38,9 +36,6 @@ MAX_SEQUENCE = 1_000_000  # pickles in a legacy stream
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _TENSOR_DATA = re.compile(r"(^|/)\.?data/\d+$")
 _ARCHIVES = (".zip", ".pt", ".pth", ".bin", ".ckpt", ".tar", ".npz", ".keras", ".pkl", ".pickle", ".joblib")
-_ST_BITS = {**dict.fromkeys(("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0"), 8), "F4": 4, "F6_E2M3": 6,
-            "F6_E3M2": 6, **dict.fromkeys(("I16", "U16", "F16", "BF16"), 16), "I32": 32, "U32": 32, "F32": 32,
-            **dict.fromkeys(("F64", "I64", "U64", "C64"), 64)}
 _HDF5 = b"\x89HDF\r\n\x1a\n"
 
 
@@ -79,10 +74,10 @@ def scan_blob(ctx: Ctx, data, member, depth: int, path=None) -> None:
     if head.startswith(b"PK\x03\x04"):
         return scan_zip(ctx, data, member, depth, path)
     handled = True
-    if head.startswith(b"\x93NUMPY"):
+    if npy.looks_like(head):
         ctx.kind("npy", depth)
         scan_npy(ctx, data, member, depth)
-    elif _is_safetensors(data):
+    elif safetensors.looks_like(head):
         ctx.kind("safetensors", depth)
         scan_safetensors(ctx, data, member)
     elif _hdf5_offset(data) is not None:
@@ -262,11 +257,11 @@ def _scan_zip_member(ctx, zf, info, member, depth, is_keras):
     if low.endswith(".npy"):
         try:
             with zf.open(info) as f:
-                head = f.read(1 << 16)
+                head = f.read(npy.HEAD_BYTES)
         except Exception as e:
             ctx.add("container-error", f"member cannot be read ({type(e).__name__})", where)
             return
-        if _npy_header(ctx, head, where, quiet=True) is None:
+        if _npy_header(ctx, head, info.file_size, where, quiet=True) is None:
             return  # plain array: its data is not read
         blob = _read_member(ctx, zf, info, where)
         if blob is not None:
@@ -388,82 +383,44 @@ def _legacy_sequence(ctx, data, start, end, where, depth, kind) -> None:
 
 
 # ---- numpy ----------------------------------------------------------------------------------
-def _npy_header(ctx, buf, where, quiet=False):
-    """``header_end`` when the array holds Python objects (its data is a pickle), else ``None``."""
+def _npy_header(ctx, head, size, where, quiet=False):
+    """``header_end`` when the array holds Python objects (its data is a pickle), else ``None``;
+    a header the readers would refuse is a finding."""
     try:
-        major = buf[6]
-        hl, hs = (struct.unpack_from("<H", buf, 8)[0], 10) if major == 1 else (struct.unpack_from("<I", buf, 8)[0], 12)
-        if hs + hl > len(buf) or hl > (1 << 20):
-            raise ValueError("header runs past the data")
-        header = ast.literal_eval(bytes(buf[hs:hs + hl]).decode("utf-8" if major >= 3 else "latin-1"))
-        from numpy.lib.format import descr_to_dtype
-
-        hasobj = descr_to_dtype(header["descr"]).hasobject
-    except Exception as e:
-        ctx.add("container-error", f"bad .npy header ({type(e).__name__}: {str(e)[:80]})", where)
+        header = npy.parse(where, head, size)
+    except CorruptFileError as e:
+        ctx.add("container-error", _problem(e, where), where)
         return None
-    if not hasobj:
+    if not header.dtype.hasobject:
         return None
     if not quiet:
-        ctx.add("numpy-object-array", f"numpy object array (dtype {header['descr']!r}): np.load(allow_pickle=True) "
-                "unpickles its data", where, hs + hl)
-    return hs + hl
+        ctx.add("numpy-object-array", f"numpy object array (dtype {str(header.dtype)[:60]}): "
+                "np.load(allow_pickle=True) unpickles its data", where, header.data_start)
+    return header.data_start
 
 
 def scan_npy(ctx, data, member, depth) -> None:
     where = member or "array"
     ctx.members.append(where)
-    end = _npy_header(ctx, data, where)
+    end = _npy_header(ctx, data, len(data), where)
     if end is not None:
         scan_pickle_stream(ctx, data, where, depth, end)
 
 
 # ---- safetensors ----------------------------------------------------------------------------
-def _is_safetensors(data) -> bool:
-    if len(data) < 10:
-        return False
-    n = struct.unpack_from("<Q", data, 0)[0]
-    return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
-
-
 def scan_safetensors(ctx, data, member) -> None:
+    """The header only, checked by the readers' own parser; tensor bytes hold no code."""
     where = _join(member, "header")
     ctx.members.append(where)
-    n = struct.unpack_from("<Q", data, 0)[0]
-    problem = None
     try:
-        if n > (100 << 20):
-            raise ValueError(f"header of {n} bytes is larger than 100 MiB")
-        header = json.loads(bytes(data[8:8 + n]).decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-        meta = header.pop("__metadata__", {})
-        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-            raise ValueError("__metadata__ must map strings to strings")
-        spans, size = [], len(data) - 8 - n
-        for key, t in header.items():
-            if not isinstance(t, dict) or t.get("dtype") not in _ST_BITS:
-                raise ValueError(f"tensor {key!r}: missing or unknown dtype")
-            shape, offs = t.get("shape"), t.get("data_offsets")
-            if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-                raise ValueError(f"tensor {key!r}: bad shape {shape!r}")
-            if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)
-                    and 0 <= offs[0] <= offs[1] <= size):
-                raise ValueError(f"tensor {key!r}: data_offsets {offs!r} outside the {size}-byte data")
-            if math.prod(shape) * _ST_BITS[t["dtype"]] != (offs[1] - offs[0]) * 8:
-                raise ValueError(f"tensor {key!r}: shape {shape} x {t['dtype']} does not fill {offs}")
-            spans.append((offs[0], offs[1], key))
-        pos = 0
-        for b, e, key in sorted(spans):
-            if b != pos:
-                raise ValueError(f"tensor {key!r} starts at {b}, expected {pos} (overlap or hole)")
-            pos = e
-        if pos != size:
-            raise ValueError(f"{size - pos} bytes after the last tensor")
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        problem = str(e)[:200]
-    if problem:
-        ctx.add("container-error", f"invalid safetensors header: {problem}", where)
+        safetensors.parse(where, data, len(data))
+    except CorruptFileError as e:
+        ctx.add("container-error", f"invalid safetensors header: {_problem(e, where)}", where)
+
+
+def _problem(e: CorruptFileError, name: str) -> str:
+    """What a ``formats`` parser found, without the name its message starts with."""
+    return str(e).removeprefix(f"{name}: ")[:200]
 
 
 # ---- Keras ----------------------------------------------------------------------------------

@@ -1,22 +1,25 @@
-"""NumPy ``.npz`` archives and ``.npy`` arrays, never with ``allow_pickle``."""
+"""NumPy ``.npz`` archives and ``.npy`` arrays, never with ``allow_pickle``.
+
+Headers are parsed by ``formats.npy`` (the scanner's parser too), and the data is read from
+there: a ``.npy`` file is memory-mapped, an ``.npz`` member read when asked.
+"""
 
 from __future__ import annotations
 
-import io
-import math
-import tokenize
+import os
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from weightkit import _dtypes
 from weightkit.errors import CorruptFileError, UnsafeCheckpointError
+from weightkit.formats import npy
 from weightkit.sources._base import RawTensor, ReaderBase, register_reader
 
-_NPY_MAGIC = b"\x93NUMPY"
-_MAX_HEADER = 1 << 16
+_ZIP_ERRORS = (OSError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError)
 
 
 def _sniff_npz(path: Path, head: bytes | None) -> bool:
@@ -28,28 +31,7 @@ def _sniff_npz(path: Path, head: bytes | None) -> bool:
 
 
 def _sniff_npy(path: Path, head: bytes | None) -> bool:
-    return head is not None and head.startswith(_NPY_MAGIC)
-
-
-def _read_header(fh) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from a .npy header, without reading the data; ``fh`` ends at the data."""
-    head = fh.read(8)
-    if len(head) < 8 or head[:6] != _NPY_MAGIC or head[6] not in (1, 2, 3):
-        raise ValueError("not a .npy array (bad magic number or version)")
-    size = fh.read(2 if head[6] == 1 else 4)
-    length = int.from_bytes(size, "little")
-    if len(size) < (2 if head[6] == 1 else 4) or length > _MAX_HEADER:  # numpy would allocate it first
-        raise ValueError(f"the header declares {length} bytes; at most {_MAX_HEADER} are allowed")
-    buf = io.BytesIO(head + size + fh.read(length))
-    try:
-        np.lib.format.read_magic(buf)
-        read = np.lib.format.read_array_header_1_0 if head[6] == 1 else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(buf)
-    except (SyntaxError, tokenize.TokenError, TypeError, KeyError, OverflowError) as e:  # numpy's parser leaks these
-        raise ValueError(f"bad .npy header ({type(e).__name__}: {e})") from None
-    if any(d < 0 for d in shape):
-        raise ValueError(f"negative dimension in shape {tuple(shape)}")
-    return tuple(shape), dtype
+    return npy.looks_like(head)
 
 
 def _dtype_name(path: Path, name: str, dtype: np.dtype) -> str:
@@ -64,6 +46,10 @@ def _dtype_name(path: Path, name: str, dtype: np.dtype) -> str:
         raise CorruptFileError(f"{path}: array {name!r} has dtype {dtype}, which is not a weight dtype") from None
 
 
+def _order(header: npy.NpyHeader) -> Literal["C", "F"]:
+    return "F" if header.fortran_order else "C"
+
+
 class NpzReader(ReaderBase):
     format = "npz"
 
@@ -71,45 +57,58 @@ class NpzReader(ReaderBase):
         self.path = path
         self.description = str(path)
         try:
-            self._npz = np.load(path, allow_pickle=False, mmap_mode="r")
-            self._infos = {}
-            for name in self._npz.files:
-                self._infos[name] = self._header(name)
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            self._zip = zipfile.ZipFile(path)
+        except _ZIP_ERRORS as e:
             raise CorruptFileError(f"{path}: not a readable .npz archive ({e}); the file may be truncated") from None
+        try:
+            self._infos: dict[str, tuple[zipfile.ZipInfo, npy.NpyHeader]] = {}
+            for info in self._zip.infolist():
+                name = info.filename.removesuffix(".npy")
+                if name == info.filename or name in self._infos:
+                    raise CorruptFileError(f"{path}: member {info.filename!r} is not a .npy array or is listed twice; "
+                                           "an .npz holds one .npy member per array")
+                self._infos[name] = (info, self._header(name, info))
+        except BaseException:
+            self._zip.close()
+            raise
 
-    def _header(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
-        info = self._npz.zip.getinfo(f"{name}.npy")
-        with self._npz.zip.open(info) as fh:
-            shape, dtype = _read_header(fh)
-            start = fh.tell()
-        # numpy allocates the whole array before reading it: the member must really hold it
-        # (its declared size, which deflate cannot inflate more than ~1032-fold, bounds memory)
-        need = start + math.prod(shape) * dtype.itemsize
-        if dtype.hasobject:
-            return shape, dtype  # refused with its own message when listed
-        if need != info.file_size or (info.compress_type == zipfile.ZIP_DEFLATED
-                                      and info.file_size > 1032 * info.compress_size + 1024):
-            raise CorruptFileError(f"{self.path}: array {name!r} declares shape {shape} {dtype} ({need} bytes) but its "
-                                   f"member holds {info.file_size} bytes ({info.compress_size} compressed); "
-                                   "the file is corrupt")
-        return shape, dtype
+    def _header(self, name: str, info: zipfile.ZipInfo) -> npy.NpyHeader:
+        try:
+            with self._zip.open(info) as fh:
+                head = fh.read(npy.HEAD_BYTES)
+        except _ZIP_ERRORS as e:
+            raise CorruptFileError(f"{self.path}: array {name!r} cannot be read ({e}); the file is corrupt") from None
+        # the header's size must be the member's (numpy allocates the whole array before reading it);
+        # the declared size, which deflate cannot inflate more than ~1032-fold, then bounds memory
+        header = npy.parse(f"{self.path}: array {name!r}", head, info.file_size)
+        if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > 1032 * info.compress_size + 1024:
+            raise CorruptFileError(f"{self.path}: array {name!r} declares {info.file_size} bytes in a member of "
+                                   f"{info.compress_size} compressed bytes, more than deflate can hold; the file is corrupt")
+        return header
 
     def tensors(self) -> list[RawTensor]:
         out = []
-        for name, (shape, dtype) in self._infos.items():
-            out.append(RawTensor(name, name, shape, _dtype_name(self.path, name, dtype)))
+        for name, (_, header) in self._infos.items():
+            out.append(RawTensor(name, name, header.shape, _dtype_name(self.path, name, header.dtype)))
         return out
 
     def read(self, key: str) -> np.ndarray:
+        info, header = self._infos[key]
+        dtype = _dtype_name(self.path, key, header.dtype)
         try:
-            arr = self._npz[key]
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            with self._zip.open(info) as fh:
+                fh.read(header.data_start)
+                data = fh.read()  # to the end, so that zipfile checks the CRC
+        except _ZIP_ERRORS as e:
             raise CorruptFileError(f"{self.path}: array {key!r} cannot be read ({e}); the file is corrupt") from None
-        return _dtypes.raw_view(arr, _dtype_name(self.path, key, arr.dtype))
+        if len(data) != header.nbytes:
+            raise CorruptFileError(f"{self.path}: array {key!r} holds {len(data)} data bytes, its header declares "
+                                   f"{header.nbytes}; the file is corrupt")
+        arr = np.frombuffer(data, dtype=header.dtype).reshape(header.shape, order=_order(header))
+        return _dtypes.raw_view(arr, dtype)
 
     def close(self) -> None:
-        self._npz.close()
+        self._zip.close()
 
 
 class NpyReader(ReaderBase):
@@ -120,17 +119,12 @@ class NpyReader(ReaderBase):
         self.description = str(path)
         try:
             with open(path, "rb") as fh:
-                shape, dtype = _read_header(fh)
-                _dtype_name(path, path.stem, dtype)  # refuses object arrays before loading
-                need = fh.tell() + math.prod(shape) * dtype.itemsize
-            if need > path.stat().st_size:  # numpy's memmap overflows on absurd shapes
-                raise ValueError(f"shape {shape} {dtype} needs {need} bytes, the file has {path.stat().st_size}")
-            self._arr = np.load(path, allow_pickle=False, mmap_mode="r")
-        except ValueError as e:
+                header = npy.parse(path, fh.read(npy.HEAD_BYTES), os.fstat(fh.fileno()).st_size)
+        except OSError as e:
             raise CorruptFileError(f"{path}: not a readable .npy file ({e}); the file may be truncated") from None
-        except (OSError, EOFError) as e:
-            raise CorruptFileError(f"{path}: not a readable .npy file ({e}); the file may be truncated") from None
-        self._dtype = _dtype_name(path, path.stem, self._arr.dtype)
+        self._dtype = _dtype_name(path, path.stem, header.dtype)  # refuses object arrays before mapping
+        self._arr = np.memmap(path, dtype=header.dtype, mode="r", offset=header.data_start, shape=header.shape,
+                              order=_order(header))
 
     def tensors(self) -> list[RawTensor]:
         return [RawTensor(self.path.stem, self.path.stem, tuple(self._arr.shape), self._dtype)]

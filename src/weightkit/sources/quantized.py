@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from weightkit import _dtypes
 from weightkit.errors import CorruptFileError
 from weightkit.formats.quantized import dequantize
+from weightkit.formats.safetensors import TensorInfo
 from weightkit.sources._base import _READERS, RawTensor, ReaderBase, model_order_key, register_reader
 from weightkit.sources.safetensors_file import _Shard
 from weightkit.sources.safetensors_file import _sniff as sniff_safetensors
@@ -34,7 +34,7 @@ def _sniff(path: Path, head: bytes | None) -> bool:
     return head is not None and MARKER in head and sniff_safetensors(path, head)
 
 
-def _check(info: Any, header: dict[str, dict]) -> str | None:
+def _check(info: Any, header: dict[str, TensorInfo]) -> str | None:
     """What is wrong with one ``weightkit.quantized.tensors`` entry (``None``: it dequantises
     into its shape, reading exactly its stored parts), in the layout ``weightkit.quantize`` writes."""
     if not isinstance(info, dict):
@@ -52,8 +52,8 @@ def _check(info: Any, header: dict[str, dict]) -> str | None:
             and groups == max(1, -(-cols // group))
             and (rows == 1 if axis is None else 0 <= axis < len(shape) and rows == shape[axis])):
         return f"layout rows={rows} cols={cols} group_size={group} groups={groups} does not fit shape {shape}"
-    parts = (("codes", ("U8",) if bits == 4 else ("I8", "U8"), n if bits == 8 else (n + 1) // 2),
-             ("scale", ("F32",), rows * groups), ("zero_point", ("U8",), rows * groups))
+    parts = (("codes", ("uint8",) if bits == 4 else ("int8", "uint8"), n if bits == 8 else (n + 1) // 2),
+             ("scale", ("float32",), rows * groups), ("zero_point", ("uint8",), rows * groups))
     for key, dtypes, numel in parts:
         part = info.get(key)
         if part is None and key == "zero_point":
@@ -61,8 +61,8 @@ def _check(info: Any, header: dict[str, dict]) -> str | None:
         entry = header.get(part) if isinstance(part, str) else None
         if entry is None:
             return f"its stored part {part!r} ({key}) is missing"
-        if entry["dtype"] not in dtypes or math.prod(entry["shape"]) != numel:
-            return f"its {key} {part!r} is {entry['dtype']} of {math.prod(entry['shape'])} elements, expected " \
+        if entry.dtype not in dtypes or math.prod(entry.shape) != numel:
+            return f"its {key} {part!r} is {entry.dtype} of {math.prod(entry.shape)} elements, expected " \
                    f"{'/'.join(dtypes)} of {numel}"
     return None
 
@@ -108,7 +108,7 @@ class QuantizedReader(ReaderBase):
         out = []
         for name in self._plain:
             info = self._shard.header[name]
-            out.append(RawTensor(name, name, tuple(info["shape"]), _dtypes.SAFETENSORS_CODES[info["dtype"]],
+            out.append(RawTensor(name, name, info.shape, info.dtype,
                                  kind=self._kinds.get(name), kind_from="config" if name in self._kinds else None,
                                  shared_with=tuple(aliases.get(name, ()))))
         for name, info in self._q.items():

@@ -1,17 +1,15 @@
 """``.safetensors`` files and directories of shards with their ``*.safetensors.index.json``.
 
-Only the JSON header is read on open; tensor bytes are memory-mapped and touched only when
-asked. The header is parsed here (rather than through ``safetensors.safe_open``) because
-weightkit needs the byte offsets for zero-copy chunked reads and raw bfloat16 access, and
-validates the header against the file before trusting it.
+Only the JSON header is read on open (parsed and checked against the file by
+``formats.safetensors``, the scanner's parser too); tensor bytes are memory-mapped and touched
+only when asked. ``safetensors.safe_open`` is not used because weightkit needs the byte offsets
+for zero-copy chunked reads and raw bfloat16 access.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -19,85 +17,12 @@ import numpy as np
 
 from weightkit import _dtypes
 from weightkit.errors import CorruptFileError
+from weightkit.formats import safetensors
 from weightkit.sources._base import RawTensor, ReaderBase, model_order_key, register_reader
-
-MAX_HEADER_BYTES = 100 << 20  # the format's own limit
 
 
 def _sniff(path: Path, head: bytes | None) -> bool:
-    if head is None or len(head) < 10:
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return 2 <= n <= MAX_HEADER_BYTES and head[8:9] == b"{"
-
-
-def parse_header(path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
-    """Validated ``(tensors, metadata, data_start)`` of a safetensors file."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        prefix = fh.read(8)
-        if len(prefix) < 8:
-            raise CorruptFileError(f"{path}: truncated safetensors file (no header); re-download or re-save it")
-        (n,) = struct.unpack("<Q", prefix)
-        if n > MAX_HEADER_BYTES or 8 + n > size:
-            raise CorruptFileError(
-                f"{path}: safetensors header declares {n} bytes but the file has {size}; "
-                "the file is truncated or corrupt, re-download or re-save it"
-            )
-        raw = fh.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CorruptFileError(f"{path}: safetensors header is not valid JSON ({e}); the file is corrupt") from None
-    if not isinstance(header, dict):
-        raise CorruptFileError(f"{path}: safetensors header is not a JSON object; the file is corrupt")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise CorruptFileError(f"{path}: safetensors __metadata__ must map strings to strings; the file is corrupt")
-    data_len = size - 8 - n
-    spans = []
-    for name, info in header.items():
-        _check_entry(path, name, info, data_len)
-        spans.append((info["data_offsets"][0], info["data_offsets"][1], name))
-    spans.sort()
-    pos = 0  # tensors must tile the data exactly: no overlap, no hole, nothing after the last one
-    for start, end, name in spans:
-        if start < pos:
-            raise CorruptFileError(f"{path}: tensor {name!r} overlaps the tensor before it; the file is corrupt")
-        if start > pos:
-            raise CorruptFileError(f"{path}: {start - pos} unused bytes (a hole) before tensor {name!r} at data "
-                                   f"offset {pos}; the file is corrupt")
-        pos = end
-    if pos > data_len:
-        raise CorruptFileError(
-            f"{path}: tensor data end at byte {pos} but the file holds {data_len} data bytes; the file is truncated"
-        )
-    if pos < data_len:
-        raise CorruptFileError(f"{path}: {data_len - pos} trailing bytes after the last tensor's data; "
-                               "the file is corrupt or something was appended to it")
-    return header, metadata, 8 + n
-
-
-def _check_entry(path: Path, name: str, info: Any, data_len: int) -> None:
-    ok = (
-        isinstance(info, dict)
-        and info.get("dtype") in _dtypes.SAFETENSORS_CODES
-        and isinstance(info.get("shape"), list)
-        and all(type(d) is int and d >= 0 for d in info["shape"])
-        and isinstance(info.get("data_offsets"), list)
-        and len(info["data_offsets"]) == 2
-        and all(type(o) is int for o in info["data_offsets"])
-    )
-    if not ok:
-        raise CorruptFileError(f"{path}: malformed header entry for tensor {name!r}; the file is corrupt")
-    start, end = info["data_offsets"]
-    dtype = _dtypes.SAFETENSORS_CODES[info["dtype"]]
-    want = math.prod(info["shape"]) * _dtypes.itemsize(dtype)
-    if not (0 <= start <= end) or end - start != want:
-        raise CorruptFileError(
-            f"{path}: tensor {name!r} declares {want} bytes for shape {info['shape']} {dtype} "
-            f"but its byte range is {start}..{end}; the file is corrupt"
-        )
+    return safetensors.looks_like(head)
 
 
 _SMALL_READ = 1 << 20  # ranges up to this are read into memory rather than mapped
@@ -110,14 +35,17 @@ class _Shard:
 
     def __init__(self, path: Path):
         self.path = path
-        self.header, self.metadata, self.data_start = parse_header(path)
+        header = safetensors.read(path)
+        self.header: dict[str, safetensors.TensorInfo] = header.tensors
+        self.metadata: dict[str, str] = header.metadata
+        self.data_start = header.data_start
 
     def flat(self, name: str, start: int, stop: int) -> np.ndarray:
         info = self.header[name]
-        dtype = _dtypes.DTYPES[_dtypes.SAFETENSORS_CODES[info["dtype"]]][1]
+        dtype = _dtypes.DTYPES[info.dtype][1]
         if stop <= start:
             return np.empty(0, dtype=dtype)
-        offset = self.data_start + info["data_offsets"][0] + start * dtype.itemsize
+        offset = self.data_start + info.begin + start * dtype.itemsize
         nbytes = (stop - start) * dtype.itemsize
         if nbytes > _SMALL_READ:
             if offset + nbytes > os.path.getsize(self.path):
@@ -138,7 +66,7 @@ class _Shard:
                                 "after it was opened; re-download or re-save it")
 
     def array(self, name: str) -> np.ndarray:
-        shape = self.header[name]["shape"]
+        shape = self.header[name].shape
         return self.flat(name, 0, math.prod(shape)).reshape(shape)
 
 
@@ -168,8 +96,7 @@ class SafetensorsReader(ReaderBase):
         out = []
         for name, shard in sorted(self._where.items(), key=lambda kv: model_order_key(kv[0])):
             info = shard.header[name]
-            out.append(RawTensor(name, name, tuple(info["shape"]), _dtypes.SAFETENSORS_CODES[info["dtype"]],
-                                 shared_with=tuple(aliases.get(name, ()))))
+            out.append(RawTensor(name, name, info.shape, info.dtype, shared_with=tuple(aliases.get(name, ()))))
         return out
 
     def read(self, key: str) -> np.ndarray:

@@ -1,0 +1,120 @@
+"""The ``.npy`` header, parsed and checked in one place for the numpy readers and the scanner.
+
+An array is the magic ``\\x93NUMPY``, a version (1.0, 2.0 or 3.0), a 2-byte (1.0) or 4-byte
+header length, a Python dict literal ``{'descr': …, 'fortran_order': …, 'shape': …}`` (latin-1;
+UTF-8 in 3.0), then the data. The literal is read with :func:`ast.literal_eval`, never evaluated;
+in 1.0/2.0 headers the Python 2 ``L`` suffix on integers is dropped, as numpy does. An object
+dtype is returned, not refused: its data is a pickle, which readers refuse and the scanner walks.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.lib.format import descr_to_dtype
+
+from weightkit.errors import CorruptFileError
+
+__all__ = ["MAGIC", "MAX_HEADER_BYTES", "HEAD_BYTES", "NpyHeader", "looks_like", "parse"]
+
+MAGIC = b"\x93NUMPY"
+MAX_HEADER_BYTES = 10_000  # numpy's own limit for np.load(allow_pickle=False) (format._MAX_HEADER_SIZE)
+HEAD_BYTES = 12 + MAX_HEADER_BYTES  # enough of a file to hold any header parse() accepts
+MAX_NDIM = 64  # numpy's limit
+_LAYOUT = {(1, 0): (2, "latin-1"), (2, 0): (4, "latin-1"), (3, 0): (4, "utf-8")}  # length bytes, encoding
+_KEYS = {"descr", "fortran_order", "shape"}
+_FIX = "the file is corrupt; re-download or re-save it"
+# a string literal (kept as it is) or an integer with Python 2's long suffix (its digits kept)
+_PY2_LONG = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|(\d)L\b""")
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """A checked header; the data starts at byte ``data_start`` of the file (or zip member)."""
+
+    version: tuple[int, int]
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran_order: bool
+    data_start: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data the header declares (for an object dtype the data is a pickle instead)."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def looks_like(head: Any) -> bool:
+    """Whether a file's first bytes are the ``.npy`` magic."""
+    return head is not None and bytes(head[:6]) == MAGIC
+
+
+def parse(name: str | os.PathLike, head: Any, size: int) -> NpyHeader:
+    """The checked header of a ``.npy`` array of ``size`` bytes (a file or a zip member) that
+    starts with ``head`` (at least the whole header: :data:`HEAD_BYTES` always suffice). Unless
+    the dtype holds objects, the data must fill the rest exactly.
+
+    Raises:
+        CorruptFileError: one line: ``name``, the rule the array breaks, what to do.
+    """
+    head = bytes(head[:HEAD_BYTES])
+    if len(head) < 8 or head[:6] != MAGIC:
+        raise _error(name, "not a .npy array (bad magic number)")
+    version = (head[6], head[7])
+    if version not in _LAYOUT:
+        raise _error(name, f".npy format version {version[0]}.{version[1]} (numpy reads 1.0, 2.0 and 3.0)")
+    width, encoding = _LAYOUT[version]
+    length = int.from_bytes(head[8:8 + width], "little")
+    start = 8 + width + length
+    if length > MAX_HEADER_BYTES:  # checked before reading it: numpy would allocate it first
+        raise _error(name, f"the .npy header declares {length} bytes; at most {MAX_HEADER_BYTES} are allowed")
+    if len(head) < start or size < start:
+        raise _error(name, "the file ends inside its .npy header", "the file is truncated; re-download or re-save it")
+    try:
+        d = _literal(head[8 + width:start].decode(encoding), version)
+        if type(d) is not dict or d.keys() != _KEYS:
+            raise ValueError("not a dict of 'descr', 'fortran_order' and 'shape'")
+        shape, fortran = d["shape"], d["fortran_order"]
+        if type(shape) is not tuple or len(shape) > MAX_NDIM or not all(type(n) is int and n >= 0 for n in shape):
+            raise ValueError(f"shape {shape!r:.80} is not a tuple of at most {MAX_NDIM} non-negative integers")
+        if type(fortran) is not bool:
+            raise ValueError(f"fortran_order {fortran!r:.20} is not True or False")
+        dtype = descr_to_dtype(d["descr"])
+    except (ValueError, SyntaxError, TypeError, KeyError, IndexError, OverflowError, RecursionError, MemoryError) as e:
+        # ValueError covers bad text too; numpy's descr_to_dtype leaks the other errors
+        detail = (str(e).splitlines() or [""])[0][:120]
+        kind = "" if type(e) is ValueError else f"{type(e).__name__}: "
+        raise _error(name, f"bad .npy header ({kind}{detail})") from None
+    header = NpyHeader(version, dtype, shape, fortran, start)
+    if not dtype.hasobject and start + header.nbytes != size:
+        need, have = header.nbytes, size - start
+        problem = "the data is truncated" if need > have else f"{have - need} trailing bytes after the data"
+        need_s = str(need) if need < 1 << 64 else "more than 2**64"  # str() refuses 4300+ digits
+        raise _error(name, f"the .npy header declares shape {shape!r:.80} of {str(dtype):.60} ({need_s} bytes) but {have} "
+                     f"bytes follow it: {problem}")
+    return header
+
+
+def _literal(text: str, version: tuple[int, int]) -> Any:
+    """The header's dict literal, read without evaluating anything."""
+    try:
+        try:
+            return ast.literal_eval(text)
+        except SyntaxError:
+            if version > (2, 0):
+                raise
+        # files written by Python 2 spell some integers 3L; numpy reads them in 1.0/2.0 headers
+        return ast.literal_eval(_PY2_LONG.sub(lambda m: m.group(1) or m.group(2), text))
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        # literal_eval's messages name AST nodes and their addresses; say what it means instead
+        raise ValueError("not a literal of strings, numbers, tuples and lists") from None
+
+
+def _error(name: Any, problem: str, fix: str = _FIX) -> CorruptFileError:
+    return CorruptFileError(f"{name}: {problem}; {fix}")
