@@ -387,3 +387,39 @@ def test_accepted_npy_headers_are_what_numpy_reads(descr, shape, fortran, versio
         assert_agree(path, None, weight=weight)
         if weight:
             np.testing.assert_array_equal(weightkit.open(path)["a"].numpy(), arr)
+
+
+class _Marker:
+    """Unpickles to a call of print: a stand-in for a gadget that np.load would run."""
+
+    def __reduce__(self):
+        return (print, ("np.load unpickled this",))
+
+
+@pytest.mark.parametrize("shape, pad, version", [
+    ("(-1,)", 0, (1, 0)),                 # a negative dimension
+    ("(" + "1, " * 70 + ")", 0, (1, 0)),  # more axes than numpy can hold
+    ("(True,)", 0, (1, 0)),               # a bool where an int belongs
+    ("(1,)", 20_000, (2, 0)),             # a header past numpy's 10,000-byte limit
+])
+def test_object_arrays_numpy_still_unpickles_are_walked_although_their_header_is_refused(tmp_path, capsys, shape,
+                                                                                          pad, version):
+    """np.load(allow_pickle=True) unpickles an object array before it looks at the shape, and lifts
+    its header limit: the readers refuse such a header, but the scanner must still walk the pickle."""
+    import pickle
+
+    text = hdr("'|O'", shape=shape).replace("}", " " * pad + "}")  # numpy pads inside the literal
+    blob = npy_bytes(text, pickle.dumps(_Marker(), protocol=2), version=version)
+    path = tmp_path / "x.npy"
+    path.write_bytes(blob)
+    np.load(path, allow_pickle=True)
+    assert "np.load unpickled this" in capsys.readouterr().out  # numpy really does run it
+    with pytest.raises(CorruptFileError):
+        weightkit.open(path)
+    report = weightkit.scan(path)
+    rules = {f.rule for f in report.findings}
+    assert report.verdict != "safe" and {"container-error", "numpy-object-array"} <= rules
+    assert any(f.global_name == "builtins.print" for f in report.findings), report.findings
+    zipped = tmp_path / "x.npz"
+    zipped.write_bytes(npz({"x.npy": blob}))
+    assert {"container-error", "numpy-object-array"} <= {f.rule for f in weightkit.scan(zipped).findings}

@@ -21,12 +21,15 @@ from numpy.lib.format import descr_to_dtype
 
 from weightkit.errors import CorruptFileError
 
-__all__ = ["MAGIC", "MAX_HEADER_BYTES", "HEAD_BYTES", "NpyHeader", "looks_like", "parse"]
+__all__ = ["MAGIC", "MAX_HEADER_BYTES", "HEAD_BYTES", "NpyHeader", "looks_like", "parse", "pickle_start"]
 
 MAGIC = b"\x93NUMPY"
 MAX_HEADER_BYTES = 10_000  # numpy's own limit for np.load(allow_pickle=False) (format._MAX_HEADER_SIZE)
 HEAD_BYTES = 12 + MAX_HEADER_BYTES  # enough of a file to hold any header parse() accepts
 MAX_NDIM = 64  # numpy's limit
+# np.load(allow_pickle=True) lifts numpy's header limit; the scanner follows an object array's
+# header this far (a longer one is unreadable to it, and refused by every reader)
+MAX_PICKLE_HEADER_BYTES = 1 << 20
 _LAYOUT = {(1, 0): (2, "latin-1"), (2, 0): (4, "latin-1"), (3, 0): (4, "utf-8")}  # length bytes, encoding
 _KEYS = {"descr", "fortran_order", "shape"}
 _FIX = "the file is corrupt; re-download or re-save it"
@@ -99,6 +102,31 @@ def parse(name: str | os.PathLike, head: Any, size: int) -> NpyHeader:
         raise _error(name, f"the .npy header declares shape {shape!r:.80} of {str(dtype):.60} ({need_s} bytes) but {have} "
                      f"bytes follow it: {problem}")
     return header
+
+
+def pickle_start(head: Any) -> int | None:
+    """Where the pickle of an object array starts when ``np.load(allow_pickle=True)`` would
+    unpickle it, also for a header :func:`parse` refuses: numpy then reads headers of any length
+    (followed here up to :data:`MAX_PICKLE_HEADER_BYTES`), shapes of any integers and any number
+    of axes, and unpickles the data before it looks at the shape. ``None`` when numpy would not
+    unpickle anything (not an object array, or a header numpy itself refuses)."""
+    head = bytes(head[:12 + MAX_PICKLE_HEADER_BYTES])
+    if len(head) < 8 or head[:6] != MAGIC or (head[6], head[7]) not in _LAYOUT:
+        return None
+    version = (head[6], head[7])
+    width, encoding = _LAYOUT[version]
+    start = 8 + width + int.from_bytes(head[8:8 + width], "little")
+    if start > len(head):
+        return None
+    try:
+        d = _literal(head[8 + width:start].decode(encoding), version)
+        if type(d) is not dict or d.keys() != _KEYS or type(d["shape"]) is not tuple:
+            return None
+        if not all(isinstance(n, int) for n in d["shape"]) or type(d["fortran_order"]) is not bool:
+            return None
+        return start if descr_to_dtype(d["descr"]).hasobject else None
+    except (ValueError, SyntaxError, TypeError, KeyError, IndexError, OverflowError, RecursionError, MemoryError):
+        return None
 
 
 def _literal(text: str, version: tuple[int, int]) -> Any:

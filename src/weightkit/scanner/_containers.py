@@ -384,13 +384,21 @@ def _legacy_sequence(ctx, data, start, end, where, depth, kind) -> None:
 
 # ---- numpy ----------------------------------------------------------------------------------
 def _npy_header(ctx, head, size, where, quiet=False):
-    """``header_end`` when the array holds Python objects (its data is a pickle), else ``None``;
-    a header the readers would refuse is a finding."""
+    """Where the pickle starts when the array holds Python objects (its data is a pickle), else
+    ``None``; a header the readers refuse is a finding. ``quiet`` (a zip member's first bytes):
+    decide nothing but whether to read the whole member (0 when its header is refused: numpy may
+    still unpickle it, see :func:`npy.pickle_start`)."""
     try:
         header = npy.parse(where, head, size)
     except CorruptFileError as e:
+        if quiet:
+            return 0
         ctx.add("container-error", _problem(e, where), where)
-        return None
+        start = npy.pickle_start(head)
+        if start is not None:
+            ctx.add("numpy-object-array", "numpy object array whose header the readers refuse: "
+                    "np.load(allow_pickle=True) still unpickles its data", where, start)
+        return start
     if not header.dtype.hasobject:
         return None
     if not quiet:
