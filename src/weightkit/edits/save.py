@@ -101,8 +101,8 @@ def write_safetensors(path: str | Path, entries: list[Entry], metadata: dict[str
                 buf = np.ascontiguousarray(chunk)
                 if buf.dtype.byteorder == ">":
                     buf = buf.astype(buf.dtype.newbyteorder("<"))
-                h.update(buf)
-                fh.write(buf)
+                h.update(buf.data)
+                fh.write(buf.data)
                 written += buf.nbytes
             if written != e.nbytes:
                 raise WeightkitError(f"{path}: tensor {e.name!r} produced {written} bytes, expected {e.nbytes}; "
@@ -172,9 +172,8 @@ def _framework(ws) -> str:
         return "pytorch"
     if fmt == "state-dict":
         first = next(iter(ws), None)
-
         reader = getattr(first, "_reader", None)
-        if isinstance(reader, MappingReader):
+        if first is not None and isinstance(reader, MappingReader):
             v = reader._items[first._key]
             return "numpy" if isinstance(v, np.ndarray) else "pytorch"
     return "unknown"

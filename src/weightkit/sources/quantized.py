@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -46,7 +46,7 @@ def _check(info: Any, header: dict[str, TensorInfo]) -> str | None:
             and info.get("scheme") in ("symmetric", "asymmetric") and "axis" in info
             and (axis is None or type(axis) is int)):
         return "malformed shape, bits, scheme, axis or layout"
-    bits, rows, cols, group, groups = ints
+    bits, rows, cols, group, groups = cast("list[int]", ints)  # checked above: every one is an int
     n = math.prod(shape)
     if not (bits in (4, 8) and rows >= 0 and cols >= 0 and rows * cols == n and 1 <= group <= max(cols, 1)
             and groups == max(1, -(-cols // group))
@@ -86,7 +86,7 @@ class QuantizedReader(ReaderBase):
                 and all(isinstance(v, str) for v in self._kinds.values())):
             raise CorruptFileError(f"{path}: malformed quantisation metadata (expected JSON objects); "
                                    "the file is corrupt")
-        parts = set()
+        parts: set[str] = set()
         for name, info in self._q.items():
             problem = _check(info, self._shard.header)
             if problem:
@@ -107,8 +107,8 @@ class QuantizedReader(ReaderBase):
         aliases = self._aliases()
         out = []
         for name in self._plain:
-            info = self._shard.header[name]
-            out.append(RawTensor(name, name, info.shape, info.dtype,
+            plain = self._shard.header[name]
+            out.append(RawTensor(name, name, plain.shape, plain.dtype,
                                  kind=self._kinds.get(name), kind_from="config" if name in self._kinds else None,
                                  shared_with=tuple(aliases.get(name, ()))))
         for name, info in self._q.items():
@@ -138,7 +138,7 @@ class QuantizedReader(ReaderBase):
 
     def metadata(self) -> dict[str, Any]:
         aliased = {n for names in self._aliases().values() for n in names}
-        meta = {k: v for k, v in self._shard.metadata.items() if k not in aliased and k not in _HIDDEN}
+        meta: dict[str, Any] = {k: v for k, v in self._shard.metadata.items() if k not in aliased and k not in _HIDDEN}
         first = next(iter(self._q.values()), None)
         if first:
             meta["quantization"] = {"bits": first["bits"], "scheme": first["scheme"],
