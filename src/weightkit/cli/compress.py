@@ -22,7 +22,7 @@ from weightkit.edits.quantize import quantize as do_quantize
 from weightkit.edits.quantize import quantize_error as measure
 from weightkit.edits.save import save
 from weightkit.errors import WeightkitError
-from weightkit.render._format import human_bytes
+from weightkit.render._text import human_bytes
 from weightkit.render.console import renderable
 
 _IN = typer.Argument(..., help="Checkpoint file or directory of shards (any format weightkit opens).")

@@ -13,7 +13,7 @@ from rich.text import Text
 from weightkit.edits.load import VerifyReport
 from weightkit.edits.prune import PruneReport
 from weightkit.edits.quantize import QuantizeReport
-from weightkit.render._format import human_bytes
+from weightkit.render._text import human_bytes
 
 _Justify = Literal["left", "right"]
 

@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from weightkit._version import __version__
-from weightkit.render._format import human_bytes, human_count, num, shape_str
+from weightkit.render._text import human_bytes, human_count, num, shape_str
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}

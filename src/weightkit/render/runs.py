@@ -8,7 +8,8 @@ from typing import Iterator
 from rich.console import RenderableType
 from rich.text import Text
 
-from weightkit.render._format import LongTable, num, plain_table, right_columns, shape_str
+from weightkit.render._format import LongTable, plain_table, right_columns
+from weightkit.render._text import num, shape_str
 
 KIND_STYLE = {"nonfinite_grad": "bold red", "nonfinite_weight": "bold red", "exploding": "red", "vanishing": "yellow",
               "lr_high": "yellow", "lr_low": "yellow", "unused": "magenta"}

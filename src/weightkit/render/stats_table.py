@@ -9,7 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from weightkit.analyses.statistics.result import StatsReport, TensorStats
-from weightkit.render._format import LongTable, human_bytes, human_count, num, plain_table, right_columns
+from weightkit.render._format import LongTable, plain_table, right_columns
+from weightkit.render._text import human_bytes, human_count, num
 
 SPARK = " ▁▂▃▄▅▆▇█"
 

@@ -11,7 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from weightkit.analyses.summary import Summary
-from weightkit.render._format import LongTable, human_bytes, human_count, shape_str, tristate
+from weightkit.render._format import LongTable
+from weightkit.render._text import human_bytes, human_count, shape_str, tristate
 
 LEGEND = (
     "axes: what each dimension of the shape means, in order (e.g. Linear weight is out_features × in_features). "
