@@ -56,12 +56,23 @@ def _cli(*args):
 
 
 @pytest.mark.parametrize("pattern,expected", PATTERNS, ids=str)
-def test_every_command_selects_the_same_tensors(small_net_file, pattern, expected):
+def test_every_command_selects_the_same_tensors(small_net_file, tmp_path, pattern, expected):
     path, _ = small_net_file
     summary = json.loads(_cli("summary", path, "--json", "--select", pattern).stdout)
     stats = json.loads(_cli("stats", path, "--json", "-s", pattern).stdout)
     assert {t["name"] for t in summary["tensors"]} == expected
     assert {t["name"] for t in stats["tensors"]} == expected
+    hist = json.loads(_cli("plot", "hist", path, "-o", tmp_path / "h.png", "--json", "--select", pattern).stdout)
+    assert hist["panels"] == len(expected)
+    errors = json.loads(_cli("quantize-error", path, "--json", "--select", pattern).stdout)
+    assert {t["name"] for t in errors["tensors"] if t["reason"] != "not selected"} <= expected
+    # pruning's default role is the weights (and of those, the selected ones), never biases or buffers
+    weights = {n for n in expected if n.endswith(".weight")}
+    pruned = _cli("prune", path, tmp_path / "p.safetensors", "--amount", "0.5", "--json", "--select", pattern)
+    if weights:
+        assert {t["name"] for t in json.loads(pruned.stdout)["tensors"]} == weights
+    else:
+        assert pruned.returncode == 2 and "no prunable weight" in pruned.stderr
 
 
 def test_nothing_selected_is_an_error_naming_the_closest_names(small_net_file):
