@@ -129,13 +129,16 @@ class Selector:
             raise WeightkitError(self.nothing_message(weights, source=source))
         return chosen
 
+    def closest(self, names: Sequence[str], n: int = 3) -> list[str]:
+        """The names nearest to a name pattern (none for kinds, roles, callables)."""
+        if not isinstance(self.pattern, str) or self.pattern.startswith(_FIELDS):
+            return []
+        stem = self.pattern[3:] if self.pattern.startswith("re:") else self.pattern
+        return difflib.get_close_matches(stem, list(names), n=n, cutoff=0.0)
+
     def nothing_message(self, weights: Sequence[Any], *, source: str) -> str:
-        names = [w.name for w in weights]
-        hint = ""
-        if isinstance(self.pattern, str) and not self.pattern.startswith(_FIELDS):
-            stem = self.pattern[3:] if self.pattern.startswith("re:") else self.pattern
-            close = difflib.get_close_matches(stem, names, n=3, cutoff=0.0)
-            hint = f"; closest names: {', '.join(close)}" if close else ""
+        close = self.closest([w.name for w in weights])
+        hint = f"; closest names: {', '.join(close)}" if close else ""
         kinds = ", ".join(sorted({w.kind for w in weights}))
         roles = ", ".join(sorted({w.role for w in weights}))
         return (f"no tensor in {source} matches {self.describe()}{hint}; kinds present: {kinds}; "

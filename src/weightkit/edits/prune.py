@@ -34,7 +34,7 @@ import numpy as np
 from weightkit import _dtypes
 from weightkit._atomic import check_writable
 from weightkit.core.opening import open as _open
-from weightkit.core.selector import matches
+from weightkit.core.selector import Selector, matches
 from weightkit.core.weightset import _base_role
 from weightkit.edits import _backend
 from weightkit.edits._compress import (
@@ -359,12 +359,13 @@ def _choose(weights, select, kind, role, source: str) -> list:
     if not chosen:
         asked = ", ".join(f"{k}={v!r}" for k, v in (("select", select), ("kind", kind), ("role", role)) if v is not None)
         floating = [w for w in weights if not w.is_buffer and _dtypes.is_floating(w.dtype)]
+        close = Selector.of(select).closest([w.name for w in floating])
         roles = sorted({w.role for w in floating})
         kinds = sorted({w.kind for w in floating})
         raise WeightkitError(
             f"no prunable weight in {source} matches {asked or 'the selector'} (prunable: floating-point parameters, "
-            f"2-D or more unless select/kind names them); roles present: {', '.join(roles) or 'none'}; "
-            f"kinds present: {', '.join(kinds) or 'none'}")
+            f"2-D or more unless select/kind names them)" + (f"; closest names: {', '.join(close)}" if close else "")
+            + f"; roles present: {', '.join(roles) or 'none'}; kinds present: {', '.join(kinds) or 'none'}")
     return chosen
 
 
