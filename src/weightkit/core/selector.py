@@ -98,11 +98,6 @@ class Selector:
             return select
         return cls(select, kind=kind, role=role)
 
-    @property
-    def everything(self) -> bool:
-        """True when this selector names every tensor (no pattern, kind or role)."""
-        return self.pattern is None and self.kind is None and self.role is None
-
     def __call__(self, weight: Any) -> bool:
         return ((not self._tests or any(t(weight) for t in self._tests))
                 and (self.kind is None or weight.kind in self.kind)
