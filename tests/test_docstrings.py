@@ -13,6 +13,7 @@ MODULES = [
     "weightkit.core.weightset",
     "weightkit.sources._base",
     "weightkit.render._format",
+    "weightkit.render.console",
     "weightkit.analyses.statistics",
     "weightkit.analyses.doctor",
     "weightkit.core.selector",
