@@ -112,7 +112,6 @@ def _pictures(ws, data: ReportData) -> None:
 def _run_section(run, data: ReportData, pictures: bool) -> dict[str, Any]:
     from dataclasses import asdict
 
-
     opened = open_run(run)
     section: dict[str, Any] = {"name": str(run), "alerts": [asdict(a) for a in opened.alerts]}
     if pictures:

@@ -37,7 +37,6 @@ __all__ = ["WatchCallback"]  # noqa: F822  (built on first use by __getattr__, s
 
 
 def _build():
-
     keras = require("keras", extra="keras", purpose="weightkit.tracking.keras.WatchCallback")
 
     class WatchCallback(keras.callbacks.Callback):

@@ -97,7 +97,6 @@ class Context:
 
     @cached_property
     def stats(self):
-
         return stats(self.ws, eps=self.eps)
 
     @cached_property
