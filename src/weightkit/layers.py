@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Axis", "AXIS_TOKENS", "KERNEL_TOKENS", "axis_spec", "axes_for", "out_axis", "in_axis", "list_kinds", "split_rnn_name",
+__all__ = ["Axis", "AXIS_TOKENS", "KERNEL_TOKENS", "axis_spec", "spec_fields", "axes_for", "out_axis", "in_axis", "list_kinds", "split_rnn_name",
            "infer_kind", "UNKNOWN", "LayerFacts"]
 
 UNKNOWN = "unknown"
@@ -320,6 +320,13 @@ def axis_spec(kind: str, role: str, shape: tuple[int, ...], facts: LayerFacts | 
     if len(axes) != ndim:
         return (UNKNOWN_AXIS,) * ndim
     return tuple(axes)
+
+
+def spec_fields(spec: Spec) -> dict[str, Any]:
+    """The :class:`weightkit.Weight` fields of an axis spec: ``axes`` (labels), ``axis_tokens``,
+    ``gate_order`` (of the axis that has one)."""
+    return {"axes": tuple(a.label for a in spec), "axis_tokens": tuple(a.token for a in spec),
+            "gate_order": next((a.order for a in spec if a.order), None)}
 
 
 def axes_for(kind: str, role: str, shape: tuple[int, ...], facts: LayerFacts | None = None) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from weightkit.core.opening import open as open_weights
-from weightkit.core.selector import Selector
+from weightkit.core.selector import select as select_weights
 from weightkit.core.weightset import WeightSet
 
 __all__ = ["Summary", "Totals", "summarize", "summary"]
@@ -65,7 +65,7 @@ def summarize(ws: WeightSet, *, select: Any = None) -> Summary:
         >>> s.totals.parameters, s.totals.trainable
         (8, 8)
     """
-    weights = Selector.of(select).pick(ws, source=ws.source)
+    weights = select_weights(ws, select)
     params = [w for w in weights if not w.is_buffer]
     by_dtype: Counter[str] = Counter()
     for w in weights:

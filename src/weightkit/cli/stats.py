@@ -11,7 +11,7 @@ import typer
 from weightkit.analyses.statistics import stats as compute
 from weightkit.cli._app import SELECT, app, console, guard, print_json
 from weightkit.core.opening import open as open_weights
-from weightkit.core.selector import Selector
+from weightkit.core.selector import select as select_weights
 from weightkit.render.console import renderable
 
 PROGRESS_MIN_BYTES = 256 << 20
@@ -29,7 +29,7 @@ def stats(
 
     def run():
         with open_weights(str(source)) as ws:
-            total = sum(w.nbytes for w in Selector.of(select).pick(ws, source=ws.source))
+            total = sum(w.nbytes for w in select_weights(ws, select))
             show = not as_json and sys.stderr.isatty() and total >= PROGRESS_MIN_BYTES
             if show:
                 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn

@@ -31,7 +31,7 @@ from weightkit.errors import WeightkitError
 Names = Union[str, Iterable[str], None]
 """One name or several (a layer kind, a tensor role), or ``None`` for any."""
 
-__all__ = ["Selector", "Names", "select", "matches"]
+__all__ = ["Selector", "Names", "select"]
 
 _FIELDS = ("kind:", "role:")
 
@@ -153,11 +153,6 @@ def _describe(pattern: Any) -> str:
     if callable(pattern) and not isinstance(pattern, str):
         return getattr(pattern, "__name__", "a predicate")
     return repr(pattern)
-
-
-def matches(weight: Any, pattern: Any = None, *, kind: Any = None, role: Any = None) -> bool:
-    """True when ``weight`` (a :class:`weightkit.Weight`) passes the selector."""
-    return Selector.of(pattern, kind=kind, role=role)(weight)
 
 
 def select(source: Any, select: Any = None, *, kind: Any = None, role: Any = None) -> list:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from weightkit import _dtypes
-from weightkit.layers import UNKNOWN, LayerFacts, axis_spec, in_axis, infer_kind, out_axis, split_rnn_name
+from weightkit.layers import UNKNOWN, LayerFacts, axis_spec, in_axis, infer_kind, out_axis, spec_fields, split_rnn_name
 
 if TYPE_CHECKING:
     from weightkit.sources import RawTensor, Reader
@@ -56,9 +56,9 @@ class Weight:
 
     def __post_init__(self) -> None:
         if not self.axis_tokens and self.shape:
-            spec = axis_spec(self.kind, self.role, tuple(self.shape))
-            object.__setattr__(self, "axis_tokens", tuple(a.token for a in spec))
-            object.__setattr__(self, "gate_order", next((a.order for a in spec if a.order), None))
+            fields = spec_fields(axis_spec(self.kind, self.role, tuple(self.shape)))
+            object.__setattr__(self, "axis_tokens", fields["axis_tokens"])
+            object.__setattr__(self, "gate_order", fields["gate_order"])
 
     @property
     def out_axis(self) -> int | None:
@@ -264,9 +264,7 @@ def _annotate(reader: Reader, raws: list[RawTensor]) -> list[Weight]:
                     kind=kind_here,
                     role=_base_role(role) if kind_here.removesuffix("Cell") in ("LSTM", "GRU", "RNN") else role,
                     shape=tuple(raw.shape),
-                    axes=tuple(a.label for a in spec),
-                    axis_tokens=tuple(a.token for a in spec),
-                    gate_order=next((a.order for a in spec if a.order), None),
+                    **spec_fields(spec),
                     dtype=raw.dtype,
                     trainable=False if stat and raw.trainable is None else raw.trainable,
                     is_buffer=raw.is_buffer or stat,

@@ -23,7 +23,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from weightkit import _dtypes
-from weightkit.core.selector import Selector
 
 SENTINEL = np.uint32(0xFFFFFFFF)
 CHUNK_ELEMENTS = 1 << 20  # 4 MB of float32 per chunk: temporaries stay a few MB
@@ -43,13 +42,6 @@ def output_axis(w) -> int | None:
         1
     """
     return w.out_axis
-
-
-def selected(ws, select: Any) -> list:
-    """Weights of ``ws`` chosen by ``select``: ``None`` (all), a glob or ``"re:<regex>"``, a list
-    of those, or a predicate on :class:`weightkit.Weight`."""
-
-    return Selector.of(select).pick(ws, source=ws.source)
 
 
 def ranged_reader(w) -> Callable[[int, int], np.ndarray]:

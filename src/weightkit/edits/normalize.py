@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from weightkit.core.selector import Names, matches
+from weightkit.core.selector import Names, Selector
 from weightkit.core.selector import select as select_weights
 from weightkit.edits._backend import KERAS, framework, torch_owners
 from weightkit.errors import WeightkitError
@@ -109,12 +109,12 @@ def remove_norm(model: Any, *, select: Any = None, kind: Names = None, role: Nam
     """
     from torch.nn.utils import parametrize
 
-
     _torch_only(model, "remove_norm")
     present = _parametrized(model)
     if not present:
         raise WeightkitError("remove_norm: no weight of the model is parametrized (weight_norm / spectral_norm)")
-    chosen = [(ns, m, attr) for ns, m, attr in present if matches(ns, select, kind=kind, role=role)]
+    chosen_by = Selector.of(select, kind=kind, role=role)
+    chosen = [(ns, m, attr) for ns, m, attr in present if chosen_by(ns)]
     if not chosen:
         asked = ", ".join(f"{k}={v!r}" for k, v in (("select", select), ("kind", kind), ("role", role)) if v is not None)
         raise WeightkitError(f"remove_norm: no parametrized weight matches {asked}; parametrized: "
@@ -135,7 +135,6 @@ def _torch_only(model, what: str) -> None:
 def _parametrized(model) -> list[tuple[SimpleNamespace, Any, str]]:
     from torch.nn.utils import parametrize
 
-
     out = []
     for mname, m in model.named_modules():
         if parametrize.is_parametrized(m):
@@ -152,7 +151,8 @@ def _targets(model, select, kind, role, dim, what: str) -> list[tuple[str, Any, 
     try:
         weights = select_weights(model, select, kind=kind, role=role)
     except WeightkitError:
-        done = [ns.name for ns, _, _ in _parametrized(model) if matches(ns, select, kind=kind, role=role)]
+        chosen_by = Selector.of(select, kind=kind, role=role)
+        done = [ns.name for ns, _, _ in _parametrized(model) if chosen_by(ns)]
         if done:
             raise WeightkitError(f"{what}: {', '.join(done)} already parametrized; remove_norm first, then "
                                  f"apply {what}") from None

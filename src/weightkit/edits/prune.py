@@ -34,7 +34,7 @@ import numpy as np
 from weightkit import _dtypes
 from weightkit._atomic import check_writable
 from weightkit.core.opening import open as _open
-from weightkit.core.selector import Selector, matches
+from weightkit.core.selector import Selector
 from weightkit.core.weightset import _base_role
 from weightkit.edits import _backend
 from weightkit.edits._compress import (
@@ -55,7 +55,7 @@ from weightkit.edits._compress import (
 )
 from weightkit.edits.save import Entry, base_metadata, open_source, weight_entry, write_safetensors
 from weightkit.errors import WeightkitError
-from weightkit.layers import axis_spec
+from weightkit.layers import axis_spec, spec_fields
 from weightkit.sources._base import fspath
 from weightkit.sources.torch_module import torch_raw
 
@@ -354,8 +354,9 @@ WEIGHT_ROLES = ("weight", "kernel", "weight_ih", "weight_hh", "weight_hr", "recu
 def _choose(weights, select, kind, role, source: str) -> list:
     role = WEIGHT_ROLES if role is None else role
     explicit = select is not None or kind is not None
+    chosen_by = Selector.of(select, kind=kind, role=role)
     chosen = [w for w in weights if not w.is_buffer and _dtypes.is_floating(w.dtype)
-              and matches(w, select, kind=kind, role=role) and (explicit or w.ndim >= 2)]
+              and chosen_by(w) and (explicit or w.ndim >= 2)]
     if not chosen:
         asked = ", ".join(f"{k}={v!r}" for k, v in (("select", select), ("kind", kind), ("role", role)) if v is not None)
         floating = [w for w in weights if not w.is_buffer and _dtypes.is_floating(w.dtype)]
@@ -375,7 +376,6 @@ def _prune_live(model, amount, *, select, kind, role, scope, method, dim, thresh
     import torch
     from torch.nn.utils import prune as tprune
 
-
     ws = _open(model)
     modules = dict(model.named_modules())
     views = []  # (weight as the user sees it, module, parameter name, orig tensor, mask tensor or None)
@@ -389,9 +389,7 @@ def _prune_live(model, amount, *, select, kind, role, scope, method, dim, thresh
             base = pname[:-5]
             old_mask = module._buffers[f"{base}_mask"]
         name = f"{w.layer}.{base}" if w.layer else base
-        spec = axis_spec(w.kind, base, tuple(w.shape))
-        shown = replace(w, name=name, role=_base_role(base), axes=tuple(a.label for a in spec),
-                        axis_tokens=tuple(a.token for a in spec), gate_order=next((a.order for a in spec if a.order), None),
+        shown = replace(w, name=name, role=_base_role(base), **spec_fields(axis_spec(w.kind, base, tuple(w.shape))),
                         shared_with=tuple(a.removesuffix("_orig") for a in w.shared_with))
         views.append((shown, module, base, module._parameters[pname], old_mask))
     chosen = {w.name for w in _choose([v[0] for v in views], select, kind, role, ws.source)}

@@ -40,8 +40,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from weightkit import _dtypes
+from weightkit.core.selector import select as select_weights
 from weightkit.edits import _backend
-from weightkit.edits._compress import CHUNK_ELEMENTS, output_axis, ranged_reader, selected
+from weightkit.edits._compress import CHUNK_ELEMENTS, output_axis, ranged_reader
 from weightkit.edits.prune import _check_out
 from weightkit.edits.save import Entry, base_metadata, open_source, weight_entry, write_safetensors
 from weightkit.errors import WeightkitError
@@ -374,10 +375,6 @@ def _kept(w, reason: str) -> TensorQuant:
                        w.nbytes, w.nbytes, 0)
 
 
-def _choose(ws, select) -> list:
-    return selected(ws, select)
-
-
 # --- public ----------------------------------------------------------------------------------
 
 def quantize_error(source: Any, *, bits: int = 8, scheme: str = "symmetric", granularity: str = "tensor",
@@ -409,7 +406,7 @@ def quantize_error(source: Any, *, bits: int = 8, scheme: str = "symmetric", gra
     ws, _, owned = open_source(source)
     try:
         out = []
-        for w in _choose(ws, select):
+        for w in select_weights(ws, select):
             reason = _reason(w)
             if reason:
                 out.append(_kept(w, reason))
@@ -494,7 +491,7 @@ def _weight_only(source, out, *, bits, scheme, granularity, group_size, select, 
     out = _check_out(source, out, in_place)
     ws, framework, owned = open_source(source)
     try:
-        chosen = {w.name for w in _choose(ws, select)}
+        chosen = {w.name for w in select_weights(ws, select)}
         entries: list[Entry] = []
         infos: dict[str, dict] = {}
         kinds: dict[str, str] = {}

@@ -21,7 +21,7 @@ import numpy as np
 
 from weightkit import _dtypes
 from weightkit.analyses.statistics.result import GroupStats, StatsReport, TensorStats
-from weightkit.core.selector import Selector
+from weightkit.core.selector import select as select_weights
 from weightkit.errors import WeightkitError
 
 CHUNK_BYTES = 16 << 20
@@ -282,7 +282,7 @@ def roll_up(name: str, kind: str, items: list[TensorStats]) -> GroupStats:
 def report(ws, *, select=None, bins: int = 64, eps: float = 1e-6,
            quantiles=DEFAULT_QUANTILES, threads: int | None = None, progress=None) -> StatsReport:
     """Run the engine over a WeightSet and roll the results up by layer and for the whole model."""
-    weights = _selected(ws, select)
+    weights = select_weights(ws, select)
     t0 = time.perf_counter()
     tensors, nbytes = compute(weights, bins=bins, eps=eps, quantiles=quantiles, threads=threads, progress=progress)
     seconds = time.perf_counter() - t0
@@ -296,8 +296,3 @@ def report(ws, *, select=None, bins: int = 64, eps: float = 1e-6,
         layers=[roll_up(name, items[0].kind, items) for name, items in layers.items()],
         total=roll_up("(all)", "model", params), filter=select if isinstance(select, str) else None, bytes_read=nbytes, seconds=seconds,
     )
-
-
-def _selected(ws, select: Any) -> list:
-    """The weights ``select`` names (see :class:`weightkit.core.selector.Selector`)."""
-    return Selector.of(select).pick(ws, source=ws.source)
