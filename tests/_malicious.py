@@ -32,7 +32,7 @@ class Variant:
     trick: str
     filename: str
     build: Callable[[str], bytes]  # marker path -> file content
-    live: str | None = None  # loader that really runs the payload: pickle, pypickle, torch, numpy
+    live: str | None = None  # loader that really runs the payload: pickle, pypickle, torch, numpy, keras
 
 
 # ---- opcode helpers -------------------------------------------------------------------------
@@ -314,7 +314,20 @@ def _variants() -> list[Variant]:
     ]
 
 
-VARIANTS = _variants()
+def _round_two() -> tuple[list[Variant], dict[str, set[str]]]:
+    """The second red-team round (issue 15), one module per attack surface, with the rules each
+    variant must raise; imported here, after the helpers above exist, because those modules build
+    their files with them (import this module, not them)."""
+    import _malicious_files
+    import _malicious_pickle
+    import _malicious_zip
+
+    modules = (_malicious_zip, _malicious_files, _malicious_pickle)
+    return [v for m in modules for v in m.variants()], {k: r for m in modules for k, r in m.EXPECTED.items()}
+
+
+ROUND_TWO, ROUND_TWO_EXPECTED = _round_two()
+VARIANTS = _variants() + ROUND_TWO
 
 
 def build_corpus(directory: Path, markers: Path) -> dict[str, Path]:

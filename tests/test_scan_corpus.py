@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from _malicious import VARIANTS, build_corpus
+from _malicious import ROUND_TWO_EXPECTED, VARIANTS, build_corpus
 from weightkit.scanner import scan
 
 # rules that must appear for a variant, on top of a non-safe verdict
@@ -39,6 +39,7 @@ EXPECTED = {
     "keras_lambda": {"keras-lambda"},
     "h5_lambda": {"keras-lambda"},
     "keras_function_os_system": {"global-critical"},
+    **ROUND_TWO_EXPECTED,
 }
 # the global a variant must be caught importing (judged on the whole dotted path)
 EXPECTED_GLOBAL = {
@@ -138,6 +139,11 @@ LOADER = textwrap.dedent("""
                     import numpy as np
                     r = np.load(path, allow_pickle=True)
                     [r[k] for k in r.files] if hasattr(r, "files") else None
+                elif kind == "keras":
+                    import os
+                    os.environ["KERAS_BACKEND"] = "torch"
+                    import keras
+                    keras.models.load_model(path, safe_mode=False)
             except Exception:
                 pass
 """)
