@@ -5,7 +5,7 @@ file (``touch MARKER`` or ``open(MARKER, "w")``). ``build_corpus(dir, markers)``
 per variant; the tests scan them all and then check that no marker exists, and a separate test
 loads the ``live`` ones with the real loader in a subprocess to prove the payloads do run.
 
-Used by tests/test_scan_corpus.py, bench/compare_picklescan.py and the table in SECURITY.md.
+Used by tests/test_scan_corpus.py, bench/compare_scanners.py and the tables in SECURITY.md.
 """
 
 from __future__ import annotations
