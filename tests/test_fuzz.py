@@ -534,6 +534,134 @@ def test_mutated_files_open_or_raise_weightkit_error(worker, seeds, fmt, data):
     check(result, f"{fmt} (input saved as {worker.keep(blob, suffix)})" if not result["ok"] else fmt)
 
 
+# ---- structured mutations of containers -----------------------------------------------------
+# Random bytes rarely make a container that parses yet lies: these edits keep zip records, tar
+# headers (checksum recomputed) and the HDF5 superblock well formed while changing what they
+# point at, the way the red team's files disagree between readers.
+CONTAINERS = {"torch-zip": "zip", "torch-zip-model": "zip", "npz": "zip", "keras": "zip", "torch-tar": "tar",
+              "weights-h5": "hdf5", "keras2-h5": "hdf5"}
+_EOCD = struct.Struct("<4s4H2IH")  # signature, disk, cd disk, entries here, entries, cd size, cd offset, comment
+_EOCD64 = struct.Struct("<4sQ2H2I4Q")
+_LOC64 = struct.Struct("<4sIQI")
+
+
+def _pick_int(draw, n: int, width: int) -> int:
+    return draw(st.sampled_from(INTERESTING + [n, n - 22, n - 98, n // 2])) % (1 << 8 * width)
+
+
+@st.composite
+def zip_structure(draw, seed: bytes):
+    data = bytearray(seed)
+    end = bytes(data).rfind(b"PK\x05\x06")
+    sig, d0, d1, here, total, cd_size, cd_off, clen = _EOCD.unpack_from(data, end)
+    op = draw(st.sampled_from(["eocd", "zip64", "second-cd", "cd-entry", "local", "prefix", "two-ends"]))
+    if op == "eocd":
+        fields = [sig, d0, d1, here, total, cd_size, cd_off, clen]
+        i = draw(st.integers(1, 7))
+        fields[i] = _pick_int(draw, len(data), 4 if i in (5, 6) else 2)
+        data[end:end + _EOCD.size] = _EOCD.pack(*fields)
+    elif op == "zip64":  # a zip64 record and locator before the end record, pointing anywhere
+        rec_at = end
+        rec = _EOCD64.pack(b"PK\x06\x06", 44, 45, 45, 0, 0, total, total, cd_size,
+                           _pick_int(draw, len(data), 8) if draw(st.booleans()) else cd_off)
+        loc = _LOC64.pack(b"PK\x06\x07", 0, _pick_int(draw, len(data), 8) if draw(st.booleans()) else rec_at, 1)
+        data[end:end] = rec + loc
+        eocd = end + len(rec) + len(loc)
+        if draw(st.booleans()):
+            data[eocd + 16:eocd + 20] = b"\xff\xff\xff\xff"  # cd offset deferred to the zip64 record
+    elif op == "second-cd":  # a copy of the directory before the end record, either one declared
+        cd = bytes(data[cd_off:cd_off + cd_size])
+        data[end:end] = cd
+        new_end = end + len(cd)
+        if draw(st.booleans()):
+            struct.pack_into("<I", data, new_end + 16, end)
+    elif op == "cd-entry":
+        entries = [m.start() for m in re.finditer(rb"PK\x01\x02", bytes(data[cd_off:end]))]
+        if entries:
+            at = cd_off + draw(st.sampled_from(entries))
+            off, width = draw(st.sampled_from([(10, 2), (16, 4), (20, 4), (24, 4), (28, 2), (30, 2), (42, 4)]))
+            data[at + off:at + off + width] = _pick_int(draw, len(data), width).to_bytes(width, "little")
+    elif op == "local":
+        heads = [m.start() for m in re.finditer(rb"PK\x03\x04", bytes(data[:cd_off]))]
+        if heads:
+            at = draw(st.sampled_from(heads))
+            off, width = draw(st.sampled_from([(6, 2), (8, 2), (18, 4), (22, 4), (26, 2), (28, 2)]))
+            data[at + off:at + off + width] = _pick_int(draw, len(data), width).to_bytes(width, "little")
+    elif op == "prefix":
+        data[:0] = draw(st.sampled_from([b"\x80\x02}q\x00.", b"x" * 512, bytes(seed[:draw(st.integers(30, 200))])]))
+    else:
+        data += bytes(data[end:end + _EOCD.size])
+    return bytes(data)
+
+
+def _tar_checksum(header: bytearray) -> None:
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\x00 " % sum(header)
+
+
+@st.composite
+def tar_structure(draw, seed: bytes):
+    data = bytearray(seed)
+    with tarfile.open(fileobj=io.BytesIO(seed), mode="r:") as tf:
+        members = list(tf)
+    m = draw(st.sampled_from(members))
+    names = [x.name for x in members]
+    op = draw(st.sampled_from(["link", "size", "name", "type", "append"]))
+    h = bytearray(data[m.offset:m.offset + 512])
+    if op == "link":  # this member becomes a hard or symbolic link to another name
+        h[156:157] = draw(st.sampled_from([b"1", b"2"]))
+        target = draw(st.sampled_from(names + ["../x", "/etc/hostname", m.name, "missing"]))
+        h[157:257] = target.encode().ljust(100, b"\x00")[:100]
+    elif op == "size":
+        h[124:136] = b"%011o\x00" % (_pick_int(draw, len(data), 4) & 0o77777777777)
+    elif op == "name":
+        h[0:100] = draw(st.sampled_from(names + ["storages", "pickle", "x/../pickle", "/pickle"])).encode().ljust(100, b"\x00")
+    elif op == "type":
+        h[156:157] = draw(st.sampled_from([b"0", b"\x00", b"3", b"5", b"6", b"7", b"x", b"g", b"L", b"K", b"S"]))
+    if op == "append":
+        extra = bytearray(512)
+        extra[0:7] = draw(st.sampled_from([b"pickle\x00", b"storage", b"sys_inf"]))
+        extra[100:108], extra[108:116], extra[116:124] = b"0000644\x00", b"0000000\x00", b"0000000\x00"
+        extra[124:136] = b"%011o\x00" % len(seed[:1024])
+        extra[136:148], extra[156:157], extra[257:263] = b"00000000000\x00", b"0", b"ustar\x00"
+        _tar_checksum(extra)
+        at = len(data) - 1024 if data.endswith(bytes(1024)) else len(data)
+        data[at:at] = bytes(extra) + seed[:1024]
+    else:
+        _tar_checksum(h)
+        data[m.offset:m.offset + 512] = h
+    return bytes(data)
+
+
+@st.composite
+def hdf5_structure(draw, seed: bytes):
+    """Superblock version 0 (h5py's default): base, free-space, end-of-file, driver and root
+    object header addresses at fixed offsets (no checksum guards them)."""
+    data = bytearray(seed)
+    assert data[8] == 0, "the seed's superblock is not version 0"
+    off = draw(st.sampled_from([13, 14, 24, 32, 40, 48, 56, 64]))
+    if off in (13, 14):  # size of offsets / lengths
+        data[off] = draw(st.sampled_from([0, 1, 2, 3, 4, 8, 16, 255]))
+    else:
+        data[off:off + 8] = _pick_int(draw, len(data), 8).to_bytes(8, "little")
+    if draw(st.booleans()):  # and a user block: the whole file moved by 512 bytes
+        data[:0] = bytes(draw(st.sampled_from([bytes(512), _tar([("pickle", b"\x80\x02N.")])[:512]])))
+    return bytes(data)
+
+
+STRUCTURE = {"zip": zip_structure, "tar": tar_structure, "hdf5": hdf5_structure}
+
+
+@pytest.mark.parametrize("fmt", sorted(CONTAINERS))
+@FUZZ
+@given(data=st.data())
+def test_container_structure_mutations_open_or_raise_weightkit_error(worker, seeds, fmt, data):
+    seed, suffix = seeds[fmt]
+    blob = data.draw(STRUCTURE[CONTAINERS[fmt]](seed))
+    result = worker.run(blob, suffix)
+    check(result, f"{fmt} (input saved as {worker.keep(blob, suffix)})" if not result["ok"] else fmt)
+
+
 # ---- regressions found by fuzzing -----------------------------------------------------------
 def test_legacy_tar_checkpoint_is_refused_clearly(tmp_path):
     """torch's oldest format is not read (torch.load reads it only with weights_only=False): one
