@@ -35,10 +35,10 @@ from weightkit.errors import SourceNotFoundError, WeightkitError
 from weightkit.formats.shard_index import index_shards, looks_like_index
 from weightkit.formats.special import open_regular, refuse_special, special_kind
 from weightkit.scanner._allowlist import SAFE_GLOBALS
-from weightkit.scanner._containers import is_tar_header, scan_blob, scan_json
+from weightkit.scanner._containers import is_tar_header, scan_blob, scan_json, signatures
 from weightkit.scanner.report import RULES, Ctx, Finding, ScanReport
 
-__all__ = ["scan", "scan_file", "scan_bytes", "ScanReport", "Finding", "RULES", "safe_globals"]
+__all__ = ["scan", "scan_file", "scan_bytes", "file_formats", "ScanReport", "Finding", "RULES", "safe_globals"]
 
 _ALLOW_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz",
@@ -147,6 +147,16 @@ def scan_bytes(data: bytes, name: str = "<bytes>", *, allow: Iterable[str] = ())
     ctx = Ctx(_check_allow(allow))
     _guarded(ctx, lambda: scan_blob(ctx, data, None, 0), None)
     return ctx.report(name)
+
+
+def file_formats(path: str | os.PathLike) -> list[str]:
+    """The formats whose signature the file carries (zip, npy, safetensors, h5, torch-tar), by
+    the scanner's own checks; a reader refuses a file that is more than one (a polyglot)."""
+    with open_regular(path) as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return []
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return signatures(mm)
 
 
 def _guarded(ctx: Ctx, fn, member) -> None:

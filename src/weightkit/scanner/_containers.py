@@ -604,6 +604,13 @@ def scan_json(ctx, fh, member, *, strict: bool) -> None:
             ctx.add(rule, message, member, global_name=name)
 
 
+def signatures(data) -> list[str]:
+    """The formats whose signature ``data`` carries (a tar only if ``tarfile`` opens it); more than
+    one means loaders disagree on what the file is. Nothing past the first headers is read."""
+    head = bytes(data[:16])
+    return [fmt for fmt, matches, _ in _VIEWS if matches(data, head)]
+
+
 def _view_npy(ctx, data, member, depth, path):
     scan_npy(ctx, data, member, depth)
     try:
