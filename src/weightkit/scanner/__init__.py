@@ -33,11 +33,12 @@ from typing import Iterable
 
 from weightkit.errors import SourceNotFoundError, WeightkitError
 from weightkit.formats.shard_index import index_shards, looks_like_index
+from weightkit.formats.special import open_regular, refuse_special, special_kind
 from weightkit.scanner._allowlist import SAFE_GLOBALS
-from weightkit.scanner._containers import scan_blob
+from weightkit.scanner._containers import is_tar_header, scan_blob, scan_json, signatures
 from weightkit.scanner.report import RULES, Ctx, Finding, ScanReport
 
-__all__ = ["scan", "scan_file", "scan_bytes", "ScanReport", "Finding", "RULES", "safe_globals"]
+__all__ = ["scan", "scan_file", "scan_bytes", "file_formats", "ScanReport", "Finding", "RULES", "safe_globals"]
 
 _ALLOW_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz",
@@ -71,8 +72,11 @@ def scan(path: str | os.PathLike, *, allow: Iterable[str] = ()) -> ScanReport:
             code-execution gadgets cannot be allowed.
 
     Raises:
-        SourceNotFoundError: the path does not exist. Damaged or hostile content never raises:
-            it becomes findings (verdict ``unreadable`` or ``malicious``).
+        SourceNotFoundError: the path does not exist.
+        UnsupportedFormatError: the path is a FIFO, device or socket (not opened: reading could
+            block forever); inside a directory such files are a ``special-file`` finding.
+            Damaged or hostile content never raises: it becomes findings (verdict ``unreadable``
+            or ``malicious``).
 
     Example:
         >>> import weightkit, tempfile, os, torch
@@ -85,23 +89,32 @@ def scan(path: str | os.PathLike, *, allow: Iterable[str] = ()) -> ScanReport:
     p = Path(path)
     if not p.exists():
         raise SourceNotFoundError(f"{p}: no such file or directory; check the path")
+    refuse_special(p)
     ctx = Ctx(allowed)
     if p.is_dir():
         ctx.format = "directory"
         skipped = 0
-        files = sorted(f for f in p.rglob("*") if f.is_file())
+        files = []
+        for f in sorted(p.rglob("*")):
+            kind = special_kind(f)
+            if kind is not None:
+                ctx.add("special-file", f"{kind}, not a regular file: not opened", f.relative_to(p).as_posix())
+            elif f.is_file():
+                files.append(f)
         if len(files) > _MAX_DIR_FILES:
             ctx.add("limit-exceeded", f"{len(files)} files; only the first {_MAX_DIR_FILES} are scanned")
         for f in files[:_MAX_DIR_FILES]:
             rel = f.relative_to(p).as_posix()
-            if _weightlike(f):
+            if f.name.lower().endswith(".json"):  # Keras reads config.json before any weights
+                _scan_path(ctx, f, rel, json_config=True)
+            elif _weightlike(f):
                 _scan_path(ctx, f, rel)
             else:
                 skipped += 1
         if skipped:
             ctx.add("skipped", f"{skipped} files that are not weights files (by name and first bytes) were not inspected")
     elif not _shard_index(ctx, p):
-        _scan_path(ctx, p, None)
+        _scan_path(ctx, p, None, json_config=p.name.lower().endswith(".json"))
     return ctx.report(str(path))
 
 
@@ -110,10 +123,10 @@ def _shard_index(ctx: Ctx, path: Path) -> bool:
     code) is judged by the shards it lists, scanned here; False when ``path`` is not one."""
 
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             if not looks_like_index(fh.read(4096)):
                 return False
-    except OSError:
+    except (OSError, WeightkitError):
         return False
     ctx.format = "shard index"
     try:
@@ -136,6 +149,16 @@ def scan_bytes(data: bytes, name: str = "<bytes>", *, allow: Iterable[str] = ())
     return ctx.report(name)
 
 
+def file_formats(path: str | os.PathLike) -> list[str]:
+    """The formats whose signature the file carries (zip, npy, safetensors, h5, torch-tar), by
+    the scanner's own checks; a reader refuses a file that is more than one (a polyglot)."""
+    with open_regular(path) as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return []
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return signatures(mm)
+
+
 def _guarded(ctx: Ctx, fn, member) -> None:
     try:
         fn()
@@ -147,13 +170,21 @@ def _guarded(ctx: Ctx, fn, member) -> None:
         ctx.add("container-error", f"cannot be inspected ({type(e).__name__}: {str(e)[:120]})", member)
 
 
-def _scan_path(ctx: Ctx, path: Path, member) -> None:
+def _scan_path(ctx: Ctx, path: Path, member, *, json_config: bool = False) -> None:
+    """One file; ``json_config``: a ``.json`` file, judged as a Keras config."""
     try:
-        fh = open(path, "rb")
+        fh = open_regular(path)
     except OSError as e:
         ctx.add("container-error", f"cannot be read ({e.strerror})", member)
         return
+    except WeightkitError as e:  # swapped for a FIFO or device since it was listed
+        ctx.add("special-file", str(e), member)
+        return
     with fh:
+        if json_config:
+            _guarded(ctx, lambda: scan_json(ctx, fh, member, strict=member is None
+                                            or path.name.lower() == "config.json"), member)
+            return
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
             _guarded(ctx, lambda: scan_blob(ctx, b"", member, 0), member)
@@ -172,9 +203,9 @@ def _weightlike(path: Path) -> bool:
     if path.name.lower().endswith(_WEIGHT_SUFFIXES):
         return True
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(520)
-    except OSError:
+        with open_regular(path) as fh:
+            head = fh.read(1032)
+    except (OSError, WeightkitError):
         return True
-    return (head.startswith((b"PK\x03\x04", b"\x93NUMPY", b"\x89HDF\r\n\x1a\n"))
-            or (len(head) > 1 and head[0] == 0x80 and 1 <= head[1] <= 5) or head[257:262] == b"ustar")
+    return (head.startswith((b"PK\x03\x04", b"\x93NUMPY")) or b"\x89HDF\r\n\x1a\n" in (head[:8], head[512:520], head[1024:])
+            or (len(head) > 1 and head[0] == 0x80 and 1 <= head[1] <= 5) or is_tar_header(head))

@@ -13,6 +13,7 @@ after their pickles, safetensors/npy are judged by their headers.
 from __future__ import annotations
 
 import io
+import posixpath
 import re
 import struct
 import tarfile
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from weightkit.errors import CorruptFileError
 from weightkit.formats import npy, safetensors
-from weightkit.formats.hdf5 import check_global_heaps, scan_global_heaps
+from weightkit.formats.hdf5 import check_global_heaps, reaches_outside, scan_global_heaps
 from weightkit.scanner._allowlist import keras_findings, storage_element_size
 from weightkit.scanner._pickle import OPCODES, PickleResult, _Global, walk
 from weightkit.scanner.report import Ctx
@@ -31,6 +32,7 @@ from weightkit.scanner.report import Ctx
 MAX_DEPTH = 3  # nested archives / nested pickle payloads
 MAX_MEMBERS = 100_000
 MAX_MEMBER_BYTES = 512 << 20  # one pickle/config/nested archive read into memory
+MAX_JSON_BYTES = 64 << 20  # a JSON config (the Keras readers' limit too)
 MAX_RATIO = 500  # compression ratio above which a big member is a bomb
 MAX_SEQUENCE = 1_000_000  # pickles in a legacy stream
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -60,9 +62,12 @@ def _is_opcode(b: int) -> bool:
     return b in OPCODES and b != ord("P")  # a zip's "PK" would be PERSID, which loaders refuse
 
 
-# ---- dispatch -------------------------------------------------------------------------------
+# ---- dispatch ----------------------------------------------------------------------------------
 def scan_blob(ctx: Ctx, data, member, depth: int, path=None) -> None:
-    """Scan ``data`` (bytes or mmap of the whole file/member) as every loader would see it."""
+    """Scan ``data`` (bytes or mmap of the whole file/member) as every loader would see it: as each
+    format whose signature it carries (zip at byte 0, npy, safetensors, HDF5 at byte 0/512/1024/…,
+    a tar ``tarfile`` opens), then as a pickle from byte 0 and as a zip found by its end record.
+    Each view is judged; bytes that are two formats at once are a ``polyglot``."""
     if depth > MAX_DEPTH:
         ctx.add("limit-exceeded", f"nested deeper than {MAX_DEPTH} levels; not inspected", member)
         return
@@ -71,40 +76,35 @@ def scan_blob(ctx: Ctx, data, member, depth: int, path=None) -> None:
         ctx.add("unknown-format", "empty file: not a weights file", member)
         return
     head = bytes(data[:16])
-    if head.startswith(b"PK\x03\x04"):
-        return scan_zip(ctx, data, member, depth, path)
-    handled = True
-    if npy.looks_like(head):
-        ctx.kind("npy", depth)
-        scan_npy(ctx, data, member, depth)
-    elif safetensors.looks_like(head):
-        ctx.kind("safetensors", depth)
-        scan_safetensors(ctx, data, member)
-    elif _hdf5_offset(data) is not None:
-        ctx.kind("h5", depth)
-        scan_h5(ctx, data, member, path)
-    elif _is_tar(data):
-        ctx.kind("torch-tar", depth)
-        scan_tar(ctx, data, member, depth)
-    elif _is_opcode(data[0]):
-        handled = False
-        scan_pickle_stream(ctx, data, member, depth)
-    else:
-        handled = False
-        if _zip_end(data) is None:
-            ctx.kind("unknown", depth)
-            ctx.add("unknown-format", f"not a known weights format (first bytes {head[:8]!r})", member)
-    if handled and _is_opcode(data[0]):  # the same bytes read as a pickle, as torch.load would
+    views: list[str] = []  # formats whose own parser accepts the bytes
+    candidates = 0
+    for fmt, matches, scan in _VIEWS:
+        if matches(data, head):
+            candidates += 1
+            if fmt != "zip":  # scan_zip names its kind (keras, torch-zip, npz…)
+                ctx.kind(fmt, depth)
+            if scan(ctx, data, member, depth, path) is not False and not (
+                    fmt == "h5" and views == ["zip"] and _is_stored_member(data, _hdf5_offset(data))):
+                views.append(fmt)
+    if candidates and _is_opcode(data[0]):  # the same bytes read as a pickle, as torch.load would
         r = walk(data, 0, allow=ctx.allow, member=member)
         if r.ok or r.globals:
-            ctx.add("polyglot", "the file also parses as a pickle from byte 0; torch.load would unpickle it", member, 0)
+            views.append("pickle")
             ctx.findings.extend(f for f in r.findings if f.severity != "info")
             ctx.globals.update(r.globals)
+    elif not candidates and _is_opcode(data[0]):
+        scan_pickle_stream(ctx, data, member, depth)
+    if len(views) > 1:
+        ctx.add("polyglot", f"the file is at once {' and '.join(views)}: each loader that takes it for one of "
+                "them reads different content", member, 0)
     off = _zip_end(data)
     if off is not None:
         ctx.add("polyglot", "a zip archive is appended: zip readers see its members, torch.load reads the start",
                 member, off)
         scan_zip(ctx, data, member, depth, path, embedded=True)
+    elif not candidates and not _is_opcode(data[0]):
+        ctx.kind("unknown", depth)
+        ctx.add("unknown-format", f"not a known weights format (first bytes {head[:8]!r})", member)
 
 
 def scan_pickle_stream(ctx: Ctx, data, member, depth, start=0, end=None, base=0) -> None:
@@ -158,6 +158,22 @@ def _zip_end(data):
         return None
 
 
+def _is_stored_member(data, offset) -> bool:
+    """Whether ``offset`` is where the data of a stored member of the zip ``data`` starts: an
+    HDF5 signature there (a ``.keras`` weights member landing on byte 4096) is that member, the
+    same bytes for every reader, not a second format."""
+    try:
+        with zipfile.ZipFile(_reader(data)) as zf:
+            for info in zf.infolist():
+                local = bytes(data[info.header_offset:info.header_offset + 30])
+                if (info.compress_type == zipfile.ZIP_STORED and local[:4] == b"PK\x03\x04"
+                        and info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30])) == offset):
+                    return True
+    except Exception:
+        pass
+    return False
+
+
 def _reader(data):
     return io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else _MMapFile(data)
 
@@ -176,6 +192,12 @@ class _MMapFile(io.RawIOBase):
 
     def tell(self):
         return self.pos
+
+    def read(self, size=-1):  # RawIOBase.read allocates ``size`` first: a tar header may declare 2**40
+        stop = len(self.mm) if size is None or size < 0 else min(len(self.mm), self.pos + size)
+        chunk = bytes(self.mm[self.pos:stop]) if stop > self.pos else b""
+        self.pos += len(chunk)
+        return chunk
 
     def readinto(self, b):
         chunk = self.mm[self.pos:self.pos + len(b)]
@@ -311,40 +333,119 @@ def _scan_local(ctx, data, start, stop, member, depth):
 
 
 # ---- tar (legacy torch) ---------------------------------------------------------------------
-def _is_tar(data) -> bool:
-    if len(data) < 512:
-        return False
+_TAR_LOADED = ("sys_info", "pickle", "storages", "tensors")  # what torch's legacy loader reads, by name
+_MAX_LINK_HOPS = 32
+
+
+def is_tar_header(head) -> bool:
+    """Whether 512 bytes are a tar header block ``tarfile`` accepts (V7, ustar, GNU or pax)."""
     try:
-        tarfile.TarInfo.frombuf(bytes(data[:512]), "utf-8", "surrogateescape")
+        tarfile.TarInfo.frombuf(bytes(head[:512]), "utf-8", "surrogateescape")
         return True
     except Exception:
         return False
 
 
-def scan_tar(ctx, data, member, depth) -> None:
+def _is_tar(data) -> bool:
+    """Whether ``tarfile.open(mode="r:")`` opens the bytes, as ``torch.load`` tries first for a
+    file that does not start like a zip (it reads the first member's headers only)."""
+    if len(data) < 512 or not is_tar_header(data[:512]):
+        return False
     try:
-        tf = tarfile.open(fileobj=_reader(data), mode="r:")
-        k = 0
+        tarfile.open(fileobj=_reader(data), mode="r:", format=tarfile.PAX_FORMAT).close()
+        return True
+    except Exception:
+        return False
+
+
+def _link_target(members: list, i: int):
+    """``(member, outside)``: the member a link resolves to the way ``tarfile`` extracts it (a
+    symlink relative to its own folder, searched in the whole archive; a hard link among the
+    members before it), or ``None``; ``outside``: its path leaves the archive (absolute or
+    ``..``), so an extracting loader reads a file of the machine instead."""
+    m = members[i]
+    if m.issym():
+        name, pool = posixpath.join(posixpath.dirname(m.name), m.linkname), members
+    else:
+        name, pool = m.linkname, members[:i]
+    norm = posixpath.normpath(name)
+    outside = m.linkname.startswith("/") or norm == ".." or norm.startswith("../")
+    return next((c for c in reversed(pool) if posixpath.normpath(c.name) == norm), None), outside
+
+
+def scan_tar(ctx, data, member, depth) -> bool:
+    """A tar (torch's oldest checkpoint format): what torch reads by name (``pickle``, ``storages``,
+    ``tensors``, ``sys_info``), links resolved to the member they stand for, and any other member
+    whose bytes parse as a pickle or that is an archive."""
+    try:
+        tf = tarfile.open(fileobj=_reader(data), mode="r:", format=tarfile.PAX_FORMAT)
+        members: list[tarfile.TarInfo] = []
         for m in tf:
-            k += 1
-            if k > MAX_MEMBERS:
+            if len(members) >= MAX_MEMBERS:
                 ctx.add("limit-exceeded", f"more than {MAX_MEMBERS} tar members", member)
                 break
-            if not m.isfile():
-                continue
-            start, end, where = m.offset_data, m.offset_data + m.size, _join(member, m.name)
-            if end > len(data):
-                ctx.add("container-error", "tar member runs past the end of the file", where)
-                continue
-            if m.name in ("storages", "tensors"):
-                _legacy_sequence(ctx, data, start, end, where, depth, m.name)
-            elif m.name in ("pickle", "sys_info") or m.name.lower().endswith((".pkl", ".pickle")):
-                scan_pickle_stream(ctx, data, where, depth, start, end, start)
-            elif end > start and (bytes(data[start:start + 4]) == b"PK\x03\x04" or m.name.lower().endswith(_ARCHIVES)):
-                if m.size <= MAX_MEMBER_BYTES and ctx.budget(m.size, where):
-                    scan_blob(ctx, bytes(data[start:end]), where, depth + 1)
+            members.append(m)
     except Exception as e:
         ctx.add("container-error", f"tar archive unreadable ({type(e).__name__}: {str(e)[:80]})", member)
+        return False
+    for i, m in enumerate(members):
+        where = _join(member, m.name)
+        try:
+            target = _resolve_links(ctx, members, i, where)
+            if target is not None and target.isfile():
+                _scan_tar_member(ctx, tf, data, m.name, target, where, depth)
+        except Exception as e:  # one odd member must not hide the others
+            ctx.add("container-error", f"tar member cannot be inspected ({type(e).__name__})", where)
+    return True
+
+
+def _resolve_links(ctx, members, i, where):
+    """The member that member ``i`` stands for (itself unless a link), or ``None``; links that
+    hide what torch reads, or that leave the archive, are findings."""
+    m, hops = members[i], 0
+    while m.islnk() or m.issym():
+        kind = "symlink" if m.issym() else "hard link"
+        target, outside = _link_target(members, members.index(m))
+        if outside:
+            ctx.add("tar-link", f"{kind} to {m.linkname!r}, outside the archive: a loader that extracts it "
+                    "reads that file of the machine", where)
+            return None
+        if members[i].name in _TAR_LOADED and hops == 0:
+            ctx.add("tar-link", f"torch reads {members[i].name!r}, a {kind} to {m.linkname!r}: torch.save never "
+                    "writes links; the target is scanned as that member", where)
+        hops += 1
+        if target is None or hops > _MAX_LINK_HOPS:
+            return None  # tarfile cannot resolve it either: extraction fails
+        m = target
+    return m
+
+
+def _scan_tar_member(ctx, tf, data, name, m, where, depth) -> None:
+    """Member ``m``'s content, judged as what a loader reading it as ``name`` sees."""
+    if m.issparse():  # the content has holes the raw bytes lack: read it the way tarfile does
+        if m.size > MAX_MEMBER_BYTES or not ctx.budget(m.size, where):
+            return
+        fh = tf.extractfile(m)
+        data, start, end = (fh.read(MAX_MEMBER_BYTES) if fh else b""), 0, m.size
+    else:
+        start, end = m.offset_data, m.offset_data + m.size
+    if end > len(data):
+        ctx.add("container-error", "tar member runs past the end of the file", where)
+        return
+    if name in ("storages", "tensors"):
+        _legacy_sequence(ctx, data, start, end, where, depth, name)
+    elif name in ("pickle", "sys_info") or name.lower().endswith((".pkl", ".pickle")):
+        scan_pickle_stream(ctx, data, where, depth, start, end, start)
+    elif end > start and _is_opcode(data[start]) and _parses_as_pickle(ctx, data, start, end):
+        scan_pickle_stream(ctx, data, where, depth, start, end, start)
+    elif end > start and (bytes(data[start:start + 4]) == b"PK\x03\x04" or name.lower().endswith(_ARCHIVES)):
+        if m.size <= MAX_MEMBER_BYTES and ctx.budget(m.size, where):
+            scan_blob(ctx, bytes(data[start:end]), where, depth + 1)
+
+
+def _parses_as_pickle(ctx, data, start, end) -> bool:
+    r = walk(data, start, end, base=start, allow=ctx.allow)
+    return r.ok or bool(r.globals)
 
 
 def _legacy_sequence(ctx, data, start, end, where, depth, kind) -> None:
@@ -416,14 +517,17 @@ def scan_npy(ctx, data, member, depth) -> None:
 
 
 # ---- safetensors ----------------------------------------------------------------------------
-def scan_safetensors(ctx, data, member) -> None:
-    """The header only, checked by the readers' own parser; tensor bytes hold no code."""
+def scan_safetensors(ctx, data, member) -> bool:
+    """The header only, checked by the readers' own parser; tensor bytes hold no code. False
+    when the header is refused (a finding)."""
     where = _join(member, "header")
     ctx.members.append(where)
     try:
         safetensors.parse(where, data, len(data))
+        return True
     except CorruptFileError as e:
         ctx.add("container-error", f"invalid safetensors header: {_problem(e, where)}", where)
+        return False
 
 
 def _problem(e: CorruptFileError, name: str) -> str:
@@ -438,21 +542,25 @@ def _keras_json(ctx, raw, where) -> None:
 
 
 def _hdf5_offset(data):
+    """Where libhdf5 finds the superblock: the signature at byte 0, 512, 1024, 2048, … (a user
+    block before it may hold another format)."""
     off = 0
-    while off + 8 <= len(data) and off <= (1 << 24):
+    while off + 8 <= len(data):
         if bytes(data[off:off + 8]) == _HDF5:
             return off
         off = 512 if off == 0 else off * 2
     return None
 
 
-def scan_h5(ctx, data, member, path=None) -> None:
+def scan_h5(ctx, data, member, path=None) -> bool:
+    """The Keras configs in the attributes, and every object that makes libhdf5 read outside the
+    file (``formats.hdf5.reaches_outside``); False when h5py cannot open it (a finding)."""
     where = _join(member, "attrs")
     try:
         import h5py
     except ImportError:
         ctx.add("container-error", "HDF5 file: install h5py to check its Keras config", member)
-        return
+        return False
 
     try:  # the readers' own guard: libhdf5 loops forever on some corrupt global heaps
         if path is not None:
@@ -461,7 +569,7 @@ def scan_h5(ctx, data, member, path=None) -> None:
             scan_global_heaps(Path(member or "hdf5"), bytes(data), 0, len(data))
     except CorruptFileError as e:
         ctx.add("container-error", f"HDF5 file unreadable ({str(e)[:120]})", member)
-        return
+        return False
     try:
         with h5py.File(path if path is not None else io.BytesIO(bytes(data)), "r") as f:
             ctx.members.append(where)
@@ -469,5 +577,58 @@ def scan_h5(ctx, data, member, path=None) -> None:
                 if attr in f.attrs:
                     v = f.attrs[attr]
                     _keras_json(ctx, v.encode() if isinstance(v, str) else bytes(v), _join(member, attr))
+            for name, what, target in reaches_outside(f):
+                if what != "soft link":  # stays in the file; only the readers refuse it (walks may loop)
+                    ctx.add("hdf5-external", f"{what} pointing at {target!r}: reading it reads outside the file",
+                            _join(member, name))
+    except CorruptFileError as e:
+        ctx.add("limit-exceeded", _problem(e, str(path or member)), member)
     except Exception as e:
         ctx.add("container-error", f"HDF5 file unreadable ({type(e).__name__}: {str(e)[:80]})", member)
+        return False
+    return True
+
+
+def scan_json(ctx, fh, member, *, strict: bool) -> None:
+    """A JSON file (``config.json`` of a Keras model directory, or any ``*.json``) judged as a
+    Keras config: Keras deserialises ``config.json`` before it reads any weights. ``strict``:
+    a file that is not JSON is a finding (else: not a config, nothing to judge)."""
+    ctx.kind("json", 0)
+    raw = fh.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        ctx.add("limit-exceeded", f"JSON file over {MAX_JSON_BYTES >> 20} MiB; not inspected", member)
+        return
+    ctx.members.append(member or "config")
+    for rule, message, name in keras_findings(raw, ctx.allow):
+        if strict or rule != "container-error":
+            ctx.add(rule, message, member, global_name=name)
+
+
+def signatures(data) -> list[str]:
+    """The formats whose signature ``data`` carries (a tar only if ``tarfile`` opens it); more than
+    one means loaders disagree on what the file is. Nothing past the first headers is read."""
+    head = bytes(data[:16])
+    return [fmt for fmt, matches, _ in _VIEWS if matches(data, head)]
+
+
+def _view_npy(ctx, data, member, depth, path):
+    scan_npy(ctx, data, member, depth)
+    try:
+        npy.parse(member or "array", data, len(data))
+        return True
+    except CorruptFileError:
+        return False
+
+
+# (format, whether the bytes carry its signature, its scan returning False when its parser refuses
+# the bytes), in the order of ScanReport.format; torch.load's own order is zip, tar, pickle
+_VIEWS = (
+    ("zip", lambda data, head: head.startswith(b"PK\x03\x04"), scan_zip),
+    ("npy", lambda data, head: npy.looks_like(head), _view_npy),
+    ("safetensors", lambda data, head: safetensors.looks_like(head),
+     lambda ctx, data, member, depth, path: scan_safetensors(ctx, data, member)),
+    ("h5", lambda data, head: _hdf5_offset(data) is not None,
+     lambda ctx, data, member, depth, path: scan_h5(ctx, data, member, path)),
+    ("torch-tar", lambda data, head: _is_tar(data),
+     lambda ctx, data, member, depth, path: scan_tar(ctx, data, member, depth)),
+)

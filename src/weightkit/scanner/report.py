@@ -30,6 +30,11 @@ RULES: dict[str, tuple[str, str, str]] = {
     "polyglot": ("critical", "malicious", "the file is two formats at once, so loaders see different content"),
     "zip-duplicate": ("critical", "malicious", "a zip holds two members with the same name"),
     "keras-lambda": ("critical", "malicious", "a Keras Lambda layer: its config holds marshalled bytecode"),
+    "tar-link": ("critical", "malicious",
+                 "a tar member torch reads is a link, or a link leaves the archive (torch would read a local file)"),
+    "hdf5-external": ("critical", "malicious",
+                      "an HDF5 object reads outside the file: external storage, virtual dataset, external link, "
+                      "object reference"),
     "global-needs-code": ("warning", "needs-code", "imports a class or function that is not on the allow-list"),
     "numpy-object-array": ("warning", "needs-code", "a numpy object array: its data is a pickle"),
     "keras-custom-object": ("warning", "needs-code", "a Keras config names a custom (non-Keras) object"),
@@ -40,6 +45,7 @@ RULES: dict[str, tuple[str, str, str]] = {
     "container-error": ("warning", "unreadable", "the container (zip, tar, npy, safetensors, HDF5) is damaged"),
     "limit-exceeded": ("warning", "unreadable", "a size, count or depth limit was hit (zip bomb?)"),
     "unknown-format": ("warning", "unreadable", "not a weights format the scanner knows"),
+    "special-file": ("warning", "unreadable", "a FIFO, device or socket: not opened (a loader would block or read forever)"),
     "user-allowed": ("info", "safe", "a global allowed by the caller (allow=/--allow)"),
     "skipped": ("info", "safe", "a file or member that holds no code and was not inspected"),
 }

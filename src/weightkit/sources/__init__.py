@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from weightkit.errors import CorruptFileError, SourceNotFoundError, UnsupportedFormatError, WeightkitError
+from weightkit.formats.special import refuse_special
 from weightkit.sources._base import (
     RawTensor,
     Reader,
@@ -62,6 +63,7 @@ def _open_with(spec, path: Path) -> Reader:
 def _open_path(path: Path, specs, *, forced: bool) -> Reader:
     if not path.exists():
         raise SourceNotFoundError(f"{path}: no such file or directory; check the path")
+    refuse_special(path)  # before any reader opens it: a FIFO would block the open forever
     if path.is_dir():
         head = None
     else:

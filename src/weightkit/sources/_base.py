@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 import numpy as np
 
 from weightkit._dtypes import is_viewed
+from weightkit.formats.special import open_regular
 from weightkit.layers import split_rnn_name
 
 __all__ = ["RawTensor", "Reader", "ReaderSpec", "register_reader", "list_readers", "sniff_head"]
@@ -204,7 +205,7 @@ HEAD_BYTES = 4096
 
 
 def sniff_head(path: Path) -> bytes:
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         return fh.read(HEAD_BYTES)
 
 

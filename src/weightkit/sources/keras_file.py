@@ -30,7 +30,7 @@ import numpy as np
 
 from weightkit import _dtypes
 from weightkit.errors import CorruptFileError, UnsupportedFormatError, WeightkitError, require
-from weightkit.formats.hdf5 import check_global_heaps
+from weightkit.formats.hdf5 import check_global_heaps, refuse_outside
 from weightkit.sources._base import RawTensor, ReaderBase, register_reader
 from weightkit.sources.keras_model import (
     BUFFERS,
@@ -169,6 +169,7 @@ class KerasFileReader(ReaderBase):
             source = self._open_archive() if format == "keras" else path
             _check_global_heaps(path, source)
             self._h5 = self._h5py.File(source, "r")
+            refuse_outside(path, self._h5)
             self._list()
         if not self._raw and not shard:
             self.close()
@@ -179,8 +180,9 @@ class KerasFileReader(ReaderBase):
         """The weights member of a ``.keras`` zip (or directory), as a file h5py can read."""
         if self.path.is_dir():
             for member, attr in (("config.json", "_config"), ("metadata.json", "_meta")):
-                if (self.path / member).is_file():
-                    setattr(self, attr, json.loads((self.path / member).read_text()) or {})
+                file = self.path / member
+                if file.is_file() and file.stat().st_size < _MAX_JSON:
+                    setattr(self, attr, json.loads(file.read_text()) or {})
             return self.path / _WEIGHTS
         with zipfile.ZipFile(self.path) as zf:
             infos = {i.filename: i for i in zf.infolist()}

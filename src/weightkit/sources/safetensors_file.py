@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from weightkit import _dtypes
-from weightkit.errors import CorruptFileError
+from weightkit.errors import CorruptFileError, UnsafeCheckpointError
 from weightkit.formats import safetensors
+from weightkit.scanner import file_formats
 from weightkit.sources._base import RawTensor, ReaderBase, model_order_key, register_reader
 
 
@@ -36,6 +37,11 @@ class _Shard:
     def __init__(self, path: Path):
         self.path = path
         header = safetensors.read(path)
+        formats = file_formats(path)
+        if len(formats) > 1:  # its tensor bytes make it another file for other loaders (a polyglot)
+            raise UnsafeCheckpointError(
+                f"{path}: refused: the file is at once {' and '.join(formats)}, so loaders that take it for another "
+                f"format read other content than its tensors (a polyglot); run `weightkit scan {path}` for details")
         self.header: dict[str, safetensors.TensorInfo] = header.tensors
         self.metadata: dict[str, str] = header.metadata
         self.data_start = header.data_start
