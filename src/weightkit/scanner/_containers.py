@@ -12,6 +12,7 @@ after their pickles, safetensors/npy are judged by their headers.
 
 from __future__ import annotations
 
+import bisect
 import io
 import posixpath
 import re
@@ -358,19 +359,20 @@ def _is_tar(data) -> bool:
         return False
 
 
-def _link_target(members: list, i: int):
-    """``(member, outside)``: the member a link resolves to the way ``tarfile`` extracts it (a
+def _link_target(members: list, by_name: dict, i: int):
+    """``(index, outside)``: the member a link resolves to the way ``tarfile`` extracts it (a
     symlink relative to its own folder, searched in the whole archive; a hard link among the
     members before it), or ``None``; ``outside``: its path leaves the archive (absolute or
-    ``..``), so an extracting loader reads a file of the machine instead."""
+    ``..``), so an extracting loader reads a file of the machine instead. ``by_name`` maps each
+    normalised name to the ascending indices of its members, so a link costs a bisection, not a
+    pass over the archive."""
     m = members[i]
-    if m.issym():
-        name, pool = posixpath.join(posixpath.dirname(m.name), m.linkname), members
-    else:
-        name, pool = m.linkname, members[:i]
+    name = posixpath.join(posixpath.dirname(m.name), m.linkname) if m.issym() else m.linkname
     norm = posixpath.normpath(name)
     outside = m.linkname.startswith("/") or norm == ".." or norm.startswith("../")
-    return next((c for c in reversed(pool) if posixpath.normpath(c.name) == norm), None), outside
+    found = by_name.get(norm, ())
+    k = len(found) if m.issym() else bisect.bisect_left(found, i)
+    return (found[k - 1] if k else None), outside
 
 
 def scan_tar(ctx, data, member, depth) -> bool:
@@ -388,10 +390,14 @@ def scan_tar(ctx, data, member, depth) -> bool:
     except Exception as e:
         ctx.add("container-error", f"tar archive unreadable ({type(e).__name__}: {str(e)[:80]})", member)
         return False
+    by_name: dict[str, list[int]] = {}
+    memo: dict[int, tuple] = {}
+    for i, m in enumerate(members):
+        by_name.setdefault(posixpath.normpath(m.name), []).append(i)
     for i, m in enumerate(members):
         where = _join(member, m.name)
         try:
-            target = _resolve_links(ctx, members, i, where)
+            target = _resolve_links(ctx, members, by_name, i, member, memo)
             if target is not None and target.isfile():
                 _scan_tar_member(ctx, tf, data, m.name, target, where, depth)
         except Exception as e:  # one odd member must not hide the others
@@ -399,25 +405,40 @@ def scan_tar(ctx, data, member, depth) -> bool:
     return True
 
 
-def _resolve_links(ctx, members, i, where):
+def _resolve_links(ctx, members, by_name, i, member, memo):
     """The member that member ``i`` stands for (itself unless a link), or ``None``; links that
-    hide what torch reads, or that leave the archive, are findings."""
-    m, hops = members[i], 0
-    while m.islnk() or m.issym():
-        kind = "symlink" if m.issym() else "hard link"
-        target, outside = _link_target(members, members.index(m))
-        if outside:
-            ctx.add("tar-link", f"{kind} to {m.linkname!r}, outside the archive: a loader that extracts it "
-                    "reads that file of the machine", where)
-            return None
-        if members[i].name in _TAR_LOADED and hops == 0:
-            ctx.add("tar-link", f"torch reads {members[i].name!r}, a {kind} to {m.linkname!r}: torch.save never "
-                    "writes links; the target is scanned as that member", where)
-        hops += 1
-        if target is None or hops > _MAX_LINK_HOPS:
-            return None  # tarfile cannot resolve it either: extraction fails
-        m = target
-    return m
+    hide what torch reads, or that leave the archive, are findings. ``memo`` keeps each link's
+    end (index or ``None``, and whether the chain left the archive), so chains are walked once."""
+    m, where = members[i], _join(member, members[i].name)
+    if not (m.islnk() or m.issym()):
+        return m
+    kind = "symlink" if m.issym() else "hard link"
+    if m.name in _TAR_LOADED:
+        ctx.add("tar-link", f"torch reads {m.name!r}, a {kind} to {m.linkname!r}: torch.save never "
+                "writes links; the target is scanned as that member", where)
+    path, j, end = [], i, None
+    while j is not None and j not in memo and (members[j].islnk() or members[j].issym()):
+        if len(path) > _MAX_LINK_HOPS:  # tarfile cannot resolve it either: extraction fails
+            break
+        path.append(j)
+        nxt, outside = _link_target(members, by_name, j)
+        if outside:  # reported at the link itself, once: it is memoised below
+            ctx.add("tar-link", f"{'symlink' if members[j].issym() else 'hard link'} to {members[j].linkname!r}, "
+                    "outside the archive: a loader that extracts it reads that file of the machine",
+                    _join(member, members[j].name))
+            end = (None, members[j].linkname)
+            break
+        j = nxt
+    else:
+        end = memo[j] if j in memo else (j, None)
+    end = end or (None, None)
+    for k in path:
+        memo[k] = end
+    target, left_to = end
+    if left_to is not None and m.name in _TAR_LOADED and path[-1:] != [i]:
+        ctx.add("tar-link", f"{kind} to {m.linkname!r} leads outside the archive ({left_to!r}): a loader that "
+                "extracts it reads that file of the machine", where)
+    return None if target is None else members[target]
 
 
 def _scan_tar_member(ctx, tf, data, name, m, where, depth) -> None:
