@@ -7,6 +7,7 @@ from typing import Iterator
 
 from rich import box
 from rich.console import RenderableType
+from rich.table import Table
 
 from weightkit.analyses.summary import Summary
 from weightkit.render._format import LiteralTable, LongTable, line, text
@@ -90,7 +91,7 @@ def _short_name(name: str, layer: str) -> str:
     return name
 
 
-def _totals_table(s: Summary) -> LiteralTable:
+def _totals_table(s: Summary) -> Table:
     tot = s.totals
     grid = LiteralTable.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -109,7 +110,7 @@ def _totals_table(s: Summary) -> LiteralTable:
     return grid
 
 
-def _metadata_table(meta: dict) -> LiteralTable:
+def _metadata_table(meta: dict) -> Table:
     grid = LiteralTable.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
