@@ -258,8 +258,12 @@ def run_dir(tmp_path_factory):
 def test_runs_list_and_show_are_literal(run_dir):
     name = RUN
     param = f"w{HOSTILE['clipboard']}{HOSTILE['style']}{HOSTILE['caret']}{HOSTILE['bidi']}"
-    out = cli("runs", "list", "--dir", run_dir).stdout
-    shows(out, name, f"boom{HOSTILE['clear']}{HOSTILE['close']}")
+    broken = run_dir / f"bad{IN_NAME}"  # a store runs list cannot read: it logs a warning naming it
+    broken.mkdir(exist_ok=True)
+    (broken / "watch.sqlite").write_bytes(b"not a database")
+    r = cli("runs", "list", "--dir", run_dir)
+    shows(r.stdout, name, f"boom{HOSTILE['clear']}{HOSTILE['close']}")
+    shows(r.stderr, f"bad{IN_NAME}")
     out = cli("runs", "show", name, "--dir", run_dir).stdout
     shows(out, name, param, f"Net{HOSTILE['clear']}{HOSTILE['close']}")
     data = json.loads(cli("runs", "show", name, "--dir", run_dir, "--json").stdout)

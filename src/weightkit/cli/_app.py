@@ -8,7 +8,9 @@ which keeps them literal too).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sys
 import warnings
@@ -51,11 +53,32 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     (file or sys.stderr).write("".join(literal(ln) + "\n" for ln in text.splitlines()))
 
 
-def guard(fn: Callable[[], int | None]) -> None:
-    """Run a command body; bad input becomes one line on stderr and exit code 2."""
+class _LiteralLog(logging.StreamHandler):
+    """weightkit's log records (``runs list`` names a run store it cannot read) on stderr, as
+    Python's last-resort handler prints them, with control characters escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return literal(super().format(record))
+
+
+@contextlib.contextmanager
+def _literal_side_output():
+    log = logging.getLogger("weightkit")
+    handler = _LiteralLog(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    log.addHandler(handler)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
+            yield
+    finally:
+        log.removeHandler(handler)
+
+
+def guard(fn: Callable[[], int | None]) -> None:
+    """Run a command body; bad input becomes one line on stderr and exit code 2."""
+    try:
+        with _literal_side_output():
             code = fn()
     except WeightkitError as e:
         fail(str(e) or type(e).__name__)
