@@ -75,6 +75,8 @@ def diff(a: Any, b: Any) -> DiffReport:
         if other.shape != w.shape:
             mismatch.append(w.name)
             continue
+        if not w.numel:
+            continue  # empty in both: nothing changed, nothing to read
         x = w.numpy().astype(np.float64)
         y = other.numpy().astype(np.float64)
         acc = sums.setdefault(w.layer, [0.0, 0.0, 0.0, 0])

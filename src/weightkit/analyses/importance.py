@@ -39,7 +39,8 @@ def _chain(ws) -> tuple[list[str], list[np.ndarray]]:
     names: list[str] = []
     mats: list[np.ndarray] = []
     for w in ws:
-        if w.is_buffer or w.ndim != 2 or w.role not in ("weight", "kernel") or w.kind not in ("Linear", "Dense"):
+        if (w.is_buffer or w.ndim != 2 or not w.numel or w.role not in ("weight", "kernel")
+                or w.kind not in ("Linear", "Dense")):
             continue
         m = matrix(w).astype(np.float64)  # (out, in)
         if mats and m.shape[1] != mats[-1].shape[0]:

@@ -22,6 +22,7 @@ from weightkit.edits.quantize import quantize as do_quantize
 from weightkit.edits.quantize import quantize_error as measure
 from weightkit.edits.save import save
 from weightkit.errors import WeightkitError
+from weightkit.render._format import text
 from weightkit.render._text import human_bytes
 from weightkit.render.console import renderable
 
@@ -168,9 +169,8 @@ def convert(
         if as_json:
             print_json(result)
         else:
-
-            console().print(f"wrote {path}: {kept['tensors']} tensors, {human_bytes(kept['bytes'])} "
-                            f"(from {src}, {kept['format']}); check it with: weightkit verify {path}")
+            console().print(text(f"wrote {path}: {kept['tensors']} tensors, {human_bytes(kept['bytes'])} "
+                                 f"(from {src}, {kept['format']}); check it with: weightkit verify {path}"))
 
     guard(run)
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from weightkit.cli._app import SELECT, app, guard, print_json
+from weightkit.cli._app import SELECT, app, guard, print_json, say
 from weightkit.errors import WeightkitError
 from weightkit.render import plots as p
 from weightkit.render.plots._mpl import save
@@ -55,6 +55,6 @@ def plot(
         if as_json:
             print_json({"kind": kind, "source": src, "output": str(output), "panels": len(fig.axes)})
         else:
-            typer.echo(f"wrote {output}")
+            say(f"wrote {output}")
 
     guard(run)

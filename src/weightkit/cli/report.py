@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from weightkit.cli._app import app, guard, print_json
+from weightkit.cli._app import app, guard, print_json, say
 from weightkit.render.report import report as build
 
 
@@ -26,6 +26,6 @@ def report(
         if as_json:
             print_json({"path": info.path, "bytes": info.bytes, "sections": info.sections})
         else:
-            typer.echo(f"wrote {info.path} ({info.bytes / 1e6:.1f} MB): {', '.join(info.sections)}")
+            say(f"wrote {info.path} ({info.bytes / 1e6:.1f} MB): {', '.join(info.sections)}")
 
     guard(run_)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from weightkit.cli._app import app, console, guard, print_json
+from weightkit.cli._app import app, console, guard, print_json, say
 from weightkit.errors import WeightkitError
+from weightkit.render.console import parts
 from weightkit.render.plots._mpl import save
 from weightkit.render.plots.grad_flow import plot_grad_flow
 from weightkit.render.runs import render_run, render_run_list
@@ -34,10 +35,7 @@ def list_(
         if as_json:
             print_json({"dir": str(dir), "runs": [r.to_dict() for r in runs]})
         else:
-
-            out = console()
-            for part in render_run_list(runs, str(dir)):
-                out.print(part)
+            console().print(parts(render_run_list(runs, str(dir))))
 
     guard(run)
 
@@ -55,10 +53,7 @@ def show(
             if as_json:
                 print_json(r.to_dict())
             else:
-
-                out = console()
-                for part in render_run(r):
-                    out.print(part)
+                console().print(parts(render_run(r)))
 
     guard(run)
 
@@ -82,7 +77,7 @@ def plot(
         if as_json:
             print_json({"run": name, "output": str(output), "panels": len(fig.axes), "steps": steps})
         else:
-            typer.echo(f"wrote {output}")
+            say(f"wrote {output}")
 
     guard(run)
 
@@ -107,7 +102,7 @@ def export(
         else:
             what = f"{result['rows']} rows" if "rows" in result else \
                 f"{result['scalars']} scalars, {result['histograms']} histograms"
-            typer.echo(f"wrote {output} ({format}, {what})")
+            say(f"wrote {output} ({format}, {what})")
 
     guard(run)
 

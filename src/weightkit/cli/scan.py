@@ -9,7 +9,7 @@ import typer
 
 from weightkit.cli._app import EXIT_FINDINGS, EXIT_OK, app, console, guard, print_json
 from weightkit.errors import SourceNotFoundError
-from weightkit.render.scan_table import render_scans
+from weightkit.render.console import renderable
 from weightkit.scanner import scan as scan_path
 
 
@@ -33,9 +33,7 @@ def scan(
         if as_json:
             print_json([r.to_dict() for r in reports])
         else:
-            out = console()
-            for part in render_scans(reports):
-                out.print(part)
+            console().print(renderable(reports))
         return EXIT_OK if all(r.safe for r in reports) else EXIT_FINDINGS
 
     guard(run)

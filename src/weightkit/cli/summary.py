@@ -9,6 +9,7 @@ import typer
 
 from weightkit.analyses.summary import summary as summarize
 from weightkit.cli._app import SELECT, app, console, guard, print_json
+from weightkit.render._format import LiteralTable
 from weightkit.render.console import renderable
 from weightkit.sources._base import reader_specs
 
@@ -42,9 +43,7 @@ def formats(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
         if as_json:
             print_json(specs)
             return
-        from rich.table import Table
-
-        table = Table("format", "kind", "file names", "what", show_edge=False, header_style="bold")
+        table = LiteralTable("format", "kind", "file names", "what", show_edge=False, header_style="bold")
         for s in specs:
             table.add_row(s["name"], s["kind"], " ".join(s["suffixes"]), s["description"])
         console().print(table)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from weightkit import _dtypes
+from weightkit.errors import CorruptFileError
 from weightkit.layers import UNKNOWN, LayerFacts, axis_spec, in_axis, infer_kind, out_axis, spec_fields, split_rnn_name
 
 if TYPE_CHECKING:
@@ -91,7 +92,20 @@ class Weight:
 
     def raw(self) -> np.ndarray:
         """Storage as stored (bfloat16 as ``uint16``, float8 as ``uint8``); may be a read-only view."""
+        if self.numel == 0 and self.dtype in _dtypes.DTYPES:
+            return self._empty()
         return self._reader.read(self._key)
+
+    def _empty(self) -> np.ndarray:
+        """A tensor with no elements, read from nothing. numpy refuses shapes whose non-zero
+        dimensions multiply past 2**63 bytes (``[2**63, 0, 3, 3]``, valid in a safetensors header)."""
+        try:
+            return np.empty(self.shape, dtype=_dtypes.DTYPES[self.dtype][1])
+        except ValueError:
+            raise CorruptFileError(
+                f"{self._reader.description}: tensor {self.name!r} has shape {list(self.shape)}, which no numpy "
+                "or torch array can hold (sizes are 64-bit integers); it has no values: re-save the file "
+                "without it") from None
 
     def raw_range(self, start: int, stop: int) -> np.ndarray:
         """Raw storage of flat elements ``[start, stop)``, read without loading the rest."""
@@ -109,6 +123,8 @@ class Weight:
 
     def torch(self):
         """The tensor as ``torch.Tensor`` in its own dtype (bfloat16 stays bfloat16)."""
+        if self.numel == 0 and self.dtype in _dtypes.DTYPES:
+            self._empty()  # refuses a shape no array can hold with a one-line error
         return self._reader.read_torch(self._key)
 
     def chunks(self, *, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:

@@ -62,13 +62,27 @@ class Entry:
         return math.prod(self.shape) * _dtypes.itemsize(self.dtype)
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _header(entries: list[Entry], metadata: dict[str, str]) -> bytes:
     head: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     pos = 0
     for e in entries:
         head[e.name] = {"dtype": _CODES[e.dtype], "shape": list(e.shape), "data_offsets": [pos, pos + e.nbytes]}
         pos += e.nbytes
-    raw = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        raw = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        # a name read from a pickle or a JSON escape can hold a lone surrogate, which UTF-8 cannot encode
+        bad = next(s for s in (*(e.name for e in entries), *metadata, *metadata.values()) if not _is_utf8(s))
+        raise UnsupportedFormatError(f"{bad!r} is not valid Unicode (it holds a lone surrogate), and a safetensors "
+                                     "header is UTF-8; rename it before saving") from None
     raw += b" " * (-(8 + len(raw)) % 8)  # data starts 8-byte aligned, as safetensors writes it
     return struct.pack("<Q", len(raw)) + raw
 

@@ -1,15 +1,87 @@
-"""The table style of the terminal renderers, and ``LongTable`` for tables of thousands of rows
-(display strings of numbers and sizes are in :mod:`weightkit.render._text`)."""
+"""What every terminal renderer shares: literal text, the table that holds only literal text, the
+table style, and ``LongTable`` for tables of thousands of rows (display strings of numbers, sizes
+and names are in :mod:`weightkit.render._text`).
+
+Names, metadata, paths and messages come from files and run stores, so nothing here lets rich
+read a string as markup (``[/x]`` raises MarkupError, ``[link=…]`` makes a hyperlink) or emoji
+codes, and every control character is shown escaped (:func:`weightkit.render._text.literal`).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich import box
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
+
+from weightkit.render._text import literal
 
 
-def plain_table() -> Table:
+def text(value: Any, style: str = "") -> Text:
+    """``value`` as literal text: no markup, no emoji codes, control characters made visible (rich's
+    ``Text`` alone would drop CR, BEL and backspace but pass ESC)."""
+    return Text(literal(value), style=style)
+
+
+def line(*parts: str | tuple[str, str]) -> Text:
+    """``Text.assemble`` of literal parts, each ``"text"`` or ``("text", "style")``."""
+    return Text.assemble(*((literal(p[0]), p[1]) if isinstance(p, tuple) else literal(p) for p in parts))
+
+
+def literal_text(t: Text) -> Text:
+    """``t`` with its control characters made visible and its styles kept on the same characters."""
+    plain = t.plain
+    if literal(plain) == plain:
+        return t
+    ends = [0]
+    for ch in plain:
+        ends.append(ends[-1] + len(literal(ch)))
+    out = t.blank_copy(literal(plain))
+    for span in t.spans:
+        out.stylize(span.style, ends[span.start], ends[span.end])
+    return out
+
+
+def _cell(value):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, Text):
+        return literal_text(value)
+    if isinstance(value, Group):
+        return Group(*map(_cell, value.renderables), fit=value.fit)
+    raise TypeError(f"a table cell must be str, Text or a Group of them, not {type(value).__name__}")
+
+
+class LiteralTable(Table):
+    """A rich Table whose cells are always literal text: a ``str`` cell becomes :func:`text`, a
+    ``Text`` cell :func:`literal_text`, a ``Group`` of them (several lines in one cell) has each made
+    literal, and nothing else is accepted; so a new column cannot forget it (rich would read a str
+    cell as markup)."""
+
+    def add_row(self, *renderables, style=None, end_section: bool = False) -> None:
+        super().add_row(*map(_cell, renderables), style=style, end_section=end_section)
+
+
+def shown(part: RenderableType) -> RenderableType:
+    """A part a renderer yields, made literal: strings and Text as above; a table must be a
+    :class:`LiteralTable` (a plain rich Table would read its string cells as markup)."""
+    if isinstance(part, str):
+        return text(part)
+    if isinstance(part, Text):
+        return literal_text(part)
+    table = part.table if isinstance(part, LongTable) else part
+    if isinstance(table, Table) and not isinstance(table, LiteralTable):
+        raise TypeError("a terminal renderer yielded a rich Table; build it as LiteralTable so its cells stay literal")
+    return part
+
+
+def plain_table() -> LiteralTable:
     """An empty table: bold header over a rule, no outer edge."""
-    return Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD, padding=(0, 1))
+    return LiteralTable(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD, padding=(0, 1))
 
 
 def right_columns(table: Table, *headers: str) -> None:

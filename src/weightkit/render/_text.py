@@ -1,7 +1,42 @@
-"""Display strings of numbers, sizes and shapes: the one place they are spelled, for tables and
-the HTML report alike (no rich here, so the report needs no terminal library)."""
+"""Display strings of numbers, sizes, shapes and names: the one place they are spelled, for tables,
+plots and the HTML report alike (no rich here, so the report needs no terminal library)."""
 
 from __future__ import annotations
+
+import re
+
+# Characters a terminal, a text layout or an XML file would act on rather than show: C0 controls
+# (ESC starts CSI/OSC sequences: clear the screen, retitle the window, hyperlinks, OSC 52 writes
+# the clipboard; CR rewrites the line, BEL rings), DEL, C1 controls (0x9b is a one-byte CSI,
+# 0x9d a one-byte OSC on terminals that honour 8-bit controls), the Unicode line and paragraph
+# separators, lone surrogates (a JSON header may spell them; printing one raises
+# UnicodeEncodeError), and the bidi embeddings, overrides and isolates U+202A-U+202E,
+# U+2066-U+2069 (with the marks U+200E, U+200F, U+061C), which reorder the text around them, so
+# that a name can display as another ("Trojan Source", CVE-2021-42574).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                     "\ud800-\udfff]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _visible(m: re.Match) -> str:
+    ch = m.group()
+    return _NAMED.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+
+
+def literal(value: object) -> str:
+    """``value`` as text that shows itself: every character a terminal or a text layout would act on
+    spelled as its Python escape (``"a\\x1b[2J"`` -> ``"a\\\\x1b[2J"``); everything else unchanged.
+
+    Strings from a file or a run store (names, metadata, paths, error messages that quote them)
+    pass through here before they are shown; rich markup is kept literal separately, by showing
+    them as ``rich.text.Text`` (see :mod:`weightkit.render._format`).
+
+    Example:
+        >>> literal("conv\\x1b]52;c;aGk=\\x07.weight"), literal("fc.weight")
+        ('conv\\\\x1b]52;c;aGk=\\\\x07.weight', 'fc.weight')
+    """
+    text = value if isinstance(value, str) else str(value)
+    return _UNSAFE.sub(_visible, text) if _UNSAFE.search(text) else text
 
 
 def human_bytes(n: int) -> str:

@@ -26,6 +26,7 @@ from weightkit.analyses.summary import Summary
 from weightkit.edits.load import VerifyReport
 from weightkit.edits.prune import PruneReport
 from weightkit.edits.quantize import QuantizeReport
+from weightkit.render._format import shown
 from weightkit.render.compress_table import render_prune, render_quantize, render_verify
 from weightkit.render.doctor_table import render_doctor
 from weightkit.render.scan_table import render_scans
@@ -33,7 +34,7 @@ from weightkit.render.stats_table import render_stats
 from weightkit.render.summary_table import render_summary
 from weightkit.scanner import ScanReport
 
-__all__ = ["renderable"]
+__all__ = ["renderable", "parts"]
 
 
 class _AtWidth:
@@ -43,7 +44,15 @@ class _AtWidth:
         self._parts = parts
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield from self._parts(options.max_width)
+        # every part as literal text: names and messages come from files (see render._format)
+        yield from map(shown, self._parts(options.max_width))
+
+
+def parts(items: Iterable[RenderableType]) -> RenderableType:
+    """Renderables a terminal renderer yielded (``render.runs``), shown as :func:`renderable` shows
+    a result: as literal text."""
+    items = list(items)
+    return _AtWidth(lambda width: items)
 
 
 @singledispatch
@@ -70,17 +79,17 @@ def _(result: DoctorReport) -> RenderableType:
 
 @renderable.register
 def _(result: PruneReport) -> RenderableType:
-    return render_prune(result)
+    return _AtWidth(lambda width: render_prune(result))
 
 
 @renderable.register
 def _(result: QuantizeReport) -> RenderableType:
-    return render_quantize(result)
+    return _AtWidth(lambda width: render_quantize(result))
 
 
 @renderable.register
 def _(result: VerifyReport) -> RenderableType:
-    return render_verify(result)
+    return _AtWidth(lambda width: render_verify(result))
 
 
 @renderable.register

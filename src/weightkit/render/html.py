@@ -4,11 +4,18 @@ data URIs, histograms as inline SVG), with no request to anything outside the fi
 from __future__ import annotations
 
 import base64
-from html import escape
+from html import escape as html_escape
 from typing import Any
 
 from weightkit._version import __version__
-from weightkit.render._text import human_bytes, human_count, num, shape_str
+from weightkit.render._text import human_bytes, human_count, literal, num, shape_str
+
+
+def escape(value: str, quote: bool = True) -> str:
+    """``value`` as HTML text: markup escaped, and control and bidi characters spelled out as in the
+    terminal (a browser would drop the one and reorder text around the other)."""
+    return html_escape(literal(value), quote=quote)
+
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}

@@ -93,12 +93,13 @@ def _along_depth(items: list, k: int) -> list:
 
 def _pictures(ws, data: ReportData) -> None:
 
-    convs = [w for w in ws if not w.is_buffer and any(t in KERNEL_TOKENS for t in w.axis_tokens)]
+    # an empty tensor has nothing to draw
+    convs = [w for w in ws if not w.is_buffer and w.numel and any(t in KERNEL_TOKENS for t in w.axis_tokens)]
     for w in _along_depth(convs, MAX_FILTER_LAYERS):
         data.pictures.setdefault("filters", []).append((w.name, _png(plot_filters(ws, select=_exactly(w.name), max_filters=32))))
     if len(convs) > MAX_FILTER_LAYERS:
         data.notes.append(f"filters drawn for {MAX_FILTER_LAYERS} of {len(convs)} conv layers, first to last")
-    dense = [w for w in ws if not w.is_buffer and w.ndim == 2 and w.kind in ("Linear", "Dense")]
+    dense = [w for w in ws if not w.is_buffer and w.numel and w.ndim == 2 and w.kind in ("Linear", "Dense")]
     for w in _along_depth(dense, MAX_HEATMAPS):
         data.pictures.setdefault("heatmaps", []).append((w.name, _png(plot_heatmap(ws, select=_exactly(w.name), max_size=128))))
     if len(dense) > MAX_HEATMAPS:

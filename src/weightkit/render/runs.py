@@ -8,7 +8,7 @@ from typing import Iterator
 from rich.console import RenderableType
 from rich.text import Text
 
-from weightkit.render._format import LongTable, plain_table, right_columns
+from weightkit.render._format import LongTable, line, plain_table, right_columns, text
 from weightkit.render._text import num, shape_str
 
 KIND_STYLE = {"nonfinite_grad": "bold red", "nonfinite_weight": "bold red", "exploding": "red", "vanishing": "yellow",
@@ -21,15 +21,15 @@ def _when(ts: float) -> str:
 
 def _ratio(v: float | None) -> Text:
     if v is None:
-        return Text("—", style="dim")
+        return text("—", style="dim")
     style = "yellow" if v == v and (v > 1e-1 or v < 1e-5) else ""
-    return Text(num(v), style=style)
+    return text(num(v), style=style)
 
 
 def render_run_list(runs, run_dir: str) -> Iterator[RenderableType]:
     """The ``runs list`` table: name, steps, params, alerts, status, last modified."""
     if not runs:
-        yield Text(f"no runs in {run_dir}", style="dim")
+        yield text(f"no runs in {run_dir}", style="dim")
         return
     table = plain_table()
     table.add_column("run", overflow="fold")
@@ -37,10 +37,10 @@ def render_run_list(runs, run_dir: str) -> Iterator[RenderableType]:
     table.add_column("status")
     table.add_column("last modified")
     for r in runs:
-        table.add_row(Text(r.name, style="cyan"), f"{r.steps:,}", "—" if r.last_step is None else f"{r.last_step:,}",
-                      f"{r.params:,}", Text(str(r.alerts), style="bold red" if r.alerts else "dim"),
-                      Text(r.status, style="red" if r.status.startswith("failed") else ""), _when(r.modified))
-    yield Text.assemble(("weightkit runs in ", "bold"), (run_dir, "cyan"), f"  ({len(runs)})")
+        table.add_row(text(r.name, style="cyan"), f"{r.steps:,}", "—" if r.last_step is None else f"{r.last_step:,}",
+                      f"{r.params:,}", text(str(r.alerts), style="bold red" if r.alerts else "dim"),
+                      text(r.status, style="red" if r.status.startswith("failed") else ""), _when(r.modified))
+    yield line(("weightkit runs in ", "bold"), (run_dir, "cyan"), f"  ({len(runs)})")
     yield table
 
 
@@ -49,7 +49,7 @@ def render_run(run) -> Iterator[RenderableType]:
     m = run.meta
     steps = run.steps
     span = f"steps {steps[0]}–{steps[-1]}" if len(steps) else "no measured step yet"
-    yield Text.assemble(("weightkit run ", "bold"), (run.name, "cyan"),
+    yield line(("weightkit run ", "bold"), (run.name, "cyan"),
                         f"  {m.get('framework', '?')} {m.get('model', '?')}, optimizer {m.get('optimizer') or 'none'}, "
                         f"every {m.get('every', '?')} {m.get('steps_are', 'steps')}; {len(steps)} measured ({span}); "
                         f"status {m.get('status', '?')}")
@@ -61,17 +61,17 @@ def render_run(run) -> Iterator[RenderableType]:
         gmax = row["grad_norm_max"]
         table.add_row(
             row["name"], shape_str(row["shape"]),
-            num(row["grad_norm_latest"]) if row["grad_norm_latest"] is not None else Text("no grad", style="magenta"),
+            num(row["grad_norm_latest"]) if row["grad_norm_latest"] is not None else text("no grad", style="magenta"),
             "—" if gmax is None else f"{num(gmax)} ({row['grad_norm_max_step']})",
             _ratio(row["update_ratio_latest"]), _ratio(row["update_ratio_median"]),
             num(row["weight_norm_latest"]),
-            Text(str(row["nonfinite_first_step"]), style="bold red") if row["nonfinite_first_step"] is not None
-            else Text("no", style="dim"),
-            Text(str(row["alerts"]), style="bold red") if row["alerts"] else Text("0", style="dim"))
+            text(str(row["nonfinite_first_step"]), style="bold red") if row["nonfinite_first_step"] is not None
+            else text("no", style="dim"),
+            text(str(row["alerts"]), style="bold red") if row["alerts"] else text("0", style="dim"))
     yield LongTable(table)
     alerts = run.alerts
     if not alerts:
-        yield Text("no alerts", style="green")
+        yield text("no alerts", style="green")
     else:
         at = plain_table()
         at.add_column("step", justify="right")
@@ -79,8 +79,8 @@ def render_run(run) -> Iterator[RenderableType]:
         at.add_column("parameter", overflow="fold")
         at.add_column("message", overflow="fold")
         for a in alerts:
-            at.add_row(str(a.step), Text(a.kind, style=KIND_STYLE.get(a.kind, "")), a.param or "—", a.message)
-        yield Text(f"{len(alerts)} alert(s)", style="bold red")
+            at.add_row(str(a.step), text(a.kind, style=KIND_STYLE.get(a.kind, "")), a.param or "—", a.message)
+        yield text(f"{len(alerts)} alert(s)", style="bold red")
         yield at
-    yield Text("update/weight: ‖Δw‖/‖w‖ of the optimizer step (rule of thumb ≈ 1e-3); NaN/Inf from step: the first "
+    yield text("update/weight: ‖Δw‖/‖w‖ of the optimizer step (rule of thumb ≈ 1e-3); NaN/Inf from step: the first "
                "step with a non-finite gradient or weight. NaN values print as 'nan'.", style="dim")

@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Iterator
 
 from rich.console import RenderableType
-from rich.table import Table
-from rich.text import Text
 
 from weightkit.analyses.statistics.result import StatsReport, TensorStats
-from weightkit.render._format import LongTable, plain_table, right_columns
+from weightkit.render._format import LiteralTable, LongTable, line, plain_table, right_columns, text
 from weightkit.render._text import human_bytes, human_count, num
 
 SPARK = " ▁▂▃▄▅▆▇█"
@@ -26,7 +24,7 @@ def sparkline(counts: list[int], width: int = 16) -> str:
 
 
 def render_stats(r: StatsReport, width: int = 120) -> Iterator[RenderableType]:
-    yield Text.assemble(("weightkit stats ", "bold"), (r.source, "cyan"), f"  ({r.format})")
+    yield line(("weightkit stats ", "bold"), (r.source, "cyan"), f"  ({r.format})")
     table = plain_table()
     table.add_column("tensor", overflow="fold", no_wrap=width >= 140, min_width=14)
     right_columns(table, "mean", "std", "min", "max", "L2 norm", "zeros", "nan/inf")
@@ -36,34 +34,34 @@ def render_stats(r: StatsReport, width: int = 120) -> Iterator[RenderableType]:
         table.add_row(*_row(t, width >= 110))
     yield LongTable(table)
     tot = r.total
-    grid = Table.grid(padding=(0, 2))
+    grid = LiteralTable.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
     grid.add_row("parameters", f"{human_count(tot.count)} values in {tot.tensors} tensors: mean {num(tot.mean)}, "
                  f"std {num(tot.std)}, absmax {num(tot.absmax)}, L2 norm {num(tot.l2_norm)}")
     bad = tot.nan + tot.posinf + tot.neginf
-    grid.add_row("non-finite", Text(f"{tot.nan:,} NaN, {tot.posinf:,} +Inf, {tot.neginf:,} -Inf",
+    grid.add_row("non-finite", text(f"{tot.nan:,} NaN, {tot.posinf:,} +Inf, {tot.neginf:,} -Inf",
                                     style="bold red" if bad else ""))
     grid.add_row("zeros", f"{tot.zeros:,} exact zeros; {tot.small:,} with |w| < {r.eps:g}")
     if tot.unreadable:
-        grid.add_row("unreadable", Text(f"{tot.unreadable} tensors could not be measured (see 'error')", style="red"))
+        grid.add_row("unreadable", text(f"{tot.unreadable} tensors could not be measured (see 'error')", style="red"))
     grid.add_row("read", f"{human_bytes(r.bytes_read)} in {r.seconds:.2f} s")
     yield grid
-    yield Text("Moments, min/max and histograms are over finite values; std is the population std (ddof=0). "
+    yield text("Moments, min/max and histograms are over finite values; std is the population std (ddof=0). "
                "histogram: the finite range, low to high.", style="dim")
 
 
 def _row(t: TensorStats, hist: bool) -> list:
     if t.error:
-        cells = [Text(t.name), Text(t.error, style="red"), "", "", "", "", "", ""]
+        cells = [text(t.name), text(t.error, style="red"), "", "", "", "", "", ""]
         return cells + ([""] if hist else [])
     bad = t.nan + t.posinf + t.neginf
     cells = [
-        Text(t.name, style="dim" if t.is_buffer else ""),
+        text(t.name, style="dim" if t.is_buffer else ""),
         num(t.mean), num(t.std), num(t.min), num(t.max), num(t.l2_norm),
         f"{100 * t.zeros / t.count:.1f}%" if t.count else "—",
-        Text(f"{t.nan}/{t.posinf + t.neginf}", style="bold red") if bad else Text("0", style="dim"),
+        text(f"{t.nan}/{t.posinf + t.neginf}", style="bold red") if bad else text("0", style="dim"),
     ]
     if hist:
-        cells.append(Text(sparkline(t.hist_counts), style="cyan"))
+        cells.append(text(sparkline(t.hist_counts), style="cyan"))
     return cells

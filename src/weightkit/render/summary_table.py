@@ -8,11 +8,10 @@ from typing import Iterator
 from rich import box
 from rich.console import RenderableType
 from rich.table import Table
-from rich.text import Text
 
 from weightkit.analyses.summary import Summary
-from weightkit.render._format import LongTable
-from weightkit.render._text import human_bytes, human_count, shape_str, tristate
+from weightkit.render._format import LiteralTable, LongTable, line, text
+from weightkit.render._text import human_bytes, human_count, literal, shape_str, tristate
 
 LEGEND = (
     "axes: what each dimension of the shape means, in order (e.g. Linear weight is out_features × in_features). "
@@ -22,26 +21,26 @@ LEGEND = (
 
 
 def render_summary(s: Summary, width: int = 120) -> Iterator[RenderableType]:
-    yield Text.assemble(("weightkit summary ", "bold"), (s.source, "cyan"), f"  ({s.format})")
+    yield line(("weightkit summary ", "bold"), (s.source, "cyan"), f"  ({s.format})")
     if s.filter:
-        yield Text(f"select: {s.filter}  ({s.totals.tensors} tensors match)", style="dim")
+        yield text(f"select: {s.filter}  ({s.totals.tensors} tensors match)", style="dim")
     yield LongTable(_tensor_table(s, width))
     yield _totals_table(s)
     if s.metadata:
         yield _metadata_table(s.metadata)
     inferred = any(t["kind_from"] in ("inferred", "name") for t in s.tensors)
     note = ", inferred from names and shapes where the file has no classes (unknown when unsure)" if inferred else ""
-    yield Text(LEGEND.format(inferred=note), style="dim")
+    yield text(LEGEND.format(inferred=note), style="dim")
 
 
-def _tensor_table(s: Summary, width: int) -> Table:
+def _tensor_table(s: Summary, width: int) -> LiteralTable:
     """One section per layer: a layer row (path, kind, totals), then one row per tensor.
 
     Narrow terminals (< 110 columns) drop the bytes column (the totals still give sizes) and
     fold long layer paths rather than squeeze the axes.
     """
     wide = width >= 110
-    table = Table(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD,
+    table = LiteralTable(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD,
                   padding=(0, 1), min_width=None)
     table.add_column("layer / tensor", no_wrap=width >= 120, overflow="fold", min_width=14)
     table.add_column("kind", no_wrap=True)
@@ -54,16 +53,16 @@ def _tensor_table(s: Summary, width: int) -> Table:
     table.add_column("train", justify="center", no_wrap=True)
     for layer, tensors in _by_layer(s.tensors):
         kind = tensors[0]["kind"]
-        kind_text = Text(kind, style="dim" if kind == "unknown" else "green")
+        kind_text = text(kind, style="dim" if kind == "unknown" else "green")
         if tensors[0]["kind_from"] in ("inferred", "name"):
             kind_text.append("*", style="dim")
         params = human_count(sum(t["numel"] for t in tensors if not t["is_buffer"]))
         size = [human_bytes(sum(t["nbytes"] for t in tensors))] if wide else []
-        table.add_row(Text(layer or "(top level)", style="bold"), kind_text, "", "", "", params, *size, "")
+        table.add_row(text(layer or "(top level)", style="bold"), kind_text, "", "", "", params, *size, "")
         for t in tensors:
-            name = Text("  " + _short_name(t["name"], layer))
+            name = text("  " + _short_name(t["name"], layer))
             if t["shared_with"]:
-                name.append(f" = {', '.join(t['shared_with'])}", style="magenta")
+                name.append(literal(f" = {', '.join(t['shared_with'])}"), style="magenta")
             size = [human_bytes(t["nbytes"])] if wide else []
             table.add_row(
                 name,
@@ -71,7 +70,7 @@ def _tensor_table(s: Summary, width: int) -> Table:
                 shape_str(t["shape"]),
                 ", ".join(t["axes"]),
                 t["dtype"],
-                Text(human_count(t["numel"]), style="dim" if t["is_buffer"] else ""),
+                text(human_count(t["numel"]), style="dim" if t["is_buffer"] else ""),
                 *size,
                 "buffer" if t["is_buffer"] else tristate(t["trainable"]),
             )
@@ -94,7 +93,7 @@ def _short_name(name: str, layer: str) -> str:
 
 def _totals_table(s: Summary) -> Table:
     tot = s.totals
-    grid = Table.grid(padding=(0, 2))
+    grid = LiteralTable.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
     parts = [f"{n:,} {what}" for n, what in ((tot.trainable, "trainable"), (tot.frozen, "frozen")) if n]
@@ -112,7 +111,7 @@ def _totals_table(s: Summary) -> Table:
 
 
 def _metadata_table(meta: dict) -> Table:
-    grid = Table.grid(padding=(0, 2))
+    grid = LiteralTable.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
     for key, value in meta.items():

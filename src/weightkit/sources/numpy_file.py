@@ -6,6 +6,7 @@ there: a ``.npy`` file is memory-mapped, an ``.npz`` member read when asked.
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 import zlib
@@ -123,14 +124,16 @@ class NpyReader(ReaderBase):
         except OSError as e:
             raise CorruptFileError(f"{path}: not a readable .npy file ({e}); the file may be truncated") from None
         self._dtype = _dtype_name(path, path.stem, header.dtype)  # refuses object arrays before mapping
+        self._header = header
+        # an empty array maps nothing, and numpy cannot even index some empty shapes ([2**63, 0])
         self._arr = np.memmap(path, dtype=header.dtype, mode="r", offset=header.data_start, shape=header.shape,
-                              order=_order(header))
+                              order=_order(header)) if math.prod(header.shape) else None
 
     def tensors(self) -> list[RawTensor]:
-        return [RawTensor(self.path.stem, self.path.stem, tuple(self._arr.shape), self._dtype)]
+        return [RawTensor(self.path.stem, self.path.stem, tuple(self._header.shape), self._dtype)]
 
     def read(self, key: str) -> np.ndarray:
-        return self._arr
+        return np.empty(self._header.shape, self._header.dtype) if self._arr is None else self._arr
 
     def metadata(self) -> dict[str, Any]:
         return {}

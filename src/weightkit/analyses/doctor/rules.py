@@ -42,8 +42,8 @@ def _fan_in(w) -> int | None:
 def _matrices(ctx: Context):
     """Weights with a known output axis, as (weight, rows) with one row per output unit."""
     for w in ctx.ws:
-        if w.is_buffer or w.ndim < 2 or not _dtypes.is_floating(w.dtype):
-            continue
+        if w.is_buffer or w.ndim < 2 or not w.numel or not _dtypes.is_floating(w.dtype):
+            continue  # an empty tensor has no units to check
         axis = _output_axis(w)
         if axis is None:
             continue
@@ -190,7 +190,7 @@ def batchnorm(ctx: Context) -> Iterator[Finding]:
                 {"min": vs.min},
             )
         tracked = roles.get("num_batches_tracked")
-        untouched_counter = tracked is not None and int(tracked.numpy().reshape(-1)[0]) == 0
+        untouched_counter = tracked is not None and tracked.numel > 0 and int(tracked.numpy().reshape(-1)[0]) == 0
         ms = stats.get(mean.name) if mean is not None else None
         initial_values = (ms is not None and vs is not None and ms.min == 0 == ms.max and vs.min == 1 == vs.max)
         if untouched_counter or initial_values:

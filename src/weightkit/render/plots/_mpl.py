@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 # Text properties for strings that come from a file or a caller (tensor names, paths, feature
 # names): matplotlib would read "$...$" in them as mathtext (a wrong picture, or an error at draw
-# time) and, under the user's rcParams text.usetex, the whole string as LaTeX.
+# time) and, under the user's rcParams text.usetex, the whole string as LaTeX. The strings
+# themselves pass through render._text.literal first: a control character would be a missing
+# glyph, quoted raw in matplotlib's warning, and invalid XML in an SVG.
 LITERAL: dict[str, Any] = {"parse_math": False, "usetex": False}
 
 

@@ -11,6 +11,7 @@ from weightkit.analyses.importance import feature_importance
 from weightkit.analyses.statistics import stats
 from weightkit.core.opening import as_weightset
 from weightkit.errors import WeightkitError
+from weightkit.render._text import literal
 from weightkit.render.plots._mpl import LITERAL, figure, grid
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def plot_hist(source: Any, *, select: Any = None, max_panels: int = 24, bins: in
         ax = fig.add_subplot(rows, cols, k + 1)
         edges = np.asarray(t.hist_edges)
         ax.stairs(t.hist_counts, edges, fill=True, color="#4c72b0")
-        ax.set_title(t.name, fontsize=7, **LITERAL)
+        ax.set_title(literal(t.name), fontsize=7, **LITERAL)
         ax.tick_params(labelsize=6)
     fig.tight_layout()
     return fig
@@ -66,8 +67,8 @@ def plot_norms(source: Any, *, select: Any = None) -> Figure:
     axes[1].bar(x, [g.std or 0.0 for g in layers], color="#dd8452")
     axes[1].set_ylabel("std")
     axes[1].set_yscale("log")
-    axes[1].set_xticks(x, [g.name or "(top)" for g in layers], rotation=90, fontsize=7, **LITERAL)
-    fig.suptitle(f"per-layer weight scale: {report.source}", fontsize=9, **LITERAL)
+    axes[1].set_xticks(x, [literal(g.name or "(top)") for g in layers], rotation=90, fontsize=7, **LITERAL)
+    fig.suptitle(literal(f"per-layer weight scale: {report.source}"), fontsize=9, **LITERAL)
     fig.tight_layout()
     return fig
 
@@ -91,7 +92,7 @@ def plot_importance(source: Any, *, feature_names: Sequence[str] | None = None, 
         # numeric positions with fixed labels, not a category axis: names stay literal, duplicates stay apart
         ax.barh(range(len(order)), [values[i] for i in order],
                 color=["#c44e52" if values[i] < 0 else "#4c72b0" for i in order])
-        ax.set_yticks(range(len(order)), [imp.features[i] for i in order], **LITERAL)
+        ax.set_yticks(range(len(order)), [literal(imp.features[i]) for i in order], **LITERAL)
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
     fig.suptitle(f"input-feature importance through {len(imp.layers)} layers", fontsize=9)
@@ -114,7 +115,7 @@ def plot_diff(a: Any, b: Any) -> Figure:
 
     report = diff(a, b)
     if not report.layers:
-        raise WeightkitError(f"{report.a} and {report.b} have no tensor names in common to compare")
+        raise WeightkitError(f"{report.a} and {report.b} have no tensors with values and names in common to compare")
     fig = figure((max(6, 0.35 * len(report.layers) + 2), 4))
     ax = fig.subplots()
     values = [c.relative if np.isfinite(c.relative) else np.nan for c in report.layers]
@@ -122,7 +123,7 @@ def plot_diff(a: Any, b: Any) -> Figure:
     ax.bar(range(len(values)), [max(v, floor) if np.isfinite(v) else floor for v in values], color="#55a868")
     ax.set_yscale("log")
     ax.set_ylabel("relative change ||A-B|| / ||B||")
-    ax.set_xticks(range(len(values)), [c.layer or "(top)" for c in report.layers], rotation=90, fontsize=7, **LITERAL)
-    ax.set_title(f"{report.a}  vs  {report.b}", fontsize=8, **LITERAL)
+    ax.set_xticks(range(len(values)), [literal(c.layer or "(top)") for c in report.layers], rotation=90, fontsize=7, **LITERAL)
+    ax.set_title(literal(f"{report.a}  vs  {report.b}"), fontsize=8, **LITERAL)
     fig.tight_layout()
     return fig

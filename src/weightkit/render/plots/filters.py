@@ -11,6 +11,7 @@ from weightkit.core.opening import as_weightset
 from weightkit.core.selector import Selector
 from weightkit.errors import WeightkitError
 from weightkit.layers import KERNEL_TOKENS
+from weightkit.render._text import literal
 from weightkit.render.plots._mpl import LITERAL, figure, grid
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 def _pick(ws, select: Any, want) -> Any:
     """The first weight of the kind drawn (``want``) that ``select`` names (any, without it)."""
-    candidates = [w for w in ws if w.role in ("weight", "kernel", "depthwise_kernel") and want(w)]
+    candidates = [w for w in ws if w.role in ("weight", "kernel", "depthwise_kernel") and w.numel and want(w)]
     if not candidates:
         raise WeightkitError(f"{ws.source}: no layer has weights of this kind to draw")
     return Selector.of(select).pick(candidates, source=ws.source)[0]
@@ -77,7 +78,7 @@ def plot_filters(source: Any, *, select: Any = None, mode: Literal["auto", "rgb"
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{i}" if c is None else f"{i}/{c}", fontsize=6)
-    fig.suptitle(f"{w.layer} ({w.kind}) filters, {mode}", fontsize=9, **LITERAL)
+    fig.suptitle(literal(f"{w.layer} ({w.kind}) filters, {mode}"), fontsize=9, **LITERAL)
     return fig
 
 
@@ -103,6 +104,6 @@ def plot_heatmap(source: Any, *, select: Any = None, max_size: int = 256) -> Fig
     ax.set_xlabel("input")
     ax.set_ylabel("output unit")
     shown = "" if m.shape == (w.shape[0], w.shape[1]) or m.shape == (w.shape[1], w.shape[0]) else " (block means)"
-    ax.set_title(f"{w.name} ({w.kind}){shown}", fontsize=9, **LITERAL)
+    ax.set_title(literal(f"{w.name} ({w.kind}){shown}"), fontsize=9, **LITERAL)
     fig.colorbar(im, ax=ax)
     return fig

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from weightkit.errors import WeightkitError
+from weightkit.render._text import literal
 from weightkit.render.plots._mpl import LITERAL, figure
 from weightkit.tracking.store import Run, open_run
 
@@ -60,7 +61,7 @@ def _draw(run: Run, include_bias: bool):
     pick = [i for i, p in enumerate(run.params) if include_bias or len(p.shape) >= 2]
     if not pick:
         pick = list(range(len(run.params)))
-    names = [run.params[i].name for i in pick]
+    names = [literal(run.params[i].name) for i in pick]
     steps = run.steps
     mean, mean_present = run._load("grad_absmean")
     mean, mean_present = mean[:, pick], mean_present[:, pick]
@@ -130,6 +131,6 @@ def _draw(run: Run, include_bias: bool):
     ax.set_xlabel("optimizer step")
     ax.set_title("update-to-weight ratio per layer", fontsize=9)
     ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"weightkit run {run.name}", fontsize=10, **LITERAL)
+    fig.suptitle(literal(f"weightkit run {run.name}"), fontsize=10, **LITERAL)
     fig.tight_layout()
     return fig
