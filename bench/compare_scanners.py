@@ -43,7 +43,9 @@ def run_tool(tool: str, bindir: Path, path: Path) -> str:
     if not exe.exists():
         return "absent"
     try:
-        rc = subprocess.run(TOOLS[tool](str(exe), path), capture_output=True, timeout=60).returncode
+        # cwd: fickling writes safety_results.json into the working directory
+        rc = subprocess.run(TOOLS[tool](str(exe), path), capture_output=True, timeout=60,
+                            cwd=path.parent).returncode
     except subprocess.TimeoutExpired:
         return "error"
     if tool == "modelscan" and rc == 3:  # modelscan's "no supported files found"

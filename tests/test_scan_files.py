@@ -201,3 +201,26 @@ def test_special_files_are_refused_before_they_are_opened(tmp_path):
     for command in ("scan", "summary"):
         r = subprocess.run([*RUN, command, str(fifo)], capture_output=True, text=True, timeout=60, env=_env())
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "FIFO" in r.stderr, r.stderr
+
+
+def _link_tar(links) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, target in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+def test_tar_link_chains_are_walked_once_and_a_way_out_is_reported_at_its_link():
+    import time
+
+    chain = _link_tar([(f"l{i}", f"l{i + 1}") for i in range(20_000)])
+    t = time.perf_counter()
+    assert weightkit.scanner.scan_bytes(chain).verdict == "safe"  # links to nothing load nothing
+    assert time.perf_counter() - t < 5
+    r = weightkit.scanner.scan_bytes(_link_tar([("a", "b"), ("b", "/etc/passwd")]))
+    assert r.verdict == "malicious" and [(f.rule, f.member) for f in r.findings] == [("tar-link", "b")]
+    r = weightkit.scanner.scan_bytes(_link_tar([("storages", "a"), ("a", "../x")]))
+    assert {f.member for f in r.findings if f.rule == "tar-link"} == {"storages", "a"}
