@@ -300,7 +300,10 @@ def _local(data, at: int) -> Local | str:
     _, flags, method, _, _, _, csize, usize, nlen, xlen = struct.unpack_from("<HHHHHIIIHH", data, at + 4)
     name = bytes(data[at + 30:at + 30 + nlen])
     if _U32 in (csize, usize) and xlen:
-        usize, csize, _ = _zip64_extra(bytes(data[at + 30 + nlen:at + 30 + nlen + xlen]), usize, csize, 0, False)
+        try:  # readers skip the local extra field; it only serves to compare sizes
+            usize, csize, _ = _zip64_extra(bytes(data[at + 30 + nlen:at + 30 + nlen + xlen]), usize, csize, 0, False)
+        except CorruptFileError:
+            pass
     return Local(at, name, method, flags, csize, usize, at + 30 + nlen + xlen)
 
 
