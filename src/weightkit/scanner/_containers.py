@@ -25,6 +25,7 @@ from pathlib import Path
 
 from weightkit.errors import CorruptFileError
 from weightkit.formats import npy, safetensors
+from weightkit.formats import zip as zipfmt
 from weightkit.formats.hdf5 import check_global_heaps, reaches_outside, scan_global_heaps
 from weightkit.scanner._allowlist import keras_findings, storage_element_size
 from weightkit.scanner._pickle import OPCODES, PickleResult, _Global, walk
@@ -33,7 +34,12 @@ from weightkit.scanner.report import Ctx
 MAX_DEPTH = 3  # nested archives / nested pickle payloads
 MAX_MEMBERS = 100_000
 MAX_MEMBER_BYTES = 512 << 20  # one pickle/config/nested archive read into memory
-MAX_JSON_BYTES = 64 << 20  # a JSON config (the Keras readers' limit too)
+MAX_CONFIG_BYTES = 64 << 20  # one JSON config read into memory (the Keras readers' limit too)
+SNIFF_BYTES = 64 << 10  # first bytes of a member tried as a pickle
+MAX_LOCAL_HEADERS = 4096  # local headers walked where no directory can be read
+MAX_LOCAL_BYTES = 64 << 20  # member bytes copied in that walk
+MAX_LOCAL_PICKLES = 64  # pickles scanned in that walk
+MAX_UNKNOWN_BYTES = 1 << 20  # bytes taken for a member whose local header gives no size
 MAX_RATIO = 500  # compression ratio above which a big member is a bomb
 MAX_SEQUENCE = 1_000_000  # pickles in a legacy stream
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -207,48 +213,103 @@ class _MMapFile(io.RawIOBase):
         return len(chunk)
 
 
-def _read_member(ctx, zf, info, name) -> bytes | None:
-    if info.file_size > MAX_MEMBER_BYTES or (info.compress_size and info.file_size > (1 << 20)
-                                             and info.file_size / info.compress_size > MAX_RATIO):
-        ctx.add("limit-exceeded", f"member declares {info.file_size} bytes (limit {MAX_MEMBER_BYTES}, "
-                f"ratio {info.file_size / max(info.compress_size, 1):.0f}); not read (zip bomb?)", name)
-        return None
-    chunks, total = [], 0
-    try:
-        with zf.open(info) as f:
-            while total <= MAX_MEMBER_BYTES:
-                c = f.read(1 << 20)
+class _Zipped:
+    """A member as ``zipfile`` reads it (numpy, Keras); as miniz reads it (``raw``) when zipfile
+    refuses its local header (another name there: miniz never compares them)."""
+
+    def __init__(self, zf, info, raw=None):
+        self.zf, self.info, self.raw = zf, info, raw
+        self.filename, self.file_size, self.compress_size = info.filename, info.file_size, info.compress_size
+
+    def read(self, limit: int) -> bytes:
+        try:
+            return self._read(limit)
+        except zipfile.BadZipFile:
+            if self.raw is None:
+                raise
+            return self.raw.read(limit)
+
+    def _read(self, limit: int) -> bytes:
+        chunks, total = [], 0
+        with self.zf.open(self.info) as f:
+            while total < limit:
+                c = f.read(min(1 << 20, limit - total))
                 if not c:
                     break
                 chunks.append(c)
                 total += len(c)
+        return b"".join(chunks)
+
+
+class _Raw:
+    """A member that another reader lists and ``zipfile`` does not, read as miniz reads it."""
+
+    def __init__(self, data, entry, local):
+        self.data, self.entry, self.local = data, entry, local
+        self.filename, self.file_size, self.compress_size = entry.filename, entry.usize, entry.csize
+
+    def read(self, limit: int) -> bytes:
+        return zipfmt.member_bytes(self.data, self.entry, self.local, limit=limit)
+
+
+def _read_member(ctx, m, name, limit=MAX_MEMBER_BYTES) -> bytes | None:
+    """The whole member, or ``None`` (and a finding) when it is too big, a bomb or unreadable."""
+    if m.file_size > limit or (m.compress_size and m.file_size > (1 << 20) and m.file_size / m.compress_size > MAX_RATIO):
+        ctx.add("limit-exceeded", f"member declares {m.file_size} bytes (limit {limit}, "
+                f"ratio {m.file_size / max(m.compress_size, 1):.0f}); not read (zip bomb?)", name)
+        return None
+    try:
+        blob = m.read(limit + 1)
     except Exception as e:  # CRC errors, encryption, bad compression
         ctx.add("container-error", f"member cannot be read ({type(e).__name__}: {str(e)[:80]})", name)
-    if total > MAX_MEMBER_BYTES:
-        ctx.add("limit-exceeded", f"member decompresses past {MAX_MEMBER_BYTES} bytes (zip bomb?)", name)
         return None
-    return b"".join(chunks) if ctx.budget(total, name) else None
+    if len(blob) > limit:
+        ctx.add("limit-exceeded", f"member decompresses past {limit} bytes (zip bomb?)", name)
+        return None
+    return blob if ctx.budget(len(blob), name) else None
+
+
+def _head(m, n: int) -> bytes:
+    try:
+        return m.read(n)
+    except Exception:
+        return b""
 
 
 def scan_zip(ctx: Ctx, data, member, depth, path=None, embedded=False) -> None:
+    """A zip, read the way every zip reader does (:mod:`weightkit.formats.zip`): where readers
+    disagree the file is ``zip-ambiguous``, and the members of every reader's view are scanned."""
+    lay = zipfmt.layout(data)
+    for message, at in lay.problems:
+        ctx.add("zip-ambiguous", f"{message}: readers see different content", member, at)
+    for message, at in lay.damage:
+        ctx.add("container-error", message, member, at)
+    for start, stop in lay.unlisted:  # members hidden there are read by streaming readers
+        _scan_local(ctx, data, start, stop, member, depth)
     try:
         zf = zipfile.ZipFile(_reader(data))
         infos = zf.infolist()
     except Exception as e:
         ctx.kind("zip", depth)
-        ctx.add("container-error", f"zip central directory unreadable ({type(e).__name__}); "
-                "members found by their local headers are scanned", member)
-        _scan_local(ctx, data, 0, len(data), member, depth)
+        if lay.members:
+            ctx.add("container-error", f"zipfile cannot read the archive ({type(e).__name__}); the members "
+                    "other readers list are scanned", member)
+            _scan_members(ctx, [_Raw(data, x, lay.locals[x.offset]) for x in lay.members[:MAX_MEMBERS]
+                                if not isinstance(lay.locals.get(x.offset), str)], member, depth)
+        else:
+            ctx.add("container-error", f"zip central directory unreadable ({type(e).__name__}); "
+                    "members found by their local headers are scanned", member)
+            _scan_local(ctx, data, 0, len(data), member, depth)
         return
     with zf:
         names = [i.filename for i in infos]
-        is_keras = "config.json" in names and ("model.weights.h5" in names or "metadata.json" in names)
         if all(n.endswith(".npy") for n in names) and names:
             ctx.kind("npz", depth)
-        elif is_keras:
+        elif "config.json" in names and ("model.weights.h5" in names or "metadata.json" in names):
             ctx.kind("keras", depth)
         else:
-            ctx.kind("torch-zip" if any(n.endswith("data.pkl") for n in names) else "zip", depth)
+            ctx.kind("torch-zip" if any(n.endswith("data.pkl") for n in names) else
+                     "keras" if "config.json" in names else "zip", depth)
         if len(infos) > MAX_MEMBERS:
             ctx.add("limit-exceeded", f"{len(infos)} members; only the first {MAX_MEMBERS} are scanned", member)
             infos = infos[:MAX_MEMBERS]
@@ -256,81 +317,111 @@ def scan_zip(ctx: Ctx, data, member, depth, path=None, embedded=False) -> None:
             if k > 1:
                 ctx.add("zip-duplicate", f"{k} members named {dup!r}: readers disagree on which one counts",
                         _join(member, dup))
+        folded = Counter(n.lower() for n in set(names))
+        for dup in sorted({n for n in names if folded[n.lower()] > 1}, key=str.lower):
+            ctx.add("zip-duplicate", f"{dup!r} differs from another member only in case: miniz (torch.load) "
+                    "finds members regardless of case", _join(member, dup))
         first = min((i.header_offset for i in infos), default=0)
         if first > 0 and not embedded:
             ctx.add("polyglot", f"{first} bytes before the first listed member (hidden entries or another file)", member, 0)
             _scan_local(ctx, data, 0, first, member, depth)
-        for info in infos:
-            try:
-                _scan_zip_member(ctx, zf, info, member, depth, is_keras)
-            except Exception as e:  # one odd member must not hide the others
-                ctx.add("container-error", f"member cannot be inspected ({type(e).__name__})", _join(member, info.filename))
+        raw = {(x.offset, x.filename): _Raw(data, x, lay.locals[x.offset]) for x in lay.members
+               if not isinstance(lay.locals.get(x.offset), str)}
+        zipped = [_Zipped(zf, i, raw.pop((i.header_offset, i.orig_filename), None)) for i in infos]
+        _scan_members(ctx, zipped + list(raw.values())[:max(0, MAX_MEMBERS - len(infos))], member, depth)
 
 
-def _scan_zip_member(ctx, zf, info, member, depth, is_keras):
-    name, where = info.filename, _join(member, info.filename)
-    if name.endswith("/") or _TENSOR_DATA.search(name):
+def _scan_members(ctx, members, member, depth) -> None:
+    for m in members:
+        try:
+            _scan_zip_member(ctx, m, member, depth)
+        except Exception as e:  # one odd member must not hide the others
+            ctx.add("container-error", f"member cannot be inspected ({type(e).__name__})", _join(member, m.filename))
+
+
+def _scan_zip_member(ctx, m, member, depth):
+    name, where = m.filename, _join(member, m.filename)
+    if (name.endswith("/") and not m.file_size) or _TENSOR_DATA.search(name):
         return
     low = name.lower()
     if low.endswith((".pkl", ".pickle")):
-        blob = _read_member(ctx, zf, info, where)
+        blob = _read_member(ctx, m, where)
         if blob is not None:
             scan_blob(ctx, blob, where, depth)
         return
     if low.endswith(".npy"):
-        try:
-            with zf.open(info) as f:
-                head = f.read(npy.HEAD_BYTES)
-        except Exception as e:
-            ctx.add("container-error", f"member cannot be read ({type(e).__name__})", where)
-            return
-        if _npy_header(ctx, head, info.file_size, where, quiet=True) is None:
+        head = _head(m, npy.HEAD_BYTES)
+        if _npy_header(ctx, head, m.file_size, where, quiet=True) is None:
             return  # plain array: its data is not read
-        blob = _read_member(ctx, zf, info, where)
+        blob = _read_member(ctx, m, where)
         if blob is not None:
             scan_npy(ctx, blob, where, depth)
         return
-    if is_keras and name == "config.json":
-        blob = _read_member(ctx, zf, info, where)
+    head = _head(m, SNIFF_BYTES)
+    if low.rsplit("/", 1)[-1] == "config.json" or (low.endswith(".json") and _keras_like(head)):
+        blob = _read_member(ctx, m, where, MAX_CONFIG_BYTES)  # Keras reads config.json before its weights
         if blob is not None:
             ctx.members.append(where)
             _keras_json(ctx, blob, where)
         return
-    try:
-        with zf.open(info) as f:
-            peek = f.read(8)
-    except Exception:
-        peek = b""
-    looks = peek.startswith((b"PK\x03\x04", b"\x93NUMPY")) or (len(peek) > 1 and peek[0] == 0x80 and 1 <= peek[1] <= 5)
+    looks = head.startswith((b"PK\x03\x04", b"\x93NUMPY")) or (len(head) > 1 and head[0] == 0x80 and 1 <= head[1] <= 5)
     if looks or (low.endswith(_ARCHIVES) and not low.endswith(".h5")):
-        blob = _read_member(ctx, zf, info, where)
+        blob = _read_member(ctx, m, where)
         if blob:
             scan_blob(ctx, blob, where, depth + 1)
+    elif head and _is_opcode(head[0]) and _pickle_like(head, complete=len(head) < SNIFF_BYTES):
+        blob = _read_member(ctx, m, where)  # a pickle under another name (protocol 0/1 has no PROTO)
+        if blob:
+            scan_blob(ctx, blob, where, depth)
+
+
+def _keras_like(head: bytes) -> bool:
+    """JSON that names classes the way Keras configs do (``class_name``), by its first bytes."""
+    return head.lstrip()[:1] == b"{" and b'"class_name"' in head
+
+
+def _pickle_like(head: bytes, complete: bool) -> bool:
+    """Whether bytes parse as a pickle: the walk reaches STOP or imports a global, or (``head``
+    being the start of a longer member) runs to its end without an error."""
+    r = walk(head, 0)
+    return r.ok or bool(r.globals) or (not complete and any(f.rule == "pickle-truncated" for f in r.findings))
 
 
 def _scan_local(ctx, data, start, stop, member, depth):
-    """Members found by walking local file headers (for damaged or prefixed zips)."""
-    pos, seen = start, 0
-    while seen < MAX_MEMBERS:
-        i = data.find(b"PK\x03\x04", pos, stop)
-        if i < 0 or i + 30 > stop:
+    """Members found by walking local file headers (for damaged or prefixed zips), as a streaming
+    reader would: at most :data:`MAX_LOCAL_HEADERS` headers and :data:`MAX_LOCAL_BYTES` bytes read."""
+    read = scanned = 0
+    walked = zipfmt.local_headers(data, start, stop, limit=MAX_LOCAL_HEADERS + 1)
+    for k, h in enumerate(walked):
+        if k == MAX_LOCAL_HEADERS or read >= MAX_LOCAL_BYTES or scanned == MAX_LOCAL_PICKLES:
+            ctx.add("limit-exceeded", f"{k} local headers ({scanned} pickles, {read >> 20} MiB) walked without a "
+                    "central directory; the rest are not inspected", member, h.offset)
             return
-        _, _, flag, method, _, _, _, csize, usize, nlen, xlen = struct.unpack_from("<IHHHHHIIIHH", data, i)
-        name = bytes(data[i + 30:i + 30 + nlen]).decode("utf-8", "replace")
-        off = i + 30 + nlen + xlen
-        pos, seen = off if not csize else off + csize, seen + 1
-        if not name.lower().endswith((".pkl", ".pickle")) or off >= stop:
+        name = h.name.decode("utf-8", "replace")
+        if h.data_start >= stop:
             continue
-        raw = bytes(data[off:min(stop, off + (csize or MAX_MEMBER_BYTES))])
-        where = _join(member, name)
+        size = h.csize if h.csize not in (0, 0xFFFFFFFF) else _unknown_size(data, h.data_start, stop)
+        raw = bytes(data[h.data_start:min(stop, h.data_start + min(size, MAX_LOCAL_BYTES - read))])
+        read += len(raw)
+        if not (name.lower().endswith((".pkl", ".pickle")) or (raw and _is_opcode(raw[0]) and _pickle_like(raw[:SNIFF_BYTES], True))):
+            continue
+        where, scanned = _join(member, name), scanned + 1
         try:
-            blob = raw if method == 0 else zlib.decompressobj(-15).decompress(raw, MAX_MEMBER_BYTES) if method == 8 else None
+            blob = raw if h.method == 0 else zlib.decompressobj(-15).decompress(raw, MAX_MEMBER_BYTES) if h.method == 8 else None
         except zlib.error:
             blob = None
         if blob is None:
-            ctx.add("container-error", f"local entry with compression method {method} cannot be read", where, i)
+            ctx.add("container-error", f"local entry with compression method {h.method} cannot be read", where, h.offset)
         elif ctx.budget(len(blob), where):
             scan_pickle_stream(ctx, blob, where, depth)
+
+
+def _unknown_size(data, start, stop) -> int:
+    """Bytes of a member whose local header gives no size: up to the next zip signature."""
+    nxt = data.find(b"PK", start, min(stop, start + MAX_UNKNOWN_BYTES))
+    while nxt >= 0 and bytes(data[nxt:nxt + 4]) not in (b"PK\x03\x04", b"PK\x01\x02", b"PK\x07\x08", b"PK\x05\x06"):
+        nxt = data.find(b"PK", nxt + 2, min(stop, start + MAX_UNKNOWN_BYTES))
+    return (nxt if nxt >= 0 else min(stop, start + MAX_UNKNOWN_BYTES)) - start
 
 
 # ---- tar (legacy torch) ---------------------------------------------------------------------
@@ -615,9 +706,9 @@ def scan_json(ctx, fh, member, *, strict: bool) -> None:
     Keras config: Keras deserialises ``config.json`` before it reads any weights. ``strict``:
     a file that is not JSON is a finding (else: not a config, nothing to judge)."""
     ctx.kind("json", 0)
-    raw = fh.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        ctx.add("limit-exceeded", f"JSON file over {MAX_JSON_BYTES >> 20} MiB; not inspected", member)
+    raw = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        ctx.add("limit-exceeded", f"JSON file over {MAX_CONFIG_BYTES >> 20} MiB; not inspected", member)
         return
     ctx.members.append(member or "config")
     for rule, message, name in keras_findings(raw, ctx.allow):

@@ -29,6 +29,9 @@ RULES: dict[str, tuple[str, str, str]] = {
                        "protocol 4 FRAME lengths disagree with the opcodes (loaders differ here)"),
     "polyglot": ("critical", "malicious", "the file is two formats at once, so loaders see different content"),
     "zip-duplicate": ("critical", "malicious", "a zip holds two members with the same name"),
+    "zip-ambiguous": ("critical", "malicious",
+                      "zip readers (zipfile, miniz in torch.load) find different end records, central directories "
+                      "or members, or members overlap, or bytes belong to no listed member"),
     "keras-lambda": ("critical", "malicious", "a Keras Lambda layer: its config holds marshalled bytecode"),
     "tar-link": ("critical", "malicious",
                  "a tar member torch reads is a link, or a link leaves the archive (torch would read a local file)"),
