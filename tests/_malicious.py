@@ -153,7 +153,10 @@ def keras_zip(layer: dict) -> bytes:
 
 
 def lambda_code(m: str) -> str:
-    code = compile(f"lambda x: ({pycode(m)}, x)[1]", "<lambda>", "eval")
+    """A Keras ``__lambda__`` code: the marshalled code of ``lambda x: ...`` itself (what Keras'
+    ``func_load`` turns into the layer's function and calls when it builds the model), base64 as
+    Keras writes it."""
+    code = compile(f"lambda x: ({pycode(m)}, x)[1]", "<lambda>", "eval").co_consts[0]
     return base64.b64encode(marshal.dumps(code)).decode()
 
 
@@ -301,7 +304,7 @@ def _variants() -> list[Variant]:
         V("keras_lambda", ".keras file with a Lambda layer (marshalled bytecode)", "lambda.keras",
           lambda m: keras_zip({"module": "keras.layers", "class_name": "Lambda", "registered_name": None,
                                "config": {"name": "l", "function": {"class_name": "__lambda__", "config": {
-                                   "code": lambda_code(m), "defaults": None, "closure": None}}}})),
+                                   "code": lambda_code(m), "defaults": None, "closure": None}}}}), "keras"),
         V("keras_function_os_system", ".keras file naming os.system as an activation", "activation.keras",
           lambda m: keras_zip({"module": "keras.layers", "class_name": "Dense", "registered_name": None,
                                "config": {"name": "d", "units": 2, "activation": {
@@ -309,8 +312,9 @@ def _variants() -> list[Variant]:
                                    "registered_name": "function"}}})),
         V("h5_lambda", "legacy Keras .h5 model_config with a Lambda layer", "lambda.h5",
           lambda m: h5_model_config({"class_name": "Sequential", "config": {"name": "s", "layers": [
+              {"class_name": "InputLayer", "config": {"batch_shape": [None, 4], "name": "in"}},
               {"class_name": "Lambda", "config": {"name": "l", "function": [lambda_code(m), None, None],
-                                                  "function_type": "lambda"}}]}})),
+                                                  "function_type": "lambda"}}]}}), "keras"),
     ]
 
 

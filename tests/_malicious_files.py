@@ -8,15 +8,13 @@ are in tests/test_scan_files.py.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
-import marshal
 import pickle
 import struct
 import tarfile
 
-from _malicious import Variant, benign_p2, evil_p2, legacy_tar, pycode, tar_of
+from _malicious import Variant, benign_p2, evil_p2, lambda_code, legacy_tar, tar_of
 
 EXPECTED: dict[str, set[str]] = {
     "h5_userblock_tar": {"polyglot", "global-critical"},
@@ -41,20 +39,12 @@ def evil_storages(m: str) -> bytes:
     return pickle.dumps(1, protocol=2) + evil_p2(m)
 
 
-def live_lambda_code(m: str) -> str:
-    """A Keras ``__lambda__`` config code: the marshalled code of the lambda itself, which Keras
-    calls when it builds the model (``_malicious.lambda_code`` marshals the enclosing expression,
-    which Keras cannot call with an input)."""
-    code = compile(f"lambda x: ({pycode(m)}, x)[1]", "<lambda>", "eval").co_consts[0]
-    return base64.b64encode(marshal.dumps(code)).decode()
-
-
 def lambda_model_config(m: str) -> dict:
     """A Sequential model whose Lambda layer creates the marker when Keras builds it."""
     return {"class_name": "Sequential", "config": {"name": "s", "layers": [
         {"class_name": "InputLayer", "config": {"batch_shape": [None, 4], "name": "in"}},
         {"class_name": "Lambda", "config": {"name": "l", "function": {
-            "class_name": "__lambda__", "config": {"code": live_lambda_code(m), "defaults": None, "closure": None}}}}]}}
+            "class_name": "__lambda__", "config": {"code": lambda_code(m), "defaults": None, "closure": None}}}}]}}
 
 
 def tar_with(entries: list[tarfile.TarInfo | tuple[str, bytes]]) -> bytes:

@@ -10,15 +10,12 @@ Keras, every scanner built on it) and miniz inside ``torch.load``.
 
 from __future__ import annotations
 
-import base64
 import json
-import marshal
 import pickle
 import struct
-import types
 import zlib
 
-from _malicious import Variant, benign_p2, evil_p2, g, s0, touch, zip_of
+from _malicious import Variant, benign_p2, evil_p2, g, lambda_code, s0, touch, zip_of
 
 
 # ---- raw zip records ------------------------------------------------------------------------
@@ -139,18 +136,10 @@ def p0_system(m: str) -> bytes:
     return g("os", "system") + b"(" + s0(touch(m)) + b"tR."
 
 
-def lambda_function_code(m: str) -> str:
-    """The marshalled code of ``lambda x: ...`` itself (what Keras' ``func_load`` turns into the
-    layer's function), base64 as Keras writes it."""
-    outer = compile(f"lambda x: (open({m!r}, 'w').close(), x)[1]", "<lambda>", "eval")
-    code = next(c for c in outer.co_consts if isinstance(c, types.CodeType))
-    return base64.b64encode(marshal.dumps(code)).decode()
-
-
 def keras_config(m: str) -> bytes:
     lam = {"module": "keras.layers", "class_name": "Lambda", "registered_name": None,
            "config": {"name": "l", "function": {"class_name": "__lambda__", "config": {
-               "code": lambda_function_code(m), "defaults": None, "closure": None}}}}
+               "code": lambda_code(m), "defaults": None, "closure": None}}}}
     return json.dumps({"module": "keras", "class_name": "Sequential", "registered_name": None,
                        "config": {"name": "seq", "layers": [
                            {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,

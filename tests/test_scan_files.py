@@ -18,7 +18,8 @@ import pytest
 
 import _malicious  # noqa: F401  (defines the helpers _malicious_files imports)
 import weightkit
-from _malicious_files import _safetensors_tar, h5_bytes, keras_weights, live_lambda_code
+from _malicious import lambda_code
+from _malicious_files import _safetensors_tar, h5_bytes, keras_weights
 from weightkit.errors import CorruptFileError, UnsafeCheckpointError, WeightkitError
 
 CANARY = b"CANARY-passwd-root:x:0:0:secret"
@@ -139,7 +140,7 @@ def _keras3_lambda_config(marker):
         {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
          "config": {"batch_shape": [None, 4], "name": "in"}},
         {"module": "keras.layers", "class_name": "Lambda", "registered_name": None, "config": {"name": "l", "function": {
-            "class_name": "__lambda__", "config": {"code": live_lambda_code(marker), "defaults": None,
+            "class_name": "__lambda__", "config": {"code": lambda_code(marker), "defaults": None,
                                                    "closure": None}}}}]}}
 
 
