@@ -12,6 +12,7 @@ after their pickles, safetensors/npy are judged by their headers.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import struct
@@ -40,15 +41,29 @@ _HDF5 = b"\x89HDF\r\n\x1a\n"
 
 
 def run_pickle(ctx: Ctx, data, member, depth, start=0, end=None, base=0) -> PickleResult:
-    """Walk one pickle into ``ctx``; constant payloads of nested deserialisers are scanned too."""
+    """Walk one pickle into ``ctx``; constant payloads of nested deserialisers are scanned too,
+    each distinct payload once (its findings are reported where it is first loaded)."""
     ctx.members.append(f"{member}@{start - base}" if member else f"pickle@{start}")
 
     def nested(payload: bytes, position: int, loader: str):
-        scan_blob(ctx, payload, f"{member or 'pickle'}@{position}>{loader}", depth + 1)
+        digest = hashlib.sha256(payload).digest()
+        if digest not in ctx.payloads:
+            ctx.payloads.add(digest)
+            scan_blob(ctx, payload, f"{member or 'pickle'}@{position}>{loader}", depth + 1)
 
-    r = walk(data, start, end, base=base, member=member, allow=ctx.allow, on_nested=nested)
+    r = _walk(ctx, data, start, end, base=base, member=member, on_nested=nested)
     ctx.findings.extend(r.findings)
     ctx.globals.update(r.globals)
+    return r
+
+
+def _walk(ctx: Ctx, data, start=0, end=None, **kw) -> PickleResult:
+    """:func:`walk` charged to the scan's opcode budget; once it is spent (one finding says so)
+    further pickles are not walked."""
+    if ctx.ops_left <= 0:
+        return PickleResult(start, start, False, None, [], Counter(), "opcode budget exhausted")
+    r = walk(data, start, end, allow=ctx.allow, max_ops=ctx.ops_left, **kw)
+    ctx.ops_left -= r.ops
     return r
 
 
@@ -95,7 +110,7 @@ def scan_blob(ctx: Ctx, data, member, depth: int, path=None) -> None:
             ctx.kind("unknown", depth)
             ctx.add("unknown-format", f"not a known weights format (first bytes {head[:8]!r})", member)
     if handled and _is_opcode(data[0]):  # the same bytes read as a pickle, as torch.load would
-        r = walk(data, 0, allow=ctx.allow, member=member)
+        r = _walk(ctx, data, 0, member=member)
         if r.ok or r.globals:
             ctx.add("polyglot", "the file also parses as a pickle from byte 0; torch.load would unpickle it", member, 0)
             ctx.findings.extend(f for f in r.findings if f.severity != "info")
