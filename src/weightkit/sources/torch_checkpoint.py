@@ -28,7 +28,7 @@ from weightkit.scanner import scan
 from weightkit.sources import _torch_files as r
 from weightkit.sources._base import RawTensor, ReaderBase, register_reader
 from weightkit.sources._restricted import Stub
-from weightkit.sources._torch_files import is_module, module_state
+from weightkit.sources._torch_files import MAX_MODULES, is_module, module_state
 from weightkit.sources.torch_module import torch_raw
 
 # keys under which training checkpoints keep the model's state dict, most specific first
@@ -349,7 +349,10 @@ class TorchCheckpointReader(ReaderBase):
         self._done: dict[int, Any] = {}
         root = obj
         if how == RESTRICTED:
-            obj = self._materialize(obj, 0)
+            # a module costs hundreds of pickle bytes; names beyond that come from sharing
+            self._module_limit = min(MAX_MODULES, 100_000 + path.stat().st_size // 16)
+            with _restricted_errors(path, "pickled model"):
+                obj = self._materialize(obj, 0)
         del self._done
         walk = _Walk()
         self._tensors, self._weights_from = find_state_dict(obj, walk)
@@ -383,7 +386,7 @@ class TorchCheckpointReader(ReaderBase):
         if depth > _MAX_DEPTH or id(obj) in done:
             return done.get(id(obj), (None, obj))[1]
         if is_module(obj):
-            new, hints = module_state(obj)
+            new, hints = module_state(obj, limit=self._module_limit)
             for k, v in hints.items():
                 self._hints.setdefault(k, v)
         elif type(obj) in (dict, OrderedDict):
@@ -410,12 +413,12 @@ class TorchCheckpointReader(ReaderBase):
 
     def tensors(self) -> list[RawTensor]:
         seen: dict[tuple, RawTensor] = {}
+        aliases: dict[tuple, list[str]] = {}  # gathered, then set once: growing a tuple per alias is quadratic
         for name, t in self._tensors.items():
             ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
                      t.dtype) if t.numel() else (id(t),)
             if ident in seen:
-                first = seen[ident]
-                first.shared_with = (*first.shared_with, name)
+                aliases.setdefault(ident, []).append(name)
                 continue
             raw = seen[ident] = RawTensor(name, name, tuple(t.shape), _dtypes.from_torch(t.dtype))
             hint = self._hints.get(id(t))
@@ -423,6 +426,8 @@ class TorchCheckpointReader(ReaderBase):
                 layer = name[: -len(hint["role"])].removesuffix(".")
                 raw.layer, raw.role, raw.kind, raw.kind_from = layer, hint["role"], hint["kind"], "module"
                 raw.trainable, raw.is_buffer, raw.layer_config = hint["trainable"], hint["is_buffer"], hint["layer_config"]
+        for ident, names in aliases.items():
+            seen[ident].shared_with = tuple(names)
         return list(seen.values())
 
     def read(self, key: str):
