@@ -25,10 +25,11 @@ from typing import Any
 from weightkit import _dtypes
 from weightkit.errors import CorruptFileError, UnsafeCheckpointError, UnsupportedFormatError
 from weightkit.scanner import scan
+from weightkit.scanner._pickle import c_int, c_long
 from weightkit.sources import _torch_files as r
 from weightkit.sources._base import RawTensor, ReaderBase, register_reader
 from weightkit.sources._restricted import Stub
-from weightkit.sources._torch_files import MAX_MODULES, is_module, module_state
+from weightkit.sources._torch_files import LEGACY_MAGIC, MAX_MODULES, is_module, module_state
 from weightkit.sources.torch_module import torch_raw
 
 # keys under which training checkpoints keep the model's state dict, most specific first
@@ -54,7 +55,18 @@ def _sniff(path: Path, head: bytes | None) -> bool:
             return False
     if head[:1] == b"\x80" and _LEGACY_MAGIC in head[:32]:
         return True
-    return _is_tar(head)
+    return _is_tar(head) or _text_magic(head)
+
+
+def _text_magic(head: bytes) -> bool:
+    """A legacy file whose magic number is a protocol-0 INT or LONG (``L0x1950…L``): torch.load
+    compares the value, whatever opcode spells it."""
+    if head[:1] not in (b"I", b"L") or b"\n" not in head:
+        return False
+    try:
+        return (c_int if head[:1] == b"I" else c_long)(head[1:head.index(b"\n")]) == LEGACY_MAGIC
+    except ValueError:
+        return False
 
 
 def _is_tar(head: bytes) -> bool:
