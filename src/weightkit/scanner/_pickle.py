@@ -432,181 +432,185 @@ class _Machine:
                     raise _Stop("pickle-error", f"{name}: invalid UTF-8") from None
             return _Bytes(p, p + k, py2)
 
-        for self.ops in range(1, self.max_ops + 1):
-            pos = self.pos
-            if frame_end is not None and pos >= frame_end:
-                if pos > frame_end:
-                    self.op_pos = pos
-                    self.add("frame-mismatch", f"an opcode crosses the end of its FRAME at byte {frame_end - self.base}")
-                frame_end = None
-            if pos >= end:
-                raise _Stop("pickle-truncated", "the pickle ends before STOP")
-            self.op_pos = pos
-            op = data[pos]
-            self.pos = pos + 1
-            name = OPCODES.get(op)
-            if name is None:
-                raise _Stop("pickle-error", f"unknown opcode {bytes([op])!r}")
-            if name in memo_ops:
-                st, k = memo_ops[name]
-                idx = st.unpack_from(data, need(k))[0] if k else number(line())
-                put(idx) if "PUT" in name else get(idx)
-            elif name == "MEMOIZE":
-                memo[len(memo)] = top()
-            elif name == "MARK":
-                marks.append(len(stack))
-            elif name in ("BININT1", "BININT2", "BININT"):
-                st, k = ints[name]
-                stack.append(st.unpack_from(data, need(k))[0])
-            elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"):
-                k = unis[name]
-                stack.append(string(k[0].unpack_from(data, need(k[1]))[0], uni=True))
-            elif name in ("SHORT_BINBYTES", "BINBYTES", "BINBYTES8", "BYTEARRAY8"):
-                k = byts[name]
-                b = string(k[0].unpack_from(data, need(k[1]))[0])
-                stack.append(b if name != "BYTEARRAY8" else _Opaque("bytearray"))
-            elif name in ("SHORT_BINSTRING", "BINSTRING"):
-                k = u8.unpack_from(data, need(1))[0] if name == "SHORT_BINSTRING" else i32.unpack_from(data, need(4))[0]
-                if k < 0:
-                    raise _Stop("pickle-error", f"{name}: negative length")
-                stack.append(string(k, py2=True))
-            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-                k = int(name[-1])
-                top(k)
-                items = self.tuple_of(stack[-k:])
-                del stack[-k:]
-                stack.append(items)
-            elif name == "TUPLE":
-                stack.append(self.tuple_of(pop_mark()))
-            elif name == "EMPTY_TUPLE":
-                stack.append(())
-            elif name in ("EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET"):
-                stack.append(_Opaque(name[6:].lower()))
-            elif name in ("DICT", "LIST", "FROZENSET"):
-                items = pop_mark()
-                if name == "DICT" and len(items) % 2:
-                    raise _Stop("pickle-error", "odd number of items for DICT")
-                stack.append(_Opaque(name.lower(), self.nest(items)))
-            elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
-                stack.append(consts[name])
-            elif name == "BINFLOAT":
-                stack.append(f64.unpack_from(data, need(8))[0])
-            elif name in ("INT", "LONG", "FLOAT"):
-                stack.append(number(line(), c_int if name == "INT" else c_long if name == "LONG" else _float_either))
-            elif name in ("LONG1", "LONG4"):
-                k = u8.unpack_from(data, need(1))[0] if name == "LONG1" else i32.unpack_from(data, need(4))[0]
-                if k < 0:
-                    raise _Stop("pickle-error", "LONG4: negative length")
-                p = need(k)
-                stack.append(int.from_bytes(data[p:p + k], "little", signed=True) if k <= 64 else _Opaque("int"))
-            elif name in ("APPEND", "SETITEM"):
-                items = [pop()]
-                if name == "SETITEM":
-                    items.append(pop())
-                self.touch(top(), name)
-                self.grow(stack[-1], items)
-            elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
-                items = pop_mark()
-                if name == "SETITEMS" and len(items) % 2:
-                    raise _Stop("pickle-error", "odd number of items for SETITEMS")
-                self.touch(top(), name)
-                self.grow(stack[-1], items)
-            elif name == "BUILD":
-                top(2)
-                state = pop()
-                self.touch(top(), "BUILD")
-                self.grow(stack[-1], (state,))
-            elif name == "REDUCE":
-                args = pop()
-                stack.append(self.call(pop(), args, "REDUCE"))
-            elif name == "NEWOBJ":
-                args = pop()
-                stack.append(self.call(pop(), args, "NEWOBJ"))
-            elif name == "NEWOBJ_EX":
-                kwargs = pop()
-                args = pop()
-                stack.append(self.call(pop(), args, "NEWOBJ_EX", kwargs))
-            elif name == "OBJ":
-                items = pop_mark()
-                if not items:
-                    raise _Stop("pickle-error", "OBJ: unpickling stack underflow")
-                stack.append(self.call(items[0], self.tuple_of(items[1:]), "OBJ"))
-            elif name in ("GLOBAL", "INST"):
-                module = text(line())
-                qual = text(line())
-                g = self.global_ref(module, qual, name)
-                if name == "INST":
-                    stack.append(self.call(g, self.tuple_of(pop_mark()), "INST"))
-                else:
-                    stack.append(g)
-            elif name == "STACK_GLOBAL":
-                qual_v, mod_v = pop(), pop()
-                module, qual = self.as_str(mod_v), self.as_str(qual_v)
-                if module is None or qual is None:
-                    bad = [w for w, v in (("module", mod_v), ("name", qual_v)) if self.as_str(v) is None]
-                    kinds = ", ".join(f"{w} is {_kind(v)}" for w, v in (("module", mod_v), ("name", qual_v)) if w in bad)
-                    stack.append(self.unresolved(f"STACK_GLOBAL operands are not string constants ({kinds})"))
-                else:
-                    stack.append(self.global_ref(module, qual, name))
-            elif name in ("EXT1", "EXT2", "EXT4"):
-                k = exts[name]
-                code = k[0].unpack_from(data, need(k[1]))[0]
-                stack.append(self.unresolved(f"{name} extension code {code} (copyreg registry, set at run time)"))
-            elif name == "PROTO":
-                v = u8.unpack_from(data, need(1))[0]
-                if v > 5:
-                    raise _Stop("pickle-error", f"unsupported pickle protocol: {v}")
-                self.proto = v
-            elif name == "FRAME":
-                flen = u64.unpack_from(data, need(8))[0]
-                if frame_end is not None:
-                    self.add("frame-mismatch", "a FRAME starts before the previous frame ends")
-                if flen > end - self.pos:
-                    self.add("frame-mismatch", f"FRAME declares {flen} bytes but only {end - self.pos} remain")
-                frame_end = self.pos + flen
-            elif name == "BINPERSID":
-                pid = pop()
-                # torch's legacy persistent_load returns the class of a ('module', cls, file, source) id
-                if isinstance(pid, tuple) and len(pid) > 1 and pid[0] == "module" and isinstance(pid[1], _Global):
-                    stack.append(pid[1])
-                else:
+        n = 0
+        try:  # the opcodes walked are charged to the caller's budget, however the walk ends
+            for n in range(1, self.max_ops + 1):  # noqa: B007 - n is read in the finally clause
+                pos = self.pos
+                if frame_end is not None and pos >= frame_end:
+                    if pos > frame_end:
+                        self.op_pos = pos
+                        self.add("frame-mismatch", f"an opcode crosses the end of its FRAME at byte {frame_end - self.base}")
+                    frame_end = None
+                if pos >= end:
+                    raise _Stop("pickle-truncated", "the pickle ends before STOP")
+                self.op_pos = pos
+                op = data[pos]
+                self.pos = pos + 1
+                name = OPCODES.get(op)
+                if name is None:
+                    raise _Stop("pickle-error", f"unknown opcode {bytes([op])!r}")
+                if name in memo_ops:
+                    st, k = memo_ops[name]
+                    idx = st.unpack_from(data, need(k))[0] if k else number(line())
+                    put(idx) if "PUT" in name else get(idx)
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = top()
+                elif name == "MARK":
+                    marks.append(len(stack))
+                elif name in ("BININT1", "BININT2", "BININT"):
+                    st, k = ints[name]
+                    stack.append(st.unpack_from(data, need(k))[0])
+                elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"):
+                    k = unis[name]
+                    stack.append(string(k[0].unpack_from(data, need(k[1]))[0], uni=True))
+                elif name in ("SHORT_BINBYTES", "BINBYTES", "BINBYTES8", "BYTEARRAY8"):
+                    k = byts[name]
+                    b = string(k[0].unpack_from(data, need(k[1]))[0])
+                    stack.append(b if name != "BYTEARRAY8" else _Opaque("bytearray"))
+                elif name in ("SHORT_BINSTRING", "BINSTRING"):
+                    k = u8.unpack_from(data, need(1))[0] if name == "SHORT_BINSTRING" else i32.unpack_from(data, need(4))[0]
+                    if k < 0:
+                        raise _Stop("pickle-error", f"{name}: negative length")
+                    stack.append(string(k, py2=True))
+                elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                    k = int(name[-1])
+                    top(k)
+                    items = self.tuple_of(stack[-k:])
+                    del stack[-k:]
+                    stack.append(items)
+                elif name == "TUPLE":
+                    stack.append(self.tuple_of(pop_mark()))
+                elif name == "EMPTY_TUPLE":
+                    stack.append(())
+                elif name in ("EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET"):
+                    stack.append(_Opaque(name[6:].lower()))
+                elif name in ("DICT", "LIST", "FROZENSET"):
+                    items = pop_mark()
+                    if name == "DICT" and len(items) % 2:
+                        raise _Stop("pickle-error", "odd number of items for DICT")
+                    stack.append(_Opaque(name.lower(), self.nest(items)))
+                elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
+                    stack.append(consts[name])
+                elif name == "BINFLOAT":
+                    stack.append(f64.unpack_from(data, need(8))[0])
+                elif name in ("INT", "LONG", "FLOAT"):
+                    stack.append(number(line(), c_int if name == "INT" else c_long if name == "LONG" else _float_either))
+                elif name in ("LONG1", "LONG4"):
+                    k = u8.unpack_from(data, need(1))[0] if name == "LONG1" else i32.unpack_from(data, need(4))[0]
+                    if k < 0:
+                        raise _Stop("pickle-error", "LONG4: negative length")
+                    p = need(k)
+                    stack.append(int.from_bytes(data[p:p + k], "little", signed=True) if k <= 64 else _Opaque("int"))
+                elif name in ("APPEND", "SETITEM"):
+                    items = [pop()]
+                    if name == "SETITEM":
+                        items.append(pop())
+                    self.touch(top(), name)
+                    self.grow(stack[-1], items)
+                elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
+                    items = pop_mark()
+                    if name == "SETITEMS" and len(items) % 2:
+                        raise _Stop("pickle-error", "odd number of items for SETITEMS")
+                    self.touch(top(), name)
+                    self.grow(stack[-1], items)
+                elif name == "BUILD":
+                    top(2)
+                    state = pop()
+                    self.touch(top(), "BUILD")
+                    self.grow(stack[-1], (state,))
+                elif name == "REDUCE":
+                    args = pop()
+                    stack.append(self.call(pop(), args, "REDUCE"))
+                elif name == "NEWOBJ":
+                    args = pop()
+                    stack.append(self.call(pop(), args, "NEWOBJ"))
+                elif name == "NEWOBJ_EX":
+                    kwargs = pop()
+                    args = pop()
+                    stack.append(self.call(pop(), args, "NEWOBJ_EX", kwargs))
+                elif name == "OBJ":
+                    items = pop_mark()
+                    if not items:
+                        raise _Stop("pickle-error", "OBJ: unpickling stack underflow")
+                    stack.append(self.call(items[0], self.tuple_of(items[1:]), "OBJ"))
+                elif name in ("GLOBAL", "INST"):
+                    module = text(line())
+                    qual = text(line())
+                    g = self.global_ref(module, qual, name)
+                    if name == "INST":
+                        stack.append(self.call(g, self.tuple_of(pop_mark()), "INST"))
+                    else:
+                        stack.append(g)
+                elif name == "STACK_GLOBAL":
+                    qual_v, mod_v = pop(), pop()
+                    module, qual = self.as_str(mod_v), self.as_str(qual_v)
+                    if module is None or qual is None:
+                        bad = [w for w, v in (("module", mod_v), ("name", qual_v)) if self.as_str(v) is None]
+                        kinds = ", ".join(f"{w} is {_kind(v)}" for w, v in (("module", mod_v), ("name", qual_v)) if w in bad)
+                        stack.append(self.unresolved(f"STACK_GLOBAL operands are not string constants ({kinds})"))
+                    else:
+                        stack.append(self.global_ref(module, qual, name))
+                elif name in ("EXT1", "EXT2", "EXT4"):
+                    k = exts[name]
+                    code = k[0].unpack_from(data, need(k[1]))[0]
+                    stack.append(self.unresolved(f"{name} extension code {code} (copyreg registry, set at run time)"))
+                elif name == "PROTO":
+                    v = u8.unpack_from(data, need(1))[0]
+                    if v > 5:
+                        raise _Stop("pickle-error", f"unsupported pickle protocol: {v}")
+                    self.proto = v
+                elif name == "FRAME":
+                    flen = u64.unpack_from(data, need(8))[0]
+                    if frame_end is not None:
+                        self.add("frame-mismatch", "a FRAME starts before the previous frame ends")
+                    if flen > end - self.pos:
+                        self.add("frame-mismatch", f"FRAME declares {flen} bytes but only {end - self.pos} remain")
+                    frame_end = self.pos + flen
+                elif name == "BINPERSID":
+                    pid = pop()
+                    # torch's legacy persistent_load returns the class of a ('module', cls, file, source) id
+                    if isinstance(pid, tuple) and len(pid) > 1 and pid[0] == "module" and isinstance(pid[1], _Global):
+                        stack.append(pid[1])
+                    else:
+                        stack.append(_Opaque("persistent"))
+                elif name == "PERSID":
+                    text(line(), "ascii")
                     stack.append(_Opaque("persistent"))
-            elif name == "PERSID":
-                text(line(), "ascii")
-                stack.append(_Opaque("persistent"))
-            elif name == "DUP":
-                stack.append(top())
-            elif name == "POP":
-                if marks and marks[-1] == len(stack):
-                    marks.pop()
-                else:
-                    pop()
-            elif name == "POP_MARK":
-                pop_mark()
-            elif name == "STRING":
-                s = line()
-                if len(s) < 2 or s[:1] not in (b"'", b'"') or s[-1:] != s[:1]:
-                    raise _Stop("pickle-error", "the STRING opcode argument must be quoted")
-                try:
-                    raw = codecs.escape_decode(s[1:-1])[0]
-                except ValueError:
-                    raise _Stop("pickle-error", "STRING: bad escape") from None
-                stack.append(raw.decode("latin-1") if len(raw) <= _MAX_STR else _Opaque("str"))
-            elif name == "UNICODE":
-                s = line()
-                stack.append(text(s, "raw-unicode-escape") if len(s) <= _MAX_STR else _Opaque("str"))
-            elif name == "READONLY_BUFFER":
-                top()
-            elif name == "NEXT_BUFFER":
-                raise _Stop("pickle-error", "NEXT_BUFFER: out-of-band buffer, which no weights loader supplies")
-            elif name == "STOP":
-                value = pop()
-                if frame_end is not None and frame_end != self.pos:
-                    self.add("frame-mismatch", "the FRAME " + ("extends past STOP" if frame_end > self.pos
-                                                               else "ends inside the STOP opcode"))
-                return value
-        raise _Stop("limit-exceeded", f"opcode budget exhausted after {self.max_ops} opcodes (at most "
-                    f"{MAX_OPS} are walked per file, nested pickles included); the rest is not inspected")
+                elif name == "DUP":
+                    stack.append(top())
+                elif name == "POP":
+                    if marks and marks[-1] == len(stack):
+                        marks.pop()
+                    else:
+                        pop()
+                elif name == "POP_MARK":
+                    pop_mark()
+                elif name == "STRING":
+                    s = line()
+                    if len(s) < 2 or s[:1] not in (b"'", b'"') or s[-1:] != s[:1]:
+                        raise _Stop("pickle-error", "the STRING opcode argument must be quoted")
+                    try:
+                        raw = codecs.escape_decode(s[1:-1])[0]
+                    except ValueError:
+                        raise _Stop("pickle-error", "STRING: bad escape") from None
+                    stack.append(raw.decode("latin-1") if len(raw) <= _MAX_STR else _Opaque("str"))
+                elif name == "UNICODE":
+                    s = line()
+                    stack.append(text(s, "raw-unicode-escape") if len(s) <= _MAX_STR else _Opaque("str"))
+                elif name == "READONLY_BUFFER":
+                    top()
+                elif name == "NEXT_BUFFER":
+                    raise _Stop("pickle-error", "NEXT_BUFFER: out-of-band buffer, which no weights loader supplies")
+                elif name == "STOP":
+                    value = pop()
+                    if frame_end is not None and frame_end != self.pos:
+                        self.add("frame-mismatch", "the FRAME " + ("extends past STOP" if frame_end > self.pos
+                                                                   else "ends inside the STOP opcode"))
+                    return value
+            raise _Stop("limit-exceeded", f"opcode budget exhausted after {self.max_ops} opcodes (at most "
+                        f"{MAX_OPS} are walked per file, nested pickles included); the rest is not inspected")
+        finally:
+            self.ops = n
 
 
 def _kind(v) -> str:

@@ -400,7 +400,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.BUILD[0]] = _build  # type: ignore[assignment]
     for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.REDUCE, pickle.NEWOBJ,
                 pickle.NEWOBJ_EX, pickle.OBJ, pickle.INST):
-        dispatch[_op[0]] = _checked(_op[0])  # type: ignore[assignment]
+        dispatch[_op[0]] = _checked(_op[0])
     del _op, _checked
 
     def find_class(self, module, name):
