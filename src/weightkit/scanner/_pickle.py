@@ -13,6 +13,13 @@ resolve ``STACK_GLOBAL`` operands (directly or through the memo), to see ``BUILD
 an imported object, and to hand constant payloads of nested ``pickle.loads`` back to the
 caller for scanning. The walk stops where the real unpickler would fail, reporting everything
 seen before the error.
+
+Text operands get the values ``_pickle.c`` computes (:func:`c_int`: ``strtol`` in base 0, so
+``I0x1`` and octal ``I010``, the line ending at a NUL; :func:`c_long`, :func:`c_float`,
+:func:`c_decimal`), since those values feed the legacy magic-number check and nested-payload
+detection; a FLOAT that only pure-Python ``pickle`` reads (``1e500``) does not stop the walk.
+Every container carries its nesting depth; past :data:`MAX_NESTING` the walk reports
+``limit-exceeded`` (hashing a deep tuple crashes CPython) and goes on looking for payloads.
 """
 
 from __future__ import annotations
