@@ -2,17 +2,20 @@
 
 An array is the magic ``\\x93NUMPY``, a version (1.0, 2.0 or 3.0), a 2-byte (1.0) or 4-byte
 header length, a Python dict literal ``{'descr': …, 'fortran_order': …, 'shape': …}`` (latin-1;
-UTF-8 in 3.0), then the data. The literal is read with :func:`ast.literal_eval`, never evaluated;
-in 1.0/2.0 headers the Python 2 ``L`` suffix on integers is dropped, as numpy does. An object
+UTF-8 in 3.0), then the data. The literal is read with :func:`ast.literal_eval`, never evaluated,
+exactly as numpy's ``_read_array_header`` reads it: when that is a syntax error in a 1.0/2.0
+header, the Python 2 ``L`` suffixes are dropped token by token (numpy's ``_filter_header``) and
+the literal read again. An object
 dtype is returned, not refused: its data is a pickle, which readers refuse and the scanner walks.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import math
 import os
-import re
+import tokenize
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +28,8 @@ __all__ = ["MAGIC", "MAX_HEADER_BYTES", "HEAD_BYTES", "NpyHeader", "looks_like",
 
 MAGIC = b"\x93NUMPY"
 MAX_HEADER_BYTES = 10_000  # numpy's own limit for np.load(allow_pickle=False) (format._MAX_HEADER_SIZE)
-HEAD_BYTES = 12 + MAX_HEADER_BYTES  # enough of a file to hold any header parse() accepts
+# numpy counts the limit in characters of the decoded header: a UTF-8 (3.0) one may have 4x the bytes
+HEAD_BYTES = 12 + 4 * MAX_HEADER_BYTES  # enough of a file to hold any header parse() accepts
 MAX_NDIM = 64  # numpy's limit
 # np.load(allow_pickle=True) lifts numpy's header limit; the scanner follows an object array's
 # header this far (a longer one is unreadable to it, and refused by every reader)
@@ -33,8 +37,6 @@ MAX_PICKLE_HEADER_BYTES = 1 << 20
 _LAYOUT = {(1, 0): (2, "latin-1"), (2, 0): (4, "latin-1"), (3, 0): (4, "utf-8")}  # length bytes, encoding
 _KEYS = {"descr", "fortran_order", "shape"}
 _FIX = "the file is corrupt; re-download or re-save it"
-# a string literal (kept as it is) or an integer with Python 2's long suffix (its digits kept)
-_PY2_LONG = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|(\d)L\b""")
 
 
 @dataclass(frozen=True)
@@ -75,12 +77,19 @@ def parse(name: str | os.PathLike, head: Any, size: int) -> NpyHeader:
     width, encoding = _LAYOUT[version]
     length = int.from_bytes(head[8:8 + width], "little")
     start = 8 + width + length
-    if length > MAX_HEADER_BYTES:  # checked before reading it: numpy would allocate it first
-        raise _error(name, f"the .npy header declares {length} bytes; at most {MAX_HEADER_BYTES} are allowed")
+    too_long = f"; at most {MAX_HEADER_BYTES} characters are allowed"
+    if length > MAX_HEADER_BYTES * (4 if encoding == "utf-8" else 1):  # before reading: numpy allocates it first
+        raise _error(name, f"the .npy header declares {length} bytes{too_long}")
     if len(head) < start or size < start:
         raise _error(name, "the file ends inside its .npy header", "the file is truncated; re-download or re-save it")
     try:
-        d = _literal(head[8 + width:start].decode(encoding), version)
+        text = head[8 + width:start].decode(encoding)
+    except UnicodeDecodeError:
+        raise _error(name, f"bad .npy header (not {encoding} text)") from None
+    if len(text) > MAX_HEADER_BYTES:
+        raise _error(name, f"the .npy header has {len(text)} characters{too_long}")
+    try:
+        d = _literal(text, version)
         if type(d) is not dict or d.keys() != _KEYS:
             raise ValueError("not a dict of 'descr', 'fortran_order' and 'shape'")
         shape, fortran = d["shape"], d["fortran_order"]
@@ -130,18 +139,30 @@ def pickle_start(head: Any) -> int | None:
 
 
 def _literal(text: str, version: tuple[int, int]) -> Any:
-    """The header's dict literal, read without evaluating anything."""
+    """The header's dict literal, read without evaluating anything, as numpy reads it."""
     try:
         try:
             return ast.literal_eval(text)
         except SyntaxError:
             if version > (2, 0):
                 raise
-        # files written by Python 2 spell some integers 3L; numpy reads them in 1.0/2.0 headers
-        return ast.literal_eval(_PY2_LONG.sub(lambda m: m.group(1) or m.group(2), text))
-    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return ast.literal_eval(_filter_header(text))
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, tokenize.TokenError):
         # literal_eval's messages name AST nodes and their addresses; say what it means instead
         raise ValueError("not a literal of strings, numbers, tuples and lists") from None
+
+
+def _filter_header(text: str) -> str:
+    """Files written by Python 2 spell some integers ``3L``: numpy's ``_filter_header`` drops a
+    NAME token ``L`` right after a NUMBER token (``3L``, ``3 L``, ``0x1FL``; never inside strings
+    or comments) and untokenizes; the same tokens are dropped here."""
+    tokens, after_number = [], False
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if after_number and tok.type == tokenize.NAME and tok.string == "L":
+            continue  # numpy's loop, too, keeps ``after_number`` set: ``3L L`` loses both
+        tokens.append(tok)
+        after_number = tok.type == tokenize.NUMBER
+    return tokenize.untokenize(tokens)
 
 
 def _error(name: Any, problem: str, fix: str = _FIX) -> CorruptFileError:

@@ -13,6 +13,7 @@ after their pickles, safetensors/npy are judged by their headers.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
 import posixpath
 import re
@@ -49,15 +50,29 @@ _HDF5 = b"\x89HDF\r\n\x1a\n"
 
 
 def run_pickle(ctx: Ctx, data, member, depth, start=0, end=None, base=0) -> PickleResult:
-    """Walk one pickle into ``ctx``; constant payloads of nested deserialisers are scanned too."""
+    """Walk one pickle into ``ctx``; constant payloads of nested deserialisers are scanned too,
+    each distinct payload once (its findings are reported where it is first loaded)."""
     ctx.members.append(f"{member}@{start - base}" if member else f"pickle@{start}")
 
     def nested(payload: bytes, position: int, loader: str):
-        scan_blob(ctx, payload, f"{member or 'pickle'}@{position}>{loader}", depth + 1)
+        digest = hashlib.sha256(payload).digest()
+        if digest not in ctx.payloads:
+            ctx.payloads.add(digest)
+            scan_blob(ctx, payload, f"{member or 'pickle'}@{position}>{loader}", depth + 1)
 
-    r = walk(data, start, end, base=base, member=member, allow=ctx.allow, on_nested=nested)
+    r = _walk(ctx, data, start, end, base=base, member=member, on_nested=nested)
     ctx.findings.extend(r.findings)
     ctx.globals.update(r.globals)
+    return r
+
+
+def _walk(ctx: Ctx, data, start=0, end=None, **kw) -> PickleResult:
+    """:func:`walk` charged to the scan's opcode budget; once it is spent (one finding says so)
+    further pickles are not walked."""
+    if ctx.ops_left <= 0:
+        return PickleResult(start, start, False, None, [], Counter(), "opcode budget exhausted")
+    r = walk(data, start, end, allow=ctx.allow, max_ops=ctx.ops_left, **kw)
+    ctx.ops_left -= r.ops
     return r
 
 
@@ -94,7 +109,7 @@ def scan_blob(ctx: Ctx, data, member, depth: int, path=None) -> None:
                     fmt == "h5" and views == ["zip"] and _is_stored_member(data, _hdf5_offset(data))):
                 views.append(fmt)
     if candidates and _is_opcode(data[0]):  # the same bytes read as a pickle, as torch.load would
-        r = walk(data, 0, allow=ctx.allow, member=member)
+        r = _walk(ctx, data, 0, member=member)
         if r.ok or r.globals:
             views.append("pickle")
             ctx.findings.extend(f for f in r.findings if f.severity != "info")
@@ -548,16 +563,12 @@ def _scan_tar_member(ctx, tf, data, name, m, where, depth) -> None:
         _legacy_sequence(ctx, data, start, end, where, depth, name)
     elif name in ("pickle", "sys_info") or name.lower().endswith((".pkl", ".pickle")):
         scan_pickle_stream(ctx, data, where, depth, start, end, start)
-    elif end > start and _is_opcode(data[start]) and _parses_as_pickle(ctx, data, start, end):
+    elif end > start and _is_opcode(data[start]) and _pickle_like(
+            bytes(data[start:min(end, start + SNIFF_BYTES)]), end - start <= SNIFF_BYTES):
         scan_pickle_stream(ctx, data, where, depth, start, end, start)
     elif end > start and (bytes(data[start:start + 4]) == b"PK\x03\x04" or name.lower().endswith(_ARCHIVES)):
         if m.size <= MAX_MEMBER_BYTES and ctx.budget(m.size, where):
             scan_blob(ctx, bytes(data[start:end]), where, depth + 1)
-
-
-def _parses_as_pickle(ctx, data, start, end) -> bool:
-    r = walk(data, start, end, base=start, allow=ctx.allow)
-    return r.ok or bool(r.globals)
 
 
 def _legacy_sequence(ctx, data, start, end, where, depth, kind) -> None:

@@ -13,20 +13,29 @@ resolve ``STACK_GLOBAL`` operands (directly or through the memo), to see ``BUILD
 an imported object, and to hand constant payloads of nested ``pickle.loads`` back to the
 caller for scanning. The walk stops where the real unpickler would fail, reporting everything
 seen before the error.
+
+Text operands get the values ``_pickle.c`` computes (:func:`c_int`: ``strtol`` in base 0, so
+``I0x1`` and octal ``I010``, the line ending at a NUL; :func:`c_long`, :func:`c_float`,
+:func:`c_decimal`), since those values feed the legacy magic-number check and nested-payload
+detection; a FLOAT that only pure-Python ``pickle`` reads (``1e500``) does not stop the walk.
+Every container carries its nesting depth; past :data:`MAX_NESTING` the walk reports
+``limit-exceeded`` (hashing a deep tuple crashes CPython) and goes on looking for payloads.
 """
 
 from __future__ import annotations
 
 import codecs
+import math
+import re
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from weightkit.scanner._allowlist import NESTED_LOADERS, SAFE_ENCODINGS, critical_reason, fix_imports, judge
-from weightkit.scanner.report import Finding
+from weightkit.scanner.report import MAX_OPS, Finding
 
-__all__ = ["walk", "PickleResult", "OPCODES"]
+__all__ = ["walk", "PickleResult", "OPCODES", "MAX_NESTING", "MAX_OPS", "c_int", "c_long", "c_float", "c_decimal"]
 
 # opcode byte -> name, for every opcode of protocols 0-5
 OPCODES = {ord(c) if isinstance(c, str) else c: n for c, n in {
@@ -46,7 +55,83 @@ OPCODES = {ord(c) if isinstance(c, str) else c: n for c, n in {
 }.items()}
 
 _MAX_STR = 4096  # longer strings are kept opaque (they only matter as global names)
+# containers nested deeper than this are refused: hashing a tuple recurses in C without a guard,
+# so unpickling a ~100,000-deep tuple used as a dict key kills Python with SIGSEGV; real
+# checkpoints nest a few dozen levels
+MAX_NESTING = 1000
 _U8, _U16, _U32, _I32, _U64, _F64 = (struct.Struct(f) for f in ("<B", "<H", "<I", "<i", "<Q", ">d"))
+
+
+# ---- text operands, parsed as _pickle.c parses them ----------------------------------------
+# strtol(s, &end, 0) in the C locale: whitespace, a sign, then 0x-hex, 0-octal or decimal
+_STRTOL = re.compile(rb"[ \t\n\v\f\r]*([+-]?)(?:0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*))")
+# PyOS_string_to_double: no whitespace, no underscores; inf/infinity/nan in any case
+_STRTOD = re.compile(rb"[+-]?(?:(inf(?:inity)?|nan)|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)", re.I)
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _cstr(s: bytes) -> bytes:
+    """The line as C string functions see it: the unpickler's copy ends at the first NUL."""
+    return s.split(b"\0", 1)[0]
+
+
+def c_int(s: bytes) -> int | bool:
+    """The value of an ``INT`` operand (``s``: the line without its newline), as ``load_int``
+    computes it: ``strtol`` in base 0 (so ``0x1f`` and octal ``010``), ``I00``/``I01`` (any two
+    characters that strtol reads as 0 or 1) are False/True; then ``int(s, 0)`` as a fallback.
+
+    Raises:
+        ValueError: the C unpickler refuses the operand too.
+    """
+    if not s:
+        raise ValueError("empty INT operand")
+    m = _STRTOL.match(s)
+    stop = m.end() if m else 0  # no digits: strtol's end pointer is the start of the string
+    if stop == len(s) or s[stop] == 0:
+        x = 0
+        if m:
+            digits, base = (m[2], 16) if m[2] else (m[3], 8) if m[3] else (m[4], 10)
+            x = int(digits, base) * (-1 if m[1] == b"-" else 1)
+        if _LONG_MIN <= x <= _LONG_MAX:
+            return bool(x) if len(s) == 2 and x in (0, 1) else x
+    return int(_cstr(s + b"\n"), 0)  # PyLong_FromString(s, NULL, 0): underscores, 0b/0o, big values
+
+
+def c_long(s: bytes) -> int:
+    """The value of a ``LONG`` operand as ``load_long`` computes it: a trailing ``L`` dropped,
+    then ``int(s, 0)``."""
+    if not s:
+        raise ValueError("empty LONG operand")
+    return int(_cstr(s[:-1] if s.endswith(b"L") else s + b"\n"), 0)
+
+
+def c_float(s: bytes) -> float:
+    """The value of a ``FLOAT`` operand as ``load_float`` computes it (``PyOS_string_to_double``:
+    no whitespace or underscores, ``inf``/``nan`` allowed, overflow refused)."""
+    m = _STRTOD.match(s)
+    if not m or (m.end() < len(s) and s[m.end()] != 0):
+        raise ValueError("could not convert string to float")
+    x = float(m[0])
+    if not m[1] and x in (math.inf, -math.inf):
+        raise ValueError("value too large to convert to float")
+    return x
+
+
+def _float_either(s: bytes) -> float:
+    """A ``FLOAT`` operand that either unpickler reads: pure-Python ``pickle`` calls ``float()``,
+    which also takes whitespace, underscores and overflow (``inf``); the walk goes on as far as
+    the more lenient loader would."""
+    try:
+        return c_float(s)
+    except ValueError:
+        return float(s)
+
+
+def c_decimal(s: bytes) -> int:
+    """A protocol-0 memo index (``GET``/``PUT``): ``PyLong_FromString(s, NULL, 10)``."""
+    if not s:
+        raise ValueError("empty memo index")
+    return int(_cstr(s + b"\n"), 10)
 
 
 class _Stop(Exception):
@@ -72,10 +157,10 @@ class _Global:
 
 
 class _Call:
-    __slots__ = ("rec", "value")
+    __slots__ = ("rec", "value", "depth")
 
-    def __init__(self, rec, value=None):
-        self.rec, self.value = rec, value
+    def __init__(self, rec, value=None, depth=1):
+        self.rec, self.value, self.depth = rec, value, depth
 
 
 class _Bytes:
@@ -88,10 +173,19 @@ class _Bytes:
 
 
 class _Opaque:
-    __slots__ = ("kind",)
+    __slots__ = ("kind", "depth")
 
-    def __init__(self, kind):
-        self.kind = kind
+    def __init__(self, kind, depth=1):
+        self.kind, self.depth = kind, depth
+
+
+class _Tuple(tuple):
+    """A tuple that holds containers, with its nesting ``depth`` (a plain tuple has depth 1)."""
+
+    depth: int
+
+
+_NESTED = frozenset((tuple, _Tuple, _Opaque, _Call))  # model values that are containers (depth >= 1)
 
 
 @dataclass
@@ -105,11 +199,12 @@ class PickleResult:
     findings: list[Finding]
     globals: Counter
     error: str | None = None
+    ops: int = 0  # opcodes walked
 
 
 def walk(data, start: int = 0, end: int | None = None, *, base: int = 0, member: str | None = None,
          allow=frozenset(), on_nested: Callable[[bytes, int, str], None] | None = None,
-         max_ops: int = 20_000_000) -> PickleResult:
+         max_ops: int = MAX_OPS) -> PickleResult:
     """Walk one pickle in ``data[start:end]`` (bytes or mmap) up to its STOP.
 
     Finding positions are ``offset - base``. ``on_nested(payload, position, loader)`` is called
@@ -128,6 +223,9 @@ class _Machine:
         self.globals: Counter = Counter()
         self.proto = 0
         self.op_pos = start
+        self.ops = 0
+        self.too_deep = False
+        self.handed: set[tuple[int, int]] = set()  # nested payloads already handed to on_nested
 
     # ---- findings -----------------------------------------------------------------------
     def add(self, rule, message, global_name=None, ops=()):
@@ -174,10 +272,40 @@ class _Machine:
                 return raw.decode("latin-1")
         return None
 
-    def call(self, func, args, op: str):
+    def nest(self, items) -> int:
+        """Depth of a container built from ``items``; past :data:`MAX_NESTING` a finding (once)."""
+        d = 0
+        for v in items:  # a loop, not max(map()): this runs for every container of the pickle
+            t = type(v)
+            if t in _NESTED:
+                e = 1 if t is tuple else v.depth
+                if e > d:
+                    d = e
+        d += 1
+        if d > MAX_NESTING and not self.too_deep:
+            self.too_deep = True
+            self.add("limit-exceeded", f"containers nested more than {MAX_NESTING} levels deep; unpickling "
+                     "them can crash Python (hashing a deep tuple recurses in C)")
+        return d
+
+    def tuple_of(self, items):
+        d = self.nest(items)
+        if d == 1:
+            return tuple(items)
+        t = _Tuple(items)
+        t.depth = d
+        return t
+
+    def grow(self, target, items) -> None:
+        """Items added to a container (APPEND, SETITEM, BUILD…) deepen it."""
+        if type(target) is _Opaque or type(target) is _Call:
+            target.depth = max(target.depth, self.nest(items))
+
+    def call(self, func, args, op: str, kwargs=None):
+        depth = self.nest((args,) if kwargs is None else (args, kwargs))
         if not isinstance(func, _Global):
             self.add("call-computed", f"{op} on {_kind(func)}, not on an imported global")
-            return _Call(None)
+            return _Call(None, None, depth)
         rec = func.rec
         rec.ops.add(op)
         value = None
@@ -189,10 +317,15 @@ class _Machine:
                 except UnicodeEncodeError:
                     value = None
         if rec.name in NESTED_LOADERS and self.on_nested and isinstance(args, tuple) and args:
-            payload = self.bytes_of(args[0])
-            if payload is not None:
-                self.on_nested(payload, self.op_pos - self.base, rec.name)
-        return _Call(rec, value)
+            arg = args[0]
+            key = (arg.start, arg.stop) if isinstance(arg, _Bytes) else None
+            if key is None or key not in self.handed:  # a memoised payload called again is not copied again
+                payload = self.bytes_of(arg)
+                if payload is not None:
+                    if key is not None:
+                        self.handed.add(key)
+                    self.on_nested(payload, self.op_pos - self.base, rec.name)
+        return _Call(rec, value, depth)
 
     def touch(self, target, op: str):
         if isinstance(target, _Global):
@@ -222,7 +355,7 @@ class _Machine:
             else:
                 continue
             self.findings.append(f)
-        return PickleResult(self.start, self.pos, ok, value, self.findings, self.globals, error)
+        return PickleResult(self.start, self.pos, ok, value, self.findings, self.globals, error, self.ops)
 
     def _loop(self):  # noqa: C901 - one branch per opcode, as in the unpickler
         data, end = self.data, self.end
@@ -261,10 +394,10 @@ class _Machine:
             except UnicodeDecodeError:
                 raise _Stop("pickle-error", f"{name}: argument is not valid {enc}") from None
 
-        def number(s: bytes, conv=int):
+        def number(s: bytes, conv: Callable[[bytes], Any] = c_decimal):
             try:
                 return conv(s)
-            except ValueError:
+            except ValueError:  # also int()'s limit on digits, which the unpickler shares
                 raise _Stop("pickle-error", f"{name}: bad number {s[:40]!r}") from None
 
         def pop():
@@ -306,182 +439,185 @@ class _Machine:
                     raise _Stop("pickle-error", f"{name}: invalid UTF-8") from None
             return _Bytes(p, p + k, py2)
 
-        for _ in range(self.max_ops):
-            pos = self.pos
-            if frame_end is not None and pos >= frame_end:
-                if pos > frame_end:
-                    self.op_pos = pos
-                    self.add("frame-mismatch", f"an opcode crosses the end of its FRAME at byte {frame_end - self.base}")
-                frame_end = None
-            if pos >= end:
-                raise _Stop("pickle-truncated", "the pickle ends before STOP")
-            self.op_pos = pos
-            op = data[pos]
-            self.pos = pos + 1
-            name = OPCODES.get(op)
-            if name is None:
-                raise _Stop("pickle-error", f"unknown opcode {bytes([op])!r}")
-            if name in memo_ops:
-                st, k = memo_ops[name]
-                idx = st.unpack_from(data, need(k))[0] if k else number(line())
-                put(idx) if "PUT" in name else get(idx)
-            elif name == "MEMOIZE":
-                memo[len(memo)] = top()
-            elif name == "MARK":
-                marks.append(len(stack))
-            elif name in ("BININT1", "BININT2", "BININT"):
-                st, k = ints[name]
-                stack.append(st.unpack_from(data, need(k))[0])
-            elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"):
-                k = unis[name]
-                stack.append(string(k[0].unpack_from(data, need(k[1]))[0], uni=True))
-            elif name in ("SHORT_BINBYTES", "BINBYTES", "BINBYTES8", "BYTEARRAY8"):
-                k = byts[name]
-                b = string(k[0].unpack_from(data, need(k[1]))[0])
-                stack.append(b if name != "BYTEARRAY8" else _Opaque("bytearray"))
-            elif name in ("SHORT_BINSTRING", "BINSTRING"):
-                k = u8.unpack_from(data, need(1))[0] if name == "SHORT_BINSTRING" else i32.unpack_from(data, need(4))[0]
-                if k < 0:
-                    raise _Stop("pickle-error", f"{name}: negative length")
-                stack.append(string(k, py2=True))
-            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-                k = int(name[-1])
-                top(k)
-                items = tuple(stack[-k:])
-                del stack[-k:]
-                stack.append(items)
-            elif name == "TUPLE":
-                stack.append(tuple(pop_mark()))
-            elif name == "EMPTY_TUPLE":
-                stack.append(())
-            elif name in ("EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET"):
-                stack.append(_Opaque(name[6:].lower()))
-            elif name in ("DICT", "LIST", "FROZENSET"):
-                items = pop_mark()
-                if name == "DICT" and len(items) % 2:
-                    raise _Stop("pickle-error", "odd number of items for DICT")
-                stack.append(_Opaque(name.lower()))
-            elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
-                stack.append(consts[name])
-            elif name == "BINFLOAT":
-                stack.append(f64.unpack_from(data, need(8))[0])
-            elif name in ("INT", "LONG", "FLOAT"):
-                s = line()
-                if name == "INT" and s in (b"00", b"01"):
-                    stack.append(s == b"01")
-                else:
-                    stack.append(number(s[:-1] if name == "LONG" and s.endswith(b"L") else s,
-                                        float if name == "FLOAT" else int))
-            elif name in ("LONG1", "LONG4"):
-                k = u8.unpack_from(data, need(1))[0] if name == "LONG1" else i32.unpack_from(data, need(4))[0]
-                if k < 0:
-                    raise _Stop("pickle-error", "LONG4: negative length")
-                p = need(k)
-                stack.append(int.from_bytes(data[p:p + k], "little", signed=True) if k <= 64 else _Opaque("int"))
-            elif name in ("APPEND", "SETITEM"):
-                pop()
-                if name == "SETITEM":
-                    pop()
-                self.touch(top(), name)
-            elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
-                items = pop_mark()
-                if name == "SETITEMS" and len(items) % 2:
-                    raise _Stop("pickle-error", "odd number of items for SETITEMS")
-                self.touch(top(), name)
-            elif name == "BUILD":
-                top(2)
-                pop()
-                self.touch(top(), "BUILD")
-            elif name == "REDUCE":
-                args = pop()
-                stack.append(self.call(pop(), args, "REDUCE"))
-            elif name == "NEWOBJ":
-                args = pop()
-                stack.append(self.call(pop(), args, "NEWOBJ"))
-            elif name == "NEWOBJ_EX":
-                pop()
-                args = pop()
-                stack.append(self.call(pop(), args, "NEWOBJ_EX"))
-            elif name == "OBJ":
-                items = pop_mark()
-                if not items:
-                    raise _Stop("pickle-error", "OBJ: unpickling stack underflow")
-                stack.append(self.call(items[0], tuple(items[1:]), "OBJ"))
-            elif name in ("GLOBAL", "INST"):
-                module = text(line())
-                qual = text(line())
-                g = self.global_ref(module, qual, name)
-                if name == "INST":
-                    stack.append(self.call(g, tuple(pop_mark()), "INST"))
-                else:
-                    stack.append(g)
-            elif name == "STACK_GLOBAL":
-                qual_v, mod_v = pop(), pop()
-                module, qual = self.as_str(mod_v), self.as_str(qual_v)
-                if module is None or qual is None:
-                    bad = [w for w, v in (("module", mod_v), ("name", qual_v)) if self.as_str(v) is None]
-                    kinds = ", ".join(f"{w} is {_kind(v)}" for w, v in (("module", mod_v), ("name", qual_v)) if w in bad)
-                    stack.append(self.unresolved(f"STACK_GLOBAL operands are not string constants ({kinds})"))
-                else:
-                    stack.append(self.global_ref(module, qual, name))
-            elif name in ("EXT1", "EXT2", "EXT4"):
-                k = exts[name]
-                code = k[0].unpack_from(data, need(k[1]))[0]
-                stack.append(self.unresolved(f"{name} extension code {code} (copyreg registry, set at run time)"))
-            elif name == "PROTO":
-                v = u8.unpack_from(data, need(1))[0]
-                if v > 5:
-                    raise _Stop("pickle-error", f"unsupported pickle protocol: {v}")
-                self.proto = v
-            elif name == "FRAME":
-                flen = u64.unpack_from(data, need(8))[0]
-                if frame_end is not None:
-                    self.add("frame-mismatch", "a FRAME starts before the previous frame ends")
-                if flen > end - self.pos:
-                    self.add("frame-mismatch", f"FRAME declares {flen} bytes but only {end - self.pos} remain")
-                frame_end = self.pos + flen
-            elif name == "BINPERSID":
-                pid = pop()
-                # torch's legacy persistent_load returns the class of a ('module', cls, file, source) id
-                if isinstance(pid, tuple) and len(pid) > 1 and pid[0] == "module" and isinstance(pid[1], _Global):
-                    stack.append(pid[1])
-                else:
+        n = 0
+        try:  # the opcodes walked are charged to the caller's budget, however the walk ends
+            for n in range(1, self.max_ops + 1):  # noqa: B007 - n is read in the finally clause
+                pos = self.pos
+                if frame_end is not None and pos >= frame_end:
+                    if pos > frame_end:
+                        self.op_pos = pos
+                        self.add("frame-mismatch", f"an opcode crosses the end of its FRAME at byte {frame_end - self.base}")
+                    frame_end = None
+                if pos >= end:
+                    raise _Stop("pickle-truncated", "the pickle ends before STOP")
+                self.op_pos = pos
+                op = data[pos]
+                self.pos = pos + 1
+                name = OPCODES.get(op)
+                if name is None:
+                    raise _Stop("pickle-error", f"unknown opcode {bytes([op])!r}")
+                if name in memo_ops:
+                    st, k = memo_ops[name]
+                    idx = st.unpack_from(data, need(k))[0] if k else number(line())
+                    put(idx) if "PUT" in name else get(idx)
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = top()
+                elif name == "MARK":
+                    marks.append(len(stack))
+                elif name in ("BININT1", "BININT2", "BININT"):
+                    st, k = ints[name]
+                    stack.append(st.unpack_from(data, need(k))[0])
+                elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"):
+                    k = unis[name]
+                    stack.append(string(k[0].unpack_from(data, need(k[1]))[0], uni=True))
+                elif name in ("SHORT_BINBYTES", "BINBYTES", "BINBYTES8", "BYTEARRAY8"):
+                    k = byts[name]
+                    b = string(k[0].unpack_from(data, need(k[1]))[0])
+                    stack.append(b if name != "BYTEARRAY8" else _Opaque("bytearray"))
+                elif name in ("SHORT_BINSTRING", "BINSTRING"):
+                    k = u8.unpack_from(data, need(1))[0] if name == "SHORT_BINSTRING" else i32.unpack_from(data, need(4))[0]
+                    if k < 0:
+                        raise _Stop("pickle-error", f"{name}: negative length")
+                    stack.append(string(k, py2=True))
+                elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                    k = int(name[-1])
+                    top(k)
+                    items = self.tuple_of(stack[-k:])
+                    del stack[-k:]
+                    stack.append(items)
+                elif name == "TUPLE":
+                    stack.append(self.tuple_of(pop_mark()))
+                elif name == "EMPTY_TUPLE":
+                    stack.append(())
+                elif name in ("EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET"):
+                    stack.append(_Opaque(name[6:].lower()))
+                elif name in ("DICT", "LIST", "FROZENSET"):
+                    items = pop_mark()
+                    if name == "DICT" and len(items) % 2:
+                        raise _Stop("pickle-error", "odd number of items for DICT")
+                    stack.append(_Opaque(name.lower(), self.nest(items)))
+                elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
+                    stack.append(consts[name])
+                elif name == "BINFLOAT":
+                    stack.append(f64.unpack_from(data, need(8))[0])
+                elif name in ("INT", "LONG", "FLOAT"):
+                    stack.append(number(line(), c_int if name == "INT" else c_long if name == "LONG" else _float_either))
+                elif name in ("LONG1", "LONG4"):
+                    k = u8.unpack_from(data, need(1))[0] if name == "LONG1" else i32.unpack_from(data, need(4))[0]
+                    if k < 0:
+                        raise _Stop("pickle-error", "LONG4: negative length")
+                    p = need(k)
+                    stack.append(int.from_bytes(data[p:p + k], "little", signed=True) if k <= 64 else _Opaque("int"))
+                elif name in ("APPEND", "SETITEM"):
+                    items = [pop()]
+                    if name == "SETITEM":
+                        items.append(pop())
+                    self.touch(top(), name)
+                    self.grow(stack[-1], items)
+                elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
+                    items = pop_mark()
+                    if name == "SETITEMS" and len(items) % 2:
+                        raise _Stop("pickle-error", "odd number of items for SETITEMS")
+                    self.touch(top(), name)
+                    self.grow(stack[-1], items)
+                elif name == "BUILD":
+                    top(2)
+                    state = pop()
+                    self.touch(top(), "BUILD")
+                    self.grow(stack[-1], (state,))
+                elif name == "REDUCE":
+                    args = pop()
+                    stack.append(self.call(pop(), args, "REDUCE"))
+                elif name == "NEWOBJ":
+                    args = pop()
+                    stack.append(self.call(pop(), args, "NEWOBJ"))
+                elif name == "NEWOBJ_EX":
+                    kwargs = pop()
+                    args = pop()
+                    stack.append(self.call(pop(), args, "NEWOBJ_EX", kwargs))
+                elif name == "OBJ":
+                    items = pop_mark()
+                    if not items:
+                        raise _Stop("pickle-error", "OBJ: unpickling stack underflow")
+                    stack.append(self.call(items[0], self.tuple_of(items[1:]), "OBJ"))
+                elif name in ("GLOBAL", "INST"):
+                    module = text(line())
+                    qual = text(line())
+                    g = self.global_ref(module, qual, name)
+                    if name == "INST":
+                        stack.append(self.call(g, self.tuple_of(pop_mark()), "INST"))
+                    else:
+                        stack.append(g)
+                elif name == "STACK_GLOBAL":
+                    qual_v, mod_v = pop(), pop()
+                    module, qual = self.as_str(mod_v), self.as_str(qual_v)
+                    if module is None or qual is None:
+                        bad = [w for w, v in (("module", mod_v), ("name", qual_v)) if self.as_str(v) is None]
+                        kinds = ", ".join(f"{w} is {_kind(v)}" for w, v in (("module", mod_v), ("name", qual_v)) if w in bad)
+                        stack.append(self.unresolved(f"STACK_GLOBAL operands are not string constants ({kinds})"))
+                    else:
+                        stack.append(self.global_ref(module, qual, name))
+                elif name in ("EXT1", "EXT2", "EXT4"):
+                    k = exts[name]
+                    code = k[0].unpack_from(data, need(k[1]))[0]
+                    stack.append(self.unresolved(f"{name} extension code {code} (copyreg registry, set at run time)"))
+                elif name == "PROTO":
+                    v = u8.unpack_from(data, need(1))[0]
+                    if v > 5:
+                        raise _Stop("pickle-error", f"unsupported pickle protocol: {v}")
+                    self.proto = v
+                elif name == "FRAME":
+                    flen = u64.unpack_from(data, need(8))[0]
+                    if frame_end is not None:
+                        self.add("frame-mismatch", "a FRAME starts before the previous frame ends")
+                    if flen > end - self.pos:
+                        self.add("frame-mismatch", f"FRAME declares {flen} bytes but only {end - self.pos} remain")
+                    frame_end = self.pos + flen
+                elif name == "BINPERSID":
+                    pid = pop()
+                    # torch's legacy persistent_load returns the class of a ('module', cls, file, source) id
+                    if isinstance(pid, tuple) and len(pid) > 1 and pid[0] == "module" and isinstance(pid[1], _Global):
+                        stack.append(pid[1])
+                    else:
+                        stack.append(_Opaque("persistent"))
+                elif name == "PERSID":
+                    text(line(), "ascii")
                     stack.append(_Opaque("persistent"))
-            elif name == "PERSID":
-                text(line(), "ascii")
-                stack.append(_Opaque("persistent"))
-            elif name == "DUP":
-                stack.append(top())
-            elif name == "POP":
-                if marks and marks[-1] == len(stack):
-                    marks.pop()
-                else:
-                    pop()
-            elif name == "POP_MARK":
-                pop_mark()
-            elif name == "STRING":
-                s = line()
-                if len(s) < 2 or s[:1] not in (b"'", b'"') or s[-1:] != s[:1]:
-                    raise _Stop("pickle-error", "the STRING opcode argument must be quoted")
-                try:
-                    raw = codecs.escape_decode(s[1:-1])[0]
-                except ValueError:
-                    raise _Stop("pickle-error", "STRING: bad escape") from None
-                stack.append(raw.decode("latin-1") if len(raw) <= _MAX_STR else _Opaque("str"))
-            elif name == "UNICODE":
-                s = line()
-                stack.append(text(s, "raw-unicode-escape") if len(s) <= _MAX_STR else _Opaque("str"))
-            elif name == "READONLY_BUFFER":
-                top()
-            elif name == "NEXT_BUFFER":
-                raise _Stop("pickle-error", "NEXT_BUFFER: out-of-band buffer, which no weights loader supplies")
-            elif name == "STOP":
-                value = pop()
-                if frame_end is not None and frame_end != self.pos:
-                    self.add("frame-mismatch", "the FRAME " + ("extends past STOP" if frame_end > self.pos
-                                                               else "ends inside the STOP opcode"))
-                return value
-        raise _Stop("limit-exceeded", f"more than {self.max_ops} opcodes")
+                elif name == "DUP":
+                    stack.append(top())
+                elif name == "POP":
+                    if marks and marks[-1] == len(stack):
+                        marks.pop()
+                    else:
+                        pop()
+                elif name == "POP_MARK":
+                    pop_mark()
+                elif name == "STRING":
+                    s = line()
+                    if len(s) < 2 or s[:1] not in (b"'", b'"') or s[-1:] != s[:1]:
+                        raise _Stop("pickle-error", "the STRING opcode argument must be quoted")
+                    try:
+                        raw = codecs.escape_decode(s[1:-1])[0]
+                    except ValueError:
+                        raise _Stop("pickle-error", "STRING: bad escape") from None
+                    stack.append(raw.decode("latin-1") if len(raw) <= _MAX_STR else _Opaque("str"))
+                elif name == "UNICODE":
+                    s = line()
+                    stack.append(text(s, "raw-unicode-escape") if len(s) <= _MAX_STR else _Opaque("str"))
+                elif name == "READONLY_BUFFER":
+                    top()
+                elif name == "NEXT_BUFFER":
+                    raise _Stop("pickle-error", "NEXT_BUFFER: out-of-band buffer, which no weights loader supplies")
+                elif name == "STOP":
+                    value = pop()
+                    if frame_end is not None and frame_end != self.pos:
+                        self.add("frame-mismatch", "the FRAME " + ("extends past STOP" if frame_end > self.pos
+                                                                   else "ends inside the STOP opcode"))
+                    return value
+            raise _Stop("limit-exceeded", f"opcode budget exhausted after {self.max_ops} opcodes (at most "
+                        f"{MAX_OPS} are walked per file, nested pickles included); the rest is not inspected")
+        finally:
+            self.ops = n
 
 
 def _kind(v) -> str:

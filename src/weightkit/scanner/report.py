@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["Finding", "ScanReport", "RULES", "VERDICTS", "SEVERITIES"]
 MAX_TOTAL_BYTES = 2 << 30  # all decompressed reads of one scan
+MAX_OPS = 20_000_000  # pickle opcodes walked in one scan (about 10 s)
 
 VERDICTS = ("safe", "needs-code", "unreadable", "malicious")
 SEVERITIES = ("critical", "warning", "info")
@@ -131,6 +132,8 @@ class Ctx:
         self.members: list[str] = []
         self.format: str | None = None
         self.read = 0
+        self.ops_left = MAX_OPS  # pickle opcodes, all pickles of the scan together (nested ones too)
+        self.payloads: set[bytes] = set()  # digests of nested payloads already scanned
 
     def add(self, rule, message, member=None, position=None, global_name=None, ops=()):
         self.findings.append(Finding(rule, message, member, position, global_name, tuple(ops)))

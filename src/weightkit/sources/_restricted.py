@@ -28,6 +28,7 @@ import numpy as np
 
 from weightkit.errors import CorruptFileError, UnsafeCheckpointError
 from weightkit.scanner._allowlist import SAFE_ENCODINGS, critical_reason, fix_imports, judge
+from weightkit.scanner._pickle import MAX_NESTING
 
 __all__ = ["Stub", "RestrictedUnpickler", "unpickle", "load_pickle"]
 
@@ -337,6 +338,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         super().__init__(file, encoding="utf-8")
         self.label, self.storages = label, storages
         self.classes: dict[str, type] = {}
+        self.depths: dict[int, tuple[tuple, int]] = {}  # id -> (tuple kept alive, nesting) when nested
         global _IMPL
         if _IMPL is None:
             _IMPL = _implementations()
@@ -363,9 +365,43 @@ class RestrictedUnpickler(pickle._Unpickler):
         else:
             raise Bad(f"BUILD applied to {type(inst).__name__}, which takes no state")
 
+    def _depth(self, t: tuple) -> int:
+        """How deep ``hash(t)`` recurses: tuples nested in tuples (cached; anything else ends it)."""
+        known = self.depths.get(id(t))
+        if known is not None and known[0] is t:
+            return known[1]
+        d, todo = 1, [(x, 2) for x in t if isinstance(x, tuple)]
+        while todo and d <= MAX_NESTING:  # iterative: a tuple that came from elsewhere is walked, not recursed
+            x, k = todo.pop()
+            known = self.depths.get(id(x))
+            if known is not None and known[0] is x:
+                d = max(d, k - 1 + known[1])
+                continue
+            d = max(d, k)
+            todo.extend((y, k + 1) for y in x if isinstance(y, tuple))
+        if d > 1:
+            self.depths[id(t)] = (t, d)
+        return d
+
+    def _checked(code: int):  # type: ignore[misc]  # noqa: N805 - builds dispatch entries, not a method
+        """The stock opcode, then a check of the tuple it made: hashing a tuple recurses in C
+        with no guard, so a ~100,000-deep one used as a key would crash Python; refused first."""
+        load = pickle._Unpickler.dispatch[code]
+
+        def run(self):
+            load(self)
+            top = self.stack[-1]
+            if isinstance(top, tuple) and self._depth(top) > MAX_NESTING:
+                raise Bad(f"tuples nested more than {MAX_NESTING} levels deep (hashing them would crash Python)")
+        return run
+
     # pickle's own dispatch table is typed for the base class; these take the subclass
     dispatch[pickle.BYTEARRAY8[0]] = _bytearray8  # type: ignore[assignment]
     dispatch[pickle.BUILD[0]] = _build  # type: ignore[assignment]
+    for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.REDUCE, pickle.NEWOBJ,
+                pickle.NEWOBJ_EX, pickle.OBJ, pickle.INST):
+        dispatch[_op[0]] = _checked(_op[0])
+    del _op, _checked
 
     def find_class(self, module, name):
         m, n = fix_imports(module, name, self.proto)

@@ -24,7 +24,7 @@ __all__ = ["load_torch_zip", "load_torch_legacy", "module_state", "is_module", "
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_DEPTH = 256
-MAX_MODULES = 1_000_000
+MAX_MODULES = 1_000_000  # modules visited plus names given, for the largest files
 
 
 def _torch():
@@ -175,27 +175,37 @@ def is_module(obj) -> bool:
         and isinstance(obj.state.get("_modules"), dict)
 
 
-def module_state(root: Stub) -> tuple[OrderedDict, dict[int, dict]]:
+def module_state(root: Stub, *, limit: int = MAX_MODULES) -> tuple[OrderedDict, dict[int, dict]]:
     """``(state_dict, hints)``: the names ``model.state_dict()`` gives (parameters, persistent
-    buffers, then submodules, recursively) and per tensor (by ``id``) its layer facts."""
+    buffers, then submodules, recursively) and per tensor (by ``id``) its layer facts.
+
+    A submodule shared by several parents is named once per path, as ``state_dict()`` names it,
+    so a small pickle of shared modules (a DAG: 2**k paths through k levels) names exponentially
+    many tensors: modules visited plus names given are capped at ``limit`` (callers pass one
+    proportional to the file)."""
     torch = _torch()
     out: OrderedDict = OrderedDict()
     hints: dict[int, dict] = {}
     _CFG = ("bidirectional", "proj_size", "groups", "hidden_size", "num_layers")
-
-    visits = [0]
+    kinds: dict[str, str] = {}
+    spent = [0]
 
     def visit(mod: Stub, prefix: str, path: tuple):
-        visits[0] += 1  # shared submodules are walked once per name, as state_dict() does: bounded
-        if len(path) > MAX_DEPTH or any(m is mod for m in path) or visits[0] > MAX_MODULES:
-            raise Bad("module tree too deep, too large or cyclic")
-        st, kind = mod.state, _kind(type(mod).qualname)
-        cfg = {a: st[a] for a in _CFG if type(st.get(a)) in (bool, int)}
+        if len(path) > MAX_DEPTH or any(m is mod for m in path):
+            raise Bad("module tree too deep or cyclic")
+        st = mod.state
         skip = st.get("_non_persistent_buffers_set")
         skip = skip if isinstance(skip, (set, frozenset)) else set()
         items = [(r, t, False) for r, t in st["_parameters"].items()]
         bufs = st.get("_buffers")
         items += [(r, t, True) for r, t in (bufs.items() if isinstance(bufs, dict) else ()) if r not in skip]
+        spent[0] += 1 + len(items)
+        if spent[0] > limit:
+            raise Bad(f"the pickled model names more than {limit} modules and tensors (submodules shared "
+                      "across many paths)")
+        qualname = type(mod).qualname
+        kind = kinds.get(qualname) or kinds.setdefault(qualname, _kind(qualname))
+        cfg = {a: st[a] for a in _CFG if type(st.get(a)) in (bool, int)}
         for role, t, is_buffer in items:
             if isinstance(t, torch.Tensor) and isinstance(role, str):
                 out[prefix + role] = t

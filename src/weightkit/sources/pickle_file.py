@@ -12,11 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from weightkit.scanner._pickle import OPCODES
 from weightkit.sources._base import register_reader
 from weightkit.sources._restricted import load_pickle
 from weightkit.sources.torch_checkpoint import _LEGACY_MAGIC, RESTRICTED, TorchCheckpointReader, _restricted_errors
 
-_PICKLE_FIRST = frozenset(b"(}]cN)KJMX\x80")  # opcodes that start real pickles of protocols 0-5
+# a protocol-0 pickle may start with any opcode (``I0x1\n0…``): a .pkl file starting with one is
+# a pickle as far as pickle.load is concerned, so the scanner judges it ("P" would be a zip's "PK")
+_PICKLE_FIRST = frozenset(OPCODES) - {ord("P")}
 
 
 def _sniff(path: Path, head: bytes | None) -> bool:

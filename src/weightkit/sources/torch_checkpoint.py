@@ -25,10 +25,11 @@ from typing import Any
 from weightkit import _dtypes
 from weightkit.errors import CorruptFileError, UnsafeCheckpointError, UnsupportedFormatError
 from weightkit.scanner import scan
+from weightkit.scanner._pickle import c_int, c_long
 from weightkit.sources import _torch_files as r
 from weightkit.sources._base import RawTensor, ReaderBase, register_reader
 from weightkit.sources._restricted import Stub
-from weightkit.sources._torch_files import is_module, module_state
+from weightkit.sources._torch_files import LEGACY_MAGIC, MAX_MODULES, is_module, module_state
 from weightkit.sources.torch_module import torch_raw
 
 # keys under which training checkpoints keep the model's state dict, most specific first
@@ -39,6 +40,7 @@ _TAR_MEMBERS = (b"sys_info", b"pickle", b"storages", b"tensors")  # torch's olde
 _OPTIMIZER_KEYS = {"state", "param_groups"}
 _MAX_DEPTH = 64  # nesting walked in a loaded checkpoint
 _MAX_EXPANDED = 1 << 26  # bytes a broadcast (stride-0) tensor may expand to when read
+_META_NODES = 100_000  # values summarised into the metadata of one checkpoint, all keys together
 RESTRICTED = "restricted unpickler (nothing executed)"
 
 
@@ -53,7 +55,18 @@ def _sniff(path: Path, head: bytes | None) -> bool:
             return False
     if head[:1] == b"\x80" and _LEGACY_MAGIC in head[:32]:
         return True
-    return _is_tar(head)
+    return _is_tar(head) or _text_magic(head)
+
+
+def _text_magic(head: bytes) -> bool:
+    """A legacy file whose magic number is a protocol-0 INT or LONG (``L0x1950…L``): torch.load
+    compares the value, whatever opcode spells it."""
+    if head[:1] not in (b"I", b"L") or b"\n" not in head:
+        return False
+    try:
+        return (c_int if head[:1] == b"I" else c_long)(head[1:head.index(b"\n")]) == LEGACY_MAGIC
+    except ValueError:
+        return False
 
 
 def _is_tar(head: bytes) -> bool:
@@ -163,73 +176,120 @@ def _is_state_dict(x: Any) -> bool:
     return isinstance(x, Mapping) and bool(x) and all(_is_tensor(v) for v in x.values())
 
 
-def _flatten(obj: Any, prefix: str = "", depth: int = 0, seen: set | None = None) -> dict[str, Any]:
+def _is_optimizer(x: Any) -> bool:
+    """An optimizer's ``state_dict()`` (in O(1): a checkpoint's dicts may be huge and shared)."""
+    return isinstance(x, Mapping) and all(k in x for k in _OPTIMIZER_KEYS)
+
+
+class _Walk:
+    """One walk over a loaded checkpoint's values. A pickle may reach one container from many
+    keys (memo references), so everything known about a container is kept by ``id`` (with the
+    container, so the id stays its own) and each is looked at once; summaries share one budget
+    of nodes. The work is linear in the checkpoint, however its containers are shared."""
+
+    def __init__(self, nodes: int = _META_NODES):
+        self.left = nodes
+        self.holds: dict[int, tuple[Any, bool]] = {}  # container -> whether it holds a tensor
+        self.tried: set[int] = set()  # mappings already searched for a state dict (kept alive by obj)
+        self.done: dict[tuple[int, int], tuple[Any, Any]] = {}  # (container, depth) -> its summary
+
+    def holds_tensor(self, obj: Any, depth: int = 0) -> bool:
+        """Whether :func:`_flatten` of ``obj`` finds a tensor (without naming them all)."""
+        if _is_tensor(obj):
+            return True
+        if depth > _MAX_DEPTH or not isinstance(obj, (Mapping, list, tuple)):
+            return False
+        known = self.holds.get(id(obj))
+        if known is not None:
+            return known[1]
+        self.holds[id(obj)] = (obj, False)  # a cycle back here finds nothing new
+        found = not _is_optimizer(obj) and any(self.holds_tensor(v, depth + 1) for v in
+                                               (obj.values() if isinstance(obj, Mapping) else obj))
+        self.holds[id(obj)] = (obj, found)
+        return found
+
+
+def _flatten(obj: Any, prefix: str = "", depth: int = 0, seen: set | None = None,
+             walk: _Walk | None = None) -> dict[str, Any]:
     """Tensor leaves of nested dicts/lists, named with dots (a container reached twice is
-    walked once, so shared sub-containers in a pickle cannot multiply the work)."""
+    walked once, so shared sub-containers in a pickle cannot multiply the work); with ``walk``,
+    each value visited is charged to its budget and the walk stops when it is spent."""
     out: dict[str, Any] = {}
     seen = set() if seen is None else seen
+    if walk is not None:
+        walk.left -= 1
     if _is_tensor(obj):
         out[prefix or "tensor"] = obj
-    elif depth > _MAX_DEPTH or id(obj) in seen:
+    elif depth > _MAX_DEPTH or id(obj) in seen or (walk is not None and walk.left < 0):
         return out
     elif isinstance(obj, Mapping):
         seen.add(id(obj))
-        if _OPTIMIZER_KEYS <= set(obj):
+        if _is_optimizer(obj):
             return out
         for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k), depth + 1, seen))
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k), depth + 1, seen, walk))
     elif isinstance(obj, (list, tuple)):
         seen.add(id(obj))
         for i, v in enumerate(obj):
-            out.update(_flatten(v, f"{prefix}.{i}" if prefix else str(i), depth + 1, seen))
+            out.update(_flatten(v, f"{prefix}.{i}" if prefix else str(i), depth + 1, seen, walk))
     return out
 
 
-def find_state_dict(obj: Any) -> tuple[dict[str, Any], str | None]:
+def find_state_dict(obj: Any, _walk: _Walk | None = None, _depth: int = 0) -> tuple[dict[str, Any], str | None]:
     """``(state_dict, key_path)``: where in a loaded checkpoint the model's weights are."""
+    walk = _Walk() if _walk is None else _walk
     if _is_state_dict(obj):
         return {str(k): v for k, v in obj.items()}, None  # names are strings, whatever the pickle's keys
-    if isinstance(obj, Mapping):
+    if isinstance(obj, Mapping) and _depth <= _MAX_DEPTH:
+        walk.tried.add(id(obj))
         for key in STATE_DICT_KEYS:
-            if key in obj and isinstance(obj[key], Mapping) and not _OPTIMIZER_KEYS <= set(obj[key]):
-                inner, path = find_state_dict(obj[key])
+            inner_obj = obj.get(key)
+            # a mapping reached again (shared by several keys) was searched already and held nothing
+            if isinstance(inner_obj, Mapping) and not _is_optimizer(inner_obj) and id(inner_obj) not in walk.tried:
+                inner, path = find_state_dict(inner_obj, walk, _depth + 1)
                 if inner:
                     return inner, key if path is None else f"{key}.{path}"
-    flat = _flatten(obj)
+    flat = _flatten(obj) if walk.holds_tensor(obj) else {}
     return flat, ("(nested)" if flat else None)
 
 
-def summarize_value(v: Any, depth: int = 0, _budget: list | None = None) -> Any:
-    """A JSON-friendly summary of a non-weight checkpoint value (at most 10,000 objects)."""
-    budget = [10_000] if _budget is None else _budget
-    budget[0] -= 1
+def summarize_value(v: Any, depth: int = 0, _walk: _Walk | None = None) -> Any:
+    """A JSON-friendly summary of a non-weight checkpoint value (at most 100,000 objects in all,
+    each container summarised once however many keys share it)."""
+    walk = _Walk() if _walk is None else _walk
+    walk.left -= 1
     if _is_tensor(v):
         if v.numel() == 1:
             return v.item()
         return {"tensor": list(v.shape), "dtype": _dtypes.from_torch(v.dtype)}
     if isinstance(v, (bool, int, float, str)) or v is None:
         return v
-    if depth > 8 or budget[0] < 0:
+    if depth > 8 or walk.left < 0:
         return f"<{type(v).__name__}>"
-    stub = _stub_summary(v, depth, budget)
+    known = walk.done.get((id(v), depth))
+    if known is not None:
+        return known[1]
+    out = _summary(v, depth, walk)
+    walk.done[(id(v), depth)] = (v, out)
+    return out
+
+
+def _summary(v: Any, depth: int, walk: _Walk) -> Any:
+    stub = _stub_summary(v, depth, walk)
     if stub is not None:
         return stub
     if isinstance(v, Mapping):
-        if _OPTIMIZER_KEYS <= set(v):
-            return _summarize_optimizer(v)
+        if _is_optimizer(v):
+            return _summarize_optimizer(v, walk)
         if depth >= 3 or len(v) > 50:
-            tensors = _flatten(v)
-            return {"entries": len(v), "tensors": len(tensors),
-                    "bytes": sum(t.numel() * t.element_size() for t in tensors.values())}
-        return {str(k): summarize_value(x, depth + 1, budget) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
+            return {"entries": len(v)} | _tensor_stats(v, walk)
+        return {str(k): summarize_value(x, depth + 1, walk) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set, frozenset)):  # sets as lists: a set's repr is as big as the set
         if len(v) > 20:
             return {"items": len(v)}
-        return [summarize_value(x, depth + 1, budget) for x in v]
+        return [summarize_value(x, depth + 1, walk) for x in v]
     if isinstance(v, (bytes, bytearray)):
         return {"bytes": len(v)}
-    if isinstance(v, (set, frozenset)) and len(v) > 20:
-        return {"items": len(v)}
     if hasattr(v, "item") and callable(v.item):  # numpy scalars
         try:
             return v.item()
@@ -238,7 +298,15 @@ def summarize_value(v: Any, depth: int = 0, _budget: list | None = None) -> Any:
     return repr(v)[:200]
 
 
-def _stub_summary(v: Any, depth: int, budget: list) -> dict[str, Any] | None:
+def _tensor_stats(v: Any, walk: _Walk) -> dict[str, Any]:
+    """Count and bytes of the tensors in ``v``; ``None`` for both when the budget ran out first."""
+    tensors = _flatten(v, walk=walk)
+    if walk.left < 0:
+        return {"tensors": None, "bytes": None}
+    return {"tensors": len(tensors), "bytes": sum(t.numel() * t.element_size() for t in tensors.values())}
+
+
+def _stub_summary(v: Any, depth: int, walk: _Walk) -> dict[str, Any] | None:
     """``{"needs_code": "module.Class", "args": …, "state": …}`` for an object the restricted
     unpickler left as a stub; ``None`` for anything else."""
     import sys
@@ -252,29 +320,28 @@ def _stub_summary(v: Any, depth: int, budget: list) -> dict[str, Any] | None:
         return None
     out: dict[str, Any] = {"needs_code": v.qualname}
     if v.args:
-        out["args"] = summarize_value(list(v.args[:20]), depth + 1, budget)
+        out["args"] = summarize_value(list(v.args[:20]), depth + 1, walk)
     if v.state:
-        out["state"] = summarize_value(dict(list(v.state.items())[:50]), depth + 1, budget)
+        out["state"] = summarize_value(dict(list(v.state.items())[:50]), depth + 1, walk)
     return out
 
 
-def _summarize_optimizer(opt: Mapping) -> dict[str, Any]:
-    tensors = _flatten(opt.get("state", {}))
+def _summarize_optimizer(opt: Mapping, walk: _Walk) -> dict[str, Any]:
     groups = []
     param_groups = opt.get("param_groups")
     for g in param_groups if isinstance(param_groups, (list, tuple)) else ():
+        if walk.left < 0:
+            break
         if not isinstance(g, Mapping):
             continue
+        walk.left -= len(g)
         params = g.get("params")
-        groups.append({str(k): summarize_value(x, 3) for k, x in g.items()
+        groups.append({str(k): summarize_value(x, 3, walk) for k, x in g.items()
                        if k != "params" and isinstance(x, (int, float, str, bool, tuple, list)) or x is None}
                       | {"params": len(params) if isinstance(params, (list, tuple)) else 0})
-    return {
-        "optimizer_state": True,
-        "param_groups": groups,
-        "state_tensors": len(tensors),
-        "state_bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
-    }
+    stats = _tensor_stats(opt.get("state", {}), walk)
+    return {"optimizer_state": True, "param_groups": groups,
+            "state_tensors": stats["tensors"], "state_bytes": stats["bytes"]}
 
 
 @register_reader("torch", suffixes=(".pt", ".pth", ".bin", ".ckpt"), sniff=_sniff,
@@ -294,9 +361,13 @@ class TorchCheckpointReader(ReaderBase):
         self._done: dict[int, Any] = {}
         root = obj
         if how == RESTRICTED:
-            obj = self._materialize(obj, 0)
+            # a module costs hundreds of pickle bytes; names beyond that come from sharing
+            self._module_limit = min(MAX_MODULES, 100_000 + path.stat().st_size // 16)
+            with _restricted_errors(path, "pickled model"):
+                obj = self._materialize(obj, 0)
         del self._done
-        self._tensors, self._weights_from = find_state_dict(obj)
+        walk = _Walk()
+        self._tensors, self._weights_from = find_state_dict(obj, walk)
         if not self._tensors:
             raise CorruptFileError(f"{path}: the checkpoint holds no tensors; nothing to show")
         for name, t in self._tensors.items():
@@ -307,7 +378,7 @@ class TorchCheckpointReader(ReaderBase):
             if t.numel() * t.element_size() > max(stored, _MAX_EXPANDED):
                 raise CorruptFileError(f"{path}: tensor {name!r} declares shape {tuple(t.shape)} over {stored} stored "
                                        "bytes (overlapping strides); the file is corrupt")
-        self._meta = self._metadata(obj)
+        self._meta = self._metadata(obj, walk)
         if how == RESTRICTED:
 
             if isinstance(root, Stub):
@@ -327,7 +398,7 @@ class TorchCheckpointReader(ReaderBase):
         if depth > _MAX_DEPTH or id(obj) in done:
             return done.get(id(obj), (None, obj))[1]
         if is_module(obj):
-            new, hints = module_state(obj)
+            new, hints = module_state(obj, limit=self._module_limit)
             for k, v in hints.items():
                 self._hints.setdefault(k, v)
         elif type(obj) in (dict, OrderedDict):
@@ -339,7 +410,7 @@ class TorchCheckpointReader(ReaderBase):
         done[id(obj)] = (obj, new)  # keeps obj alive, so its id is not reused
         return new
 
-    def _metadata(self, obj: Any) -> dict[str, Any]:
+    def _metadata(self, obj: Any, walk: _Walk) -> dict[str, Any]:
         meta: dict[str, Any] = {}
         if self._weights_from:
             meta["weights_from"] = self._weights_from
@@ -347,19 +418,19 @@ class TorchCheckpointReader(ReaderBase):
             nested = self._weights_from == "(nested)"
             used = None if nested or self._weights_from is None else self._weights_from.split(".")[0]
             for k, v in obj.items():
-                if k == used or (nested and _flatten(v)):
+                if k == used or (nested and walk.holds_tensor(v)):
                     continue
-                meta[str(k)] = summarize_value(v)
+                meta[str(k)] = summarize_value(v, 0, walk)
         return meta
 
     def tensors(self) -> list[RawTensor]:
         seen: dict[tuple, RawTensor] = {}
+        aliases: dict[tuple, list[str]] = {}  # gathered, then set once: growing a tuple per alias is quadratic
         for name, t in self._tensors.items():
             ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
                      t.dtype) if t.numel() else (id(t),)
             if ident in seen:
-                first = seen[ident]
-                first.shared_with = (*first.shared_with, name)
+                aliases.setdefault(ident, []).append(name)
                 continue
             raw = seen[ident] = RawTensor(name, name, tuple(t.shape), _dtypes.from_torch(t.dtype))
             hint = self._hints.get(id(t))
@@ -367,6 +438,8 @@ class TorchCheckpointReader(ReaderBase):
                 layer = name[: -len(hint["role"])].removesuffix(".")
                 raw.layer, raw.role, raw.kind, raw.kind_from = layer, hint["role"], hint["kind"], "module"
                 raw.trainable, raw.is_buffer, raw.layer_config = hint["trainable"], hint["is_buffer"], hint["layer_config"]
+        for ident, names in aliases.items():
+            seen[ident].shared_with = tuple(names)
         return list(seen.values())
 
     def read(self, key: str):
