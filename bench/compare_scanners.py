@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import weightkit.scanner as wscan  # noqa: E402
 from _malicious import ROUND_TWO, VARIANTS, build_corpus  # noqa: E402
 
+LOADERS = {"pickle": "`pickle.load`", "pypickle": "pure-Python `pickle`", "torch": "`torch.load(weights_only=False)`",
+           "numpy": "`np.load(allow_pickle=True)`", "keras": "`keras.models.load_model(safe_mode=False)`"}
 TOOLS = {
     "picklescan": lambda exe, p: [exe, "--path", str(p)],
     "modelscan": lambda exe, p: [exe, "-p", str(p)],
@@ -101,11 +103,12 @@ def main() -> None:
         ran = sorted(p.name for p in markers.iterdir())
     cell = {"flagged": "flagged", "missed": "**missed**", "error": "error", "unsupported": "unsupported", "absent": "–"}
     if args.markdown:
-        print("| variant | round | trick | weightkit | " + " | ".join(tools) + " |")
-        print("| --- | --- | --- | --- |" + " --- |" * len(tools))
+        print("| variant | round | trick | runs under | weightkit | " + " | ".join(tools) + " |")
+        print("| --- | --- | --- | --- | --- |" + " --- |" * len(tools))
         for v, verdict, res in rows:
             rnd = 2 if v.name in round_two else 1
-            print(f"| `{v.name}` | {rnd} | {v.trick} | {verdict if verdict != 'safe' else '**safe**'} | "
+            print(f"| `{v.name}` | {rnd} | {v.trick} | {LOADERS.get(v.live or '', '–')} | "
+                  f"{verdict if verdict != 'safe' else '**safe**'} | "
                   + " | ".join(cell[r] for r in res) + " |")
         print()
     else:
