@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import zipfile
 
 import h5py
 import numpy as np
@@ -225,3 +226,23 @@ def test_tar_link_chains_are_walked_once_and_a_way_out_is_reported_at_its_link()
     assert r.verdict == "malicious" and [(f.rule, f.member) for f in r.findings] == [("tar-link", "b")]
     r = weightkit.scanner.scan_bytes(_link_tar([("storages", "a"), ("a", "../x")]))
     assert {f.member for f in r.findings if f.rule == "tar-link"} == {"storages", "a"}
+
+
+@pytest.mark.parametrize("compress", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_the_weights_inside_a_keras_zip_are_checked_for_ways_out(tmp_path, compress):
+    """A ``.keras`` file's ``model.weights.h5`` with external storage: the Keras reader refuses it,
+    and the scanner flags it without reading the member's datasets (in place when stored)."""
+    canary = tmp_path / "canary"
+    canary.write_bytes(b"secret!!" * 2)
+    weights = h5_bytes(lambda f: keras_weights(f, external=[(str(canary), 0, 16)]))
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w", compression=compress) as zf:
+        zf.writestr("metadata.json", b'{"keras_version": "3.3.0"}')
+        zf.writestr("config.json", json.dumps({"module": "keras", "class_name": "Sequential", "config": {
+            "name": "s", "layers": []}, "registered_name": None}))
+        zf.writestr("model.weights.h5", weights)
+    r = weightkit.scan(path)
+    assert r.verdict == "malicious", r.to_dict()
+    assert any(f.rule == "hdf5-external" and f.member.startswith("model.weights.h5") for f in r.findings)
+    with pytest.raises(WeightkitError):
+        weightkit.open(path)

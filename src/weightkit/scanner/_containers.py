@@ -41,6 +41,7 @@ MAX_LOCAL_HEADERS = 4096  # local headers walked where no directory can be read
 MAX_LOCAL_BYTES = 64 << 20  # member bytes copied in that walk
 MAX_LOCAL_PICKLES = 64  # pickles scanned in that walk
 MAX_UNKNOWN_BYTES = 1 << 20  # bytes taken for a member whose local header gives no size
+MAX_H5_IN_MEMORY = 256 << 20  # a compressed HDF5 member unpacked to check its objects
 MAX_RATIO = 500  # compression ratio above which a big member is a bomb
 MAX_SEQUENCE = 1_000_000  # pickles in a legacy stream
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -180,60 +181,73 @@ def _zip_end(data):
         return None
 
 
+def _stored_span(data, info) -> tuple[int, int] | None:
+    """``(start, end)`` of the bytes of a stored (uncompressed, unencrypted) zip member inside
+    ``data``, from its local header, or ``None``: those bytes can be read in place."""
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
+        return None
+    local = bytes(data[info.header_offset:info.header_offset + 30])
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        return None
+    start = info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
+    return (start, start + info.file_size) if start + info.file_size <= len(data) else None
+
+
 def _is_stored_member(data, offset) -> bool:
     """Whether ``offset`` is where the data of a stored member of the zip ``data`` starts: an
     HDF5 signature there (a ``.keras`` weights member landing on byte 4096) is that member, the
     same bytes for every reader, not a second format."""
     try:
         with zipfile.ZipFile(_reader(data)) as zf:
-            for info in zf.infolist():
-                local = bytes(data[info.header_offset:info.header_offset + 30])
-                if (info.compress_type == zipfile.ZIP_STORED and local[:4] == b"PK\x03\x04"
-                        and info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30])) == offset):
-                    return True
+            return any((span := _stored_span(data, info)) is not None and span[0] == offset
+                       for info in zf.infolist())
     except Exception:
-        pass
-    return False
+        return False
 
 
-def _reader(data):
-    return io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else _MMapFile(data)
+def _reader(data, start: int = 0, end: int | None = None):
+    """A seekable read-only file over ``data[start:end]`` (bytes or a mapping), without copying."""
+    if isinstance(data, (bytes, bytearray)) and start == 0 and end is None:
+        return io.BytesIO(data)
+    return _MMapFile(data, start, end)
 
 
 class _MMapFile(io.RawIOBase):
-    """A seekable read-only file over an mmap, without copying it."""
+    """A seekable read-only file over ``mm[start:end]`` (an mmap or bytes), without copying it."""
 
     readable = seekable = lambda self: True  # noqa: E731
 
-    def __init__(self, mm):
-        self.mm, self.pos = mm, 0
+    def __init__(self, mm, start: int = 0, end: int | None = None):
+        self.mm, self.base = mm, start
+        self.size = (len(mm) if end is None else min(end, len(mm))) - start
+        self.pos = 0
 
     def seek(self, off, whence=0):
-        self.pos = (off, self.pos + off, len(self.mm) + off)[whence]
+        self.pos = max(0, (off, self.pos + off, self.size + off)[whence])
         return self.pos
 
     def tell(self):
         return self.pos
 
     def read(self, size=-1):  # RawIOBase.read allocates ``size`` first: a tar header may declare 2**40
-        stop = len(self.mm) if size is None or size < 0 else min(len(self.mm), self.pos + size)
-        chunk = bytes(self.mm[self.pos:stop]) if stop > self.pos else b""
+        stop = self.size if size is None or size < 0 else min(self.size, self.pos + size)
+        chunk = bytes(self.mm[self.base + self.pos:self.base + stop]) if stop > self.pos else b""
         self.pos += len(chunk)
         return chunk
 
     def readinto(self, b):
-        chunk = self.mm[self.pos:self.pos + len(b)]
-        b[:len(chunk)] = chunk
-        self.pos += len(chunk)
-        return len(chunk)
+        n = max(0, min(len(b), self.size - self.pos))
+        b[:n] = self.mm[self.base + self.pos:self.base + self.pos + n]
+        self.pos += n
+        return n
 
 
 class _Zipped:
     """A member as ``zipfile`` reads it (numpy, Keras); as miniz reads it (``raw``) when zipfile
     refuses its local header (another name there: miniz never compares them)."""
 
-    def __init__(self, zf, info, raw=None):
-        self.zf, self.info, self.raw = zf, info, raw
+    def __init__(self, zf, info, raw=None, data=None):
+        self.zf, self.info, self.raw, self.data = zf, info, raw, data
         self.filename, self.file_size, self.compress_size = info.filename, info.file_size, info.compress_size
 
     def read(self, limit: int) -> bytes:
@@ -342,7 +356,7 @@ def scan_zip(ctx: Ctx, data, member, depth, path=None, embedded=False) -> None:
             _scan_local(ctx, data, 0, first, member, depth)
         raw = {(x.offset, x.filename): _Raw(data, x, lay.locals[x.offset]) for x in lay.members
                if not isinstance(lay.locals.get(x.offset), str)}
-        zipped = [_Zipped(zf, i, raw.pop((i.header_offset, i.orig_filename), None)) for i in infos]
+        zipped = [_Zipped(zf, i, raw.pop((i.header_offset, i.orig_filename), None), data) for i in infos]
         _scan_members(ctx, zipped + list(raw.values())[:max(0, MAX_MEMBERS - len(infos))], member, depth)
 
 
@@ -379,6 +393,9 @@ def _scan_zip_member(ctx, m, member, depth):
             ctx.members.append(where)
             _keras_json(ctx, blob, where)
         return
+    if head.startswith(_HDF5) or low.endswith((".h5", ".hdf5")):
+        _scan_h5_member(ctx, m, where)
+        return
     looks = head.startswith((b"PK\x03\x04", b"\x93NUMPY")) or (len(head) > 1 and head[0] == 0x80 and 1 <= head[1] <= 5)
     if looks or (low.endswith(_ARCHIVES) and not low.endswith(".h5")):
         blob = _read_member(ctx, m, where)
@@ -388,6 +405,23 @@ def _scan_zip_member(ctx, m, member, depth):
         blob = _read_member(ctx, m, where)  # a pickle under another name (protocol 0/1 has no PROTO)
         if blob:
             scan_blob(ctx, blob, where, depth)
+
+
+def _scan_h5_member(ctx, m, where) -> None:
+    """An HDF5 member (a ``.keras`` file's ``model.weights.h5``): its configs and objects that
+    read outside the file, judged in place when it is stored (Keras writes it so; no byte of its
+    datasets is read), else from memory up to :data:`MAX_H5_IN_MEMORY`."""
+    span = _stored_span(m.data, m.info) if isinstance(m, _Zipped) and m.data is not None else None
+    if span is not None:
+        scan_h5(ctx, m.data, where, start=span[0], end=span[1])
+        return
+    if m.file_size > MAX_H5_IN_MEMORY:
+        ctx.add("limit-exceeded", f"compressed HDF5 member of {m.file_size} bytes: its objects cannot be "
+                f"checked without unpacking it (limit {MAX_H5_IN_MEMORY >> 20} MiB)", where)
+        return
+    blob = _read_member(ctx, m, where, MAX_H5_IN_MEMORY)
+    if blob is not None:
+        scan_h5(ctx, blob, where)
 
 
 def _keras_like(head: bytes) -> bool:
@@ -675,9 +709,13 @@ def _hdf5_offset(data):
     return None
 
 
-def scan_h5(ctx, data, member, path=None) -> bool:
+def scan_h5(ctx, data, member, path=None, start: int = 0, end: int | None = None) -> bool:
     """The Keras configs in the attributes, and every object that makes libhdf5 read outside the
-    file (``formats.hdf5.reaches_outside``); False when h5py cannot open it (a finding)."""
+    file (``formats.hdf5.reaches_outside``), of the HDF5 file ``data[start:end]`` (the whole
+    file at ``path``, or a stored zip member read in place: its datasets are never read); False
+    when h5py cannot open it (a finding)."""
+    whole = path is not None and start == 0 and end is None
+    end = len(data) if end is None else end
     where = _join(member, "attrs")
     try:
         import h5py
@@ -686,15 +724,15 @@ def scan_h5(ctx, data, member, path=None) -> bool:
         return False
 
     try:  # the readers' own guard: libhdf5 loops forever on some corrupt global heaps
-        if path is not None:
+        if whole:
             check_global_heaps(Path(path))
         else:
-            scan_global_heaps(Path(member or "hdf5"), bytes(data), 0, len(data))
+            scan_global_heaps(Path(member or "hdf5"), data, start, end)
     except CorruptFileError as e:
         ctx.add("container-error", f"HDF5 file unreadable ({str(e)[:120]})", member)
         return False
     try:
-        with h5py.File(path if path is not None else io.BytesIO(bytes(data)), "r") as f:
+        with h5py.File(path if whole else _reader(data, start, end), "r") as f:
             ctx.members.append(where)
             for attr in ("model_config", "training_config"):
                 if attr in f.attrs:
