@@ -29,8 +29,10 @@ def list_(
 ) -> None:
     """List the runs: name, measured steps, parameters, alerts, status, last modified."""
 
+    refused: list[WeightkitError] = []
+
     def run():
-        runs = list_runs(dir)
+        runs = list_runs(dir, on_error=refused.append)
         if as_json:
             print_json({"dir": str(dir), "runs": [r.to_dict() for r in runs]})
         else:
@@ -38,6 +40,11 @@ def list_(
             out = console()
             for part in render_run_list(runs, str(dir)):
                 out.print(part)
+        # the runs that can be read are listed; each store refused is one line, and exit 2
+        for e in refused[:-1]:
+            typer.echo(f"weightkit: error: {e}", err=True)
+        if refused:
+            raise refused[-1]
 
     guard(run)
 
