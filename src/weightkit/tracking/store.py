@@ -63,9 +63,10 @@ MAX_PARAMS = 1 << 16  # parameter tensors (the largest models have tens of thous
 MAX_TEXT_BYTES = 128 << 20  # names and alert messages together
 MAX_BINS = 4096  # histogram bins (watch(bins=) allows 2..4096)
 _MAX_META, _MAX_META_BYTES = 10_000, 16 << 20  # weightkit writes a few dozen short entries
-# A metric is read into a [steps, params] float64 array; a real store spends far more than
-# BYTES_PER_CELL bytes on each (step, parameter) row, so beyond MIN_CELLS the file must be that big.
-MIN_CELLS, BYTES_PER_CELL = 1 << 22, 16
+# A metric is read into a [steps, params] float64 array; a real store spends more than 20
+# bytes on each (step, parameter) row (22 with only the weight norm measured), so beyond MIN_CELLS
+# the file must hold at least BYTES_PER_CELL bytes per cell.
+MIN_CELLS, BYTES_PER_CELL = 1 << 22, 12
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
