@@ -258,10 +258,10 @@ def run_dir(tmp_path_factory):
 def test_runs_list_and_show_are_literal(run_dir):
     name = RUN
     param = f"w{HOSTILE['clipboard']}{HOSTILE['style']}{HOSTILE['caret']}{HOSTILE['bidi']}"
-    broken = run_dir / f"bad{IN_NAME}"  # a store runs list cannot read: it logs a warning naming it
+    broken = run_dir / f"bad{IN_NAME}"  # a store runs list refuses: one error line naming it, exit 2
     broken.mkdir(exist_ok=True)
     (broken / "watch.sqlite").write_bytes(b"not a database")
-    r = cli("runs", "list", "--dir", run_dir)
+    r = cli("runs", "list", "--dir", run_dir, codes=(2,))
     shows(r.stdout, name, f"boom{HOSTILE['clear']}{HOSTILE['close']}")
     shows(r.stderr, f"bad{IN_NAME}")
     out = cli("runs", "show", name, "--dir", run_dir).stdout

@@ -1,24 +1,35 @@
-"""Atomic file writes: the destination is either untouched or the complete new file.
+"""Atomic file writes that never follow a link planted where weightkit writes.
 
-The bytes go to a temporary file in the destination's directory (same file system, so the
-final ``rename`` is atomic), which is flushed and fsynced before it replaces the destination;
-the directory is then fsynced so the rename itself survives a crash. On any exception the
-temporary file is removed and the destination is left as it was. A process killed with
-SIGKILL cannot clean up: it may leave a ``.<name>.*.wktmp`` file beside the destination, but
-never a half-written file at the destination path.
+Every file weightkit writes (safetensors, reports, pictures, exports, run stores, demo files)
+goes through this module. The bytes go to a temporary file that ``tempfile.mkstemp`` creates in
+the destination's directory (``O_CREAT | O_EXCL``, mode 0600, a random name
+``.<name>.<random>.wktmp``): creation fails rather than open an existing file or a symlink, and
+no other process can guess the name in advance. The temporary file is flushed and fsynced, then
+renamed over the destination (same file system, so the rename is atomic), and the directory is
+fsynced so the rename itself survives a crash. On any exception the temporary file is removed and
+the destination is left as it was. A process killed with SIGKILL cannot clean up: it may leave a
+``.<name>.*.wktmp`` file beside the destination, but never a half-written destination.
+
+A symlink *at the destination* is replaced by the new file (``rename`` replaces the link itself);
+its target is never opened or changed. With ``exclusive=True`` an existing destination (a file or
+a link) is refused instead: the new file is installed with ``link``, which never replaces or
+follows anything.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from weightkit.errors import WeightkitError
 
-__all__ = ["atomic_write", "check_writable", "TEMP_SUFFIX"]
+__all__ = ["atomic_write", "atomic_path", "atomic_files", "check_writable", "TEMP_SUFFIX"]
 
 TEMP_SUFFIX = ".wktmp"
 
@@ -49,9 +60,67 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _directory(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def _new_temp(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path`` (exclusive, unpredictable name) with the final mode."""
+    directory = _directory(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=directory)
+    except OSError as e:
+        raise WeightkitError(f"{path}: cannot create a file in {directory} ({e.strerror}); nothing was written") from None
+    try:
+        st = os.lstat(path)
+        # keep the permissions of a regular file being replaced; a link's target is nobody's business
+        # here, and set-id bits are never copied
+        mode = st.st_mode & 0o777 if stat.S_ISREG(st.st_mode) else None
+    except OSError:
+        mode = None
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.fchmod(fd, mode)
+    return fd, tmp
+
+
+def _install(tmp: str, path: Path, *, exclusive: bool) -> None:
+    """Move the finished temporary file to ``path`` (replacing it, or refusing an existing one)."""
+    if not exclusive:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise WeightkitError(f"{path}: already exists; remove it or choose another path") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        # a file system without hard links: check, then rename (a race remains there)
+        if os.path.lexists(path):
+            raise WeightkitError(f"{path}: already exists; remove it or choose another path") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def _failed(path: Path, tmp: str, e: BaseException) -> None:
+    """Clean up after a failed write; an ``OSError`` becomes a one-line ``WeightkitError``."""
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    if isinstance(e, OSError) and not isinstance(e, WeightkitError):
+        raise WeightkitError(f"{path}: writing failed ({e.strerror or e}); the destination is unchanged") from None
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+def atomic_write(path: str | os.PathLike, *, exclusive: bool = False) -> Iterator[BinaryIO]:
     """Open a temporary binary file that replaces ``path`` when the block ends without error.
+
+    Args:
+        path: the destination; a symlink there is replaced, never followed.
+        exclusive: refuse a destination that already exists (file or link) instead of replacing it.
 
     Example:
         >>> import tempfile, pathlib
@@ -63,29 +132,89 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
         b'complete'
     """
     path = check_writable(path)
-    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = _new_temp(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=directory)
-    except OSError as e:
-        raise WeightkitError(f"{path}: cannot create a file in {directory} ({e.strerror}); nothing was written") from None
-    try:
-        try:
-            mode = os.stat(path).st_mode & 0o7777  # keep the mode of the file being replaced
-        except OSError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.fchmod(fd, mode)
         with os.fdopen(fd, "w+b") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _install(tmp, path, exclusive=exclusive)
     except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and not isinstance(e, WeightkitError):
-            raise WeightkitError(
-                f"{path}: writing failed ({e.strerror or e}); the destination is unchanged") from None
+        _failed(path, tmp, e)
         raise
+    _fsync_dir(_directory(path))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, exclusive: bool = False) -> Iterator[Path]:
+    """The path of a new empty temporary file that replaces ``path`` when the block ends without error.
+
+    For writers that insist on a path (SQLite): they must write into the file at that path, not
+    replace it. The file is fsynced before it is moved; on an exception it is removed.
+
+    Example:
+        >>> import sqlite3, tempfile, pathlib
+        >>> from weightkit._atomic import atomic_path
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "db.sqlite"
+        >>> with atomic_path(target, exclusive=True) as tmp:
+        ...     con = sqlite3.connect(tmp); _ = con.execute("CREATE TABLE t(x)"); con.commit(); con.close()
+        >>> sqlite3.connect(target).execute("SELECT name FROM sqlite_master").fetchall()
+        [('t',)]
+    """
+    path = check_writable(path)
+    fd, tmp = _new_temp(path)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _install(tmp, path, exclusive=exclusive)
+    except BaseException as e:
+        _failed(path, tmp, e)
+        raise
+    _fsync_dir(_directory(path))
+
+
+@contextlib.contextmanager
+def atomic_files(directory: str | os.PathLike) -> Iterator[Path]:
+    """A new private directory (mode 0700, unpredictable name) inside ``directory``, for writers
+    that name their own files (TensorBoard's event files); when the block ends without error each
+    file written there is fsynced and renamed into ``directory`` (a link planted at its name is
+    replaced, never followed). On an exception nothing reaches ``directory``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from weightkit._atomic import atomic_files
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> with atomic_files(d) as tmp:
+        ...     _ = (tmp / "events.1").write_bytes(b"e")
+        >>> sorted(p.name for p in d.iterdir())
+        ['events.1']
+    """
+    directory = Path(directory)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".weightkit.", suffix=TEMP_SUFFIX, dir=directory))
+    except OSError as e:
+        raise WeightkitError(f"{directory}: cannot create a file there ({e.strerror}); nothing was written") from None
+    try:
+        yield tmp
+        for name in sorted(os.listdir(tmp)):
+            src = tmp / name
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)  # only regular files the writer made
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise WeightkitError(f"{directory}: the writer made {name!r}, which is not a file; nothing was moved")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(src, directory / name)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # rmtree removes links, never what they point to
+        if isinstance(e, OSError) and not isinstance(e, WeightkitError):
+            raise WeightkitError(f"{directory}: writing failed ({e.strerror or e}); nothing more was written") from None
+        raise
+    os.rmdir(tmp)
     _fsync_dir(directory)

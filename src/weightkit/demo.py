@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 import weightkit
+from weightkit._atomic import atomic_write
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     _, cnn_loss = train(cnn, image_batch, steps=20, run_dir=out / "runs", name="cnn")
     cnn_path = out / "cnn.pt"
-    torch.save(cnn.state_dict(), cnn_path)
+    with atomic_write(cnn_path) as fh:
+        torch.save(cnn.state_dict(), fh)
 
     rnn = build_rnn()
 
@@ -107,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
 
     opt, rnn_loss = train(rnn, text_batch, steps=20, run_dir=out / "runs", name="rnn")
     rnn_path = out / "sentiment_rnn.pt"
-    torch.save({"epoch": 1, "step": 20, "loss": rnn_loss, "model_state_dict": rnn.state_dict(),
-                "optimizer_state_dict": opt.state_dict()}, rnn_path)
+    with atomic_write(rnn_path) as fh:
+        torch.save({"epoch": 1, "step": 20, "loss": rnn_loss, "model_state_dict": rnn.state_dict(),
+                    "optimizer_state_dict": opt.state_dict()}, fh)
     console.print(f"  CNN  final loss {cnn_loss:.3f}  → saved its state dict to [cyan]{cnn_path}[/] (torch.save)")
     console.print(f"  RNN  final loss {rnn_loss:.3f}  → saved a training checkpoint to [cyan]{rnn_path}[/] "
                   "(torch.save of a dict with epoch, model and optimizer state)")

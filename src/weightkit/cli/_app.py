@@ -41,9 +41,14 @@ def say(message: str) -> None:
     typer.echo(literal(message))
 
 
-def fail(message: str) -> None:
-    # the whole message on one line: a newline in a name it quotes is shown as \n
+def error_line(message: str) -> None:
+    """One error line on stderr: the whole message on one line (a newline in a name it quotes is
+    shown as ``\\n``)."""
     typer.echo(f"weightkit: error: {literal(message)}", err=True)
+
+
+def fail(message: str) -> None:
+    error_line(message)
     raise typer.Exit(EXIT_BAD_INPUT)
 
 

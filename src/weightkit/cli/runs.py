@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from weightkit.cli._app import app, console, guard, print_json, say
+from weightkit.cli._app import app, console, error_line, guard, print_json, say
 from weightkit.errors import WeightkitError
 from weightkit.render.console import parts
 from weightkit.render.plots._mpl import save
@@ -30,12 +30,19 @@ def list_(
 ) -> None:
     """List the runs: name, measured steps, parameters, alerts, status, last modified."""
 
+    refused: list[WeightkitError] = []
+
     def run():
-        runs = list_runs(dir)
+        runs = list_runs(dir, on_error=refused.append)
         if as_json:
             print_json({"dir": str(dir), "runs": [r.to_dict() for r in runs]})
         else:
             console().print(parts(render_run_list(runs, str(dir))))
+        # the runs that can be read are listed; each store refused is one line, and exit 2
+        for e in refused[:-1]:
+            error_line(str(e))
+        if refused:
+            raise refused[-1]
 
     guard(run)
 

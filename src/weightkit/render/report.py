@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weightkit._atomic import atomic_write
 from weightkit.analyses.diff import diff
 from weightkit.analyses.doctor import doctor
 from weightkit.analyses.importance import _chain, feature_importance
@@ -136,13 +137,8 @@ def report(source: Any, out: str | Path, *, run: Any = None, compare: Any = None
         raise WeightkitError(f"{out}: the directory {out.parent} does not exist; create it or choose another path")
     data = gather(source, run=run, compare=compare)
     html, sections = render_html(data)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_text(html, encoding="utf-8")
-        tmp.replace(out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise WeightkitError(f"{out}: cannot be written ({e.strerror}); choose a writable path") from None
+    with atomic_write(out) as fh:
+        fh.write(html.encode("utf-8"))
     return ReportInfo(str(out), len(html.encode()), sections)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weightkit._atomic import atomic_write, check_writable
+from weightkit._atomic import atomic_files, atomic_write, check_writable
 from weightkit.errors import MissingDependencyError, WeightkitError
 from weightkit.tracking.store import COUNT_METRICS, METRICS, Run, iter_long
 
@@ -100,12 +100,16 @@ def _tensorboard(run: Run, out: Path) -> dict:
         raise WeightkitError(f"{out}: exists and is not a directory; TensorBoard writes a log directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".weightkit-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as e:
         raise WeightkitError(f"{out}: cannot be written ({e.strerror}); choose a writable directory") from None
-    writer = SummaryWriter(log_dir=str(out))
+    # the writer names its event file itself (time, host, pid: guessable), so it writes into a
+    # private directory and the finished file is moved in
+    with atomic_files(out) as tmp:
+        scalars, hists = _write_events(run, SummaryWriter(log_dir=str(tmp)))
+    return {"format": "tensorboard", "output": str(out), "scalars": scalars, "histograms": hists}
+
+
+def _write_events(run: Run, writer) -> tuple[int, int]:
     scalars = hists = 0
     try:
         for m in METRICS:
@@ -130,4 +134,4 @@ def _tensorboard(run: Run, out: Path) -> dict:
             writer.add_text("alerts", f"step {a.step}: [{a.kind}] {a.message}", a.step)
     finally:
         writer.close()
-    return {"format": "tensorboard", "output": str(out), "scalars": scalars, "histograms": hists}
+    return scalars, hists

@@ -36,13 +36,16 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from weightkit._atomic import atomic_path
 from weightkit.errors import SourceNotFoundError, WeightkitError
+from weightkit.tracking._store_guard import CheckedStore, uri
 
 __all__ = ["METRICS", "COUNT_METRICS", "Store", "Run", "RunInfo", "ParamInfo", "Alert", "Histogram",
            "open_run", "list_runs", "resolve_run", "FILE_NAME", "SCHEMA_VERSION"]
@@ -53,6 +56,17 @@ BATCH_SECONDS = 0.25  # the longest a measured step waits before it goes to the 
 METRICS = ("grad_norm", "grad_mean", "grad_std", "grad_absmean", "grad_absmax", "grad_nan", "grad_inf",
            "weight_norm", "update_norm", "update_ratio")
 COUNT_METRICS = ("grad_nan", "grad_inf")
+ALERT_KINDS = ("nonfinite_grad", "nonfinite_weight", "vanishing", "exploding", "lr_high", "lr_low", "unused")
+
+# What a run store may make a reader build (a hostile file gets a one-line refusal instead):
+MAX_PARAMS = 1 << 16  # parameter tensors (the largest models have tens of thousands)
+MAX_TEXT_BYTES = 128 << 20  # names and alert messages together
+MAX_BINS = 4096  # histogram bins (watch(bins=) allows 2..4096)
+_MAX_META, _MAX_META_BYTES = 10_000, 16 << 20  # weightkit writes a few dozen short entries
+# A metric is read into a [steps, params] float64 array; a real store spends more than 20
+# bytes on each (step, parameter) row (22 with only the weight norm measured), so beyond MIN_CELLS
+# the file must hold at least BYTES_PER_CELL bytes per cell.
+MIN_CELLS, BYTES_PER_CELL = 1 << 22, 12
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
@@ -68,6 +82,8 @@ CREATE TABLE IF NOT EXISTS hists(step INTEGER NOT NULL, param_id INTEGER NOT NUL
     lo REAL, hi REAL, nan INTEGER, posinf INTEGER, neginf INTEGER, sum REAL, sumsq REAL, counts BLOB NOT NULL,
     PRIMARY KEY (step, param_id, what)) WITHOUT ROWID;
 """
+
+_COMPANIONS = ("-wal", "-shm", "-journal")  # the files SQLite keeps beside a database
 
 _INSERT_SAMPLE = f"INSERT OR REPLACE INTO samples VALUES (?, ?, {', '.join('?' for _ in METRICS)})"
 _INSERT_ALERT = "INSERT INTO alerts(step, param, kind, message, value, time) VALUES (?, ?, ?, ?, ?, ?)"
@@ -88,23 +104,11 @@ class Store:
         self.path = Path(path)
         self.error: BaseException | None = None
         self._closed = False
-        if self.path.exists() and not overwrite:
+        if os.path.lexists(self.path) and not overwrite:  # lexists: a dangling link counts too
             raise WeightkitError(f"{self.path}: a run already exists there; choose another name= or pass overwrite=True")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if overwrite:
-                for suffix in ("", "-wal", "-shm"):
-                    Path(str(self.path) + suffix).unlink(missing_ok=True)
-            conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-            conn.execute("BEGIN")
-            conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                             [(k, json.dumps(v)) for k, v in {**meta, "schema": SCHEMA_VERSION}.items()])
-            conn.executemany("INSERT INTO params(id, name, shape, numel) VALUES (?, ?, ?, ?)",
-                             [(i, n, json.dumps(list(s)), int(k)) for i, (n, s, k) in enumerate(params)])
-            conn.execute("COMMIT")
+            conn = _create(self.path, meta, params, overwrite=overwrite)
         except (OSError, sqlite3.Error) as e:
             reason = getattr(e, "strerror", None) or str(e)
             raise WeightkitError(f"{self.path}: the watch store cannot be written ({reason}); "
@@ -237,6 +241,36 @@ class Store:
                 conn.executemany(_INSERT_HIST, [(step, *map(_nan, h)) for h in hists])
 
 
+def _create(path: Path, meta: dict[str, Any], params: Sequence[tuple[str, tuple, int]], *,
+            overwrite: bool) -> sqlite3.Connection:
+    """A new store at ``path``, opened for writing in WAL mode.
+
+    The schema, meta and params are written under an unguessable temporary name (its rollback
+    journal too) and the finished file is moved in whole, so a reader never sees half a store
+    and nothing planted at ``path`` or its ``-journal`` name is opened. Stale ``-wal``/``-shm``
+    files at the name are removed first (SQLite would replay an old WAL into the new store);
+    SQLite opens them with ``O_NOFOLLOW`` and ``nofollow=1`` refuses a link at ``path``.
+    """
+    with atomic_path(path, exclusive=not overwrite) as tmp:
+        build = sqlite3.connect(uri(tmp, nofollow="1"), uri=True, isolation_level=None)
+        try:
+            build.executescript(_SCHEMA)
+            build.execute("BEGIN")
+            build.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                              [(k, json.dumps(v)) for k, v in {**meta, "schema": SCHEMA_VERSION}.items()])
+            build.executemany("INSERT INTO params(id, name, shape, numel) VALUES (?, ?, ?, ?)",
+                              [(i, n, json.dumps(list(s)), int(k)) for i, (n, s, k) in enumerate(params)])
+            build.execute("COMMIT")
+        finally:
+            build.close()
+        for suffix in _COMPANIONS:
+            Path(str(path) + suffix).unlink(missing_ok=True)  # unlink removes a link, never its target
+    conn = sqlite3.connect(uri(path, nofollow="1"), uri=True, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
 def _nan(v):
     """SQLite turns a NaN REAL into NULL; keep it apart from 'not measured' as the text 'NaN'."""
     return "NaN" if isinstance(v, float) and v != v else v
@@ -244,7 +278,18 @@ def _nan(v):
 
 def _num(v) -> float:
     """A stored value as a float: NULL (not measured) and 'NaN' both read as NaN."""
-    return np.nan if v is None or isinstance(v, str) else float(v)
+    if v is None or v == "NaN":
+        return np.nan
+    if type(v) not in (int, float):
+        raise TypeError(f"{type(v).__name__} where a number belongs")
+    return float(v)
+
+
+def _text(v) -> str:
+    """A stored name or message: text, as weightkit writes it."""
+    if type(v) is not str:
+        raise TypeError(f"{type(v).__name__} where text belongs")
+    return v
 
 
 def _close_at_exit(ref) -> None:
@@ -324,21 +369,6 @@ def resolve_run(run: str | os.PathLike, *, run_dir: str | os.PathLike = "runs") 
                               "see 'weightkit runs list'")
 
 
-def _connect_ro(path: Path) -> sqlite3.Connection:
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        conn.execute("SELECT 1 FROM meta LIMIT 1")
-        return conn
-    except sqlite3.Error:
-        pass
-    try:  # a read-only directory without the -shm file: read the committed file as it is
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
-        conn.execute("SELECT 1 FROM meta LIMIT 1")
-        return conn
-    except sqlite3.Error as e:
-        raise WeightkitError(f"{path}: not a weightkit run store ({e})") from None
-
-
 class Run:
     """A recorded run, read from its store (it may still be being written).
 
@@ -361,17 +391,41 @@ class Run:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.name = self.path.parent.name if self.path.name == FILE_NAME else self.path.stem
-        self._conn = _connect_ro(self.path)
+        self._db = CheckedStore(self.path, _SCHEMA)
         try:
-            self.meta = {k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
-            self.params = [ParamInfo(n, tuple(json.loads(s)), int(k)) for n, s, k in
-                           self._conn.execute("SELECT name, shape, numel FROM params ORDER BY id")]
-            self.steps = np.array([s for (s,) in self._conn.execute("SELECT step FROM steps ORDER BY step")],
-                                  dtype=np.int64)
-        except (sqlite3.Error, ValueError) as e:
-            raise WeightkitError(f"{self.path}: not a readable weightkit run store ({e})") from None
+            self._read_header()
+        except BaseException:
+            self._db.close()
+            raise
         self._index = {p.name: i for i, p in enumerate(self.params)}
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._alerts: list[Alert] | None = None
+
+    def _read_header(self) -> None:
+        """Meta, params and steps, each count checked before anything is built from it."""
+        db = self._db
+        n, size = db.one("SELECT COUNT(*), TOTAL(length(key)) + TOTAL(length(value)) FROM meta")
+        if n > _MAX_META or size > _MAX_META_BYTES:
+            raise db.refuse(f"its meta table holds {n} entries of {int(size)} bytes (weightkit writes a few dozen)")
+        with db.values_of("meta"):
+            self.meta = {_text(k): json.loads(v) for k, v in db.rows("SELECT key, value FROM meta")}
+        n, size = db.one("SELECT COUNT(*), TOTAL(length(name)) + TOTAL(length(shape)) FROM params")
+        if n > MAX_PARAMS or size > MAX_TEXT_BYTES:
+            raise db.refuse(f"it lists {n:,} parameters in {int(size):,} bytes (at most {MAX_PARAMS:,})")
+        self.params = []
+        with db.values_of("params"):
+            for i, (pid, name, shape, numel) in enumerate(db.rows("SELECT id, name, shape, numel FROM params ORDER BY id")):
+                shape = tuple(json.loads(shape))
+                if pid != i or len(shape) > 64 or not all(type(d) is int and d >= 0 for d in shape) or \
+                        type(numel) is not int or numel < 0:
+                    raise ValueError(f"parameter row {pid}")
+                self.params.append(ParamInfo(_text(name), shape, numel))
+            self.steps = np.fromiter((s for (s,) in db.rows("SELECT step FROM steps ORDER BY step")), dtype=np.int64)
+        # the [steps, params] arrays of a metric: sized by the file, as a real store's rows are
+        cells = len(self.steps) * len(self.params)
+        if cells > max(MIN_CELLS, db.size // BYTES_PER_CELL):
+            raise db.refuse(f"it claims {len(self.steps):,} steps × {len(self.params):,} parameters, far more than "
+                            f"its {db.size:,} bytes can hold")
 
     def __repr__(self) -> str:
         return f"<weightkit Run {self.name!r}: {len(self.steps)} steps, {len(self.params)} params, {len(self.alerts)} alerts>"
@@ -383,7 +437,7 @@ class Run:
         self.close()
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -414,22 +468,33 @@ class Run:
         if name not in self._cache:
             out = np.full((len(self.steps), len(self.params)), np.nan)
             present = np.zeros(out.shape, dtype=bool)
-            rows = self._conn.execute(f"SELECT step, param_id, {name} FROM samples WHERE {name} IS NOT NULL").fetchall()
-            if rows:
-                a = np.array([(s, p, _num(v)) for s, p, v in rows], dtype=np.float64)
-                si = np.searchsorted(self.steps, a[:, 0].astype(np.int64))
-                pi = a[:, 1].astype(np.int64)
-                ok = (si < len(self.steps)) & (pi < len(self.params))
-                ok[ok] = self.steps[si[ok]] == a[ok, 0]
-                out[si[ok], pi[ok]] = a[ok, 2]
-                present[si[ok], pi[ok]] = True
+            with self._db.values_of("samples"):
+                for rows in self._db.batches(f"SELECT step, param_id, {name} FROM samples WHERE {name} IS NOT NULL"):
+                    a = np.array([(s, p, _num(v)) for s, p, v in rows], dtype=np.float64)
+                    si = np.searchsorted(self.steps, a[:, 0].astype(np.int64))
+                    pi = a[:, 1].astype(np.int64)
+                    ok = (si < len(self.steps)) & (pi >= 0) & (pi < len(self.params))
+                    ok[ok] = self.steps[si[ok]] == a[ok, 0]
+                    out[si[ok], pi[ok]] = a[ok, 2]
+                    present[si[ok], pi[ok]] = True
             self._cache[name] = (out, present)
         return self._cache[name]
 
     @property
     def alerts(self) -> list[Alert]:
-        return [Alert(s, p, k, m, None if v is None else _num(v)) for s, p, k, m, v in
-                self._conn.execute("SELECT step, param, kind, message, value FROM alerts ORDER BY step, id")]
+        if self._alerts is None:
+            db = self._db
+            n, size = db.one("SELECT COUNT(*), TOTAL(length(param)) + TOTAL(length(kind)) + TOTAL(length(message)) "
+                             "FROM alerts")
+            # each kind is raised at most once per parameter
+            if n > 2 * len(ALERT_KINDS) * len(self.params) + 10_000 or size > MAX_TEXT_BYTES:
+                raise db.refuse(f"it holds {n:,} alerts ({int(size):,} bytes) for {len(self.params):,} parameters")
+            with db.values_of("alerts"):
+                self._alerts = [Alert(int(s), None if p is None else _text(p), _text(k), _text(m),
+                                      None if v is None else _num(v))
+                                for s, p, k, m, v in db.rows("SELECT step, param, kind, message, value FROM alerts "
+                                                             "ORDER BY step, id")]
+        return list(self._alerts)
 
     def histograms(self, param: str, *, what: str = "grad") -> list[Histogram]:
         """The histograms recorded for one parameter (``what``: ``"grad"`` or ``"weight"``)."""
@@ -437,31 +502,38 @@ class Run:
             raise WeightkitError(f"histograms(what={what!r}): choose 'grad' or 'weight'")
         pid = self.param_index(param)
         out = []
-        for step, lo, hi, nan, pinf, ninf, s, ss, blob in self._conn.execute(
-                "SELECT step, lo, hi, nan, posinf, neginf, sum, sumsq, counts FROM hists "
-                "WHERE param_id = ? AND what = ? ORDER BY step", (pid, what)):
-            counts = np.frombuffer(blob, dtype=np.int64).copy()
-            lo = 0.0 if lo is None else lo
-            hi = lo if hi is None else hi
-            out.append(Histogram(int(step), np.linspace(lo, hi, len(counts) + 1), counts, int(nan), int(pinf),
-                                 int(ninf), _num(s), _num(ss)))
+        with self._db.values_of("hists"):
+            for step, lo, hi, nan, pinf, ninf, s, ss, blob in self._db.rows(
+                    "SELECT step, lo, hi, nan, posinf, neginf, sum, sumsq, "
+                    "CASE WHEN length(counts) <= ? THEN counts END FROM hists "  # length() reads no blob
+                    "WHERE param_id = ? AND what = ? ORDER BY step", (8 * MAX_BINS, pid, what)):
+                if not isinstance(blob, bytes) or not 0 < len(blob) <= 8 * MAX_BINS:
+                    raise ValueError("counts are not the int64 bins weightkit writes")
+                counts = np.frombuffer(blob, dtype=np.int64).copy()
+                lo = 0.0 if lo is None else _num(lo)
+                hi = lo if hi is None else _num(hi)
+                out.append(Histogram(int(step), np.linspace(lo, hi, len(counts) + 1), counts, int(nan), int(pinf),
+                                     int(ninf), _num(s), _num(ss)))
         return out
 
     def histogram_steps(self) -> list[int]:
-        return [s for (s,) in self._conn.execute("SELECT DISTINCT step FROM hists ORDER BY step")]
+        with self._db.values_of("hists"):
+            return [int(s) for (s,) in self._db.rows("SELECT DISTINCT step FROM hists ORDER BY step")]
 
     def layers(self) -> list[dict]:
         """Per-parameter summary (the ``runs show`` table): latest and worst values, first non-finite step."""
         (g, gm), (r, rm), (w, wm) = self._load("grad_norm"), self._load("update_ratio"), self._load("weight_norm")
         nan, inf = self.metric("grad_nan"), self.metric("grad_inf")
-        first_bad = {k: v for k, v in (self.meta.get("nonfinite_first") or {}).items()}
-        alerts = self.alerts
+        first_bad = self.meta.get("nonfinite_first")
+        first_bad = first_bad if isinstance(first_bad, dict) else {}
+        per_param = Counter(a.param for a in self.alerts)
         out = []
         for i, p in enumerate(self.params):
             bad = np.nonzero((np.nan_to_num(nan[:, i]) > 0) | (np.nan_to_num(inf[:, i]) > 0) |
                              (wm[:, i] & ~np.isfinite(w[:, i])))[0]
             firsts = [int(self.steps[bad[0]])] if len(bad) else []
-            firsts += [v for v in (first_bad.get(p.name) or {}).values() if v is not None and v >= 0]
+            seen = first_bad.get(p.name)
+            firsts += [v for v in (seen.values() if isinstance(seen, dict) else ()) if type(v) is int and v >= 0]
             out.append({
                 "name": p.name, "shape": list(p.shape), "numel": p.numel,
                 "grad_norm_latest": _last(g[:, i], gm[:, i]),
@@ -471,12 +543,12 @@ class Run:
                 "update_ratio_median": _nanmedian(r[:, i]),
                 "weight_norm_latest": _last(w[:, i], wm[:, i]),
                 "nonfinite_first_step": min(firsts) if firsts else None,
-                "alerts": sum(1 for a in alerts if a.param == p.name),
+                "alerts": per_param[p.name],
             })
         return out
 
     def info(self) -> RunInfo:
-        n_alerts = self._conn.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
+        (n_alerts,) = self._db.one("SELECT COUNT(*) FROM alerts")
         mtime = max((os.path.getmtime(f) for f in (self.path, Path(str(self.path) + "-wal")) if f.exists()),
                     default=0.0)
         return RunInfo(self.name, str(self.path), len(self.steps), int(self.steps[-1]) if len(self.steps) else None,
@@ -534,8 +606,12 @@ def open_run(run: str | os.PathLike, *, run_dir: str | os.PathLike = "runs") -> 
     return Run(resolve_run(run, run_dir=run_dir))
 
 
-def list_runs(run_dir: str | os.PathLike = "runs") -> list[RunInfo]:
+def list_runs(run_dir: str | os.PathLike = "runs", *,
+              on_error: Callable[[WeightkitError], None] | None = None) -> list[RunInfo]:
     """Every run under ``run_dir`` (directories holding a ``watch.sqlite``), newest first.
+
+    A store that cannot be read (damaged, or not one weightkit wrote) is left out and its one-line
+    error goes to ``on_error`` (default: a warning on the ``weightkit.watch`` logger).
 
     Example:
         >>> import tempfile, weightkit
@@ -551,7 +627,10 @@ def list_runs(run_dir: str | os.PathLike = "runs") -> list[RunInfo]:
             with Run(f) as r:
                 out.append(r.info())
         except WeightkitError as e:
-            log.warning("%s", e)
+            if on_error is None:
+                log.warning("%s", e)
+            else:
+                on_error(e)
     return sorted(out, key=lambda r: r.modified, reverse=True)
 
 
@@ -559,7 +638,10 @@ def iter_long(run: Run) -> Iterable[tuple[int, str, str, float]]:
     """(step, param, metric, value) rows in step and model order; values that were not measured
     are left out, a NaN that was measured is kept."""
     names = [p.name for p in run.params]
-    for step, pid, *values in run._conn.execute("SELECT * FROM samples ORDER BY step, param_id"):
-        for m, v in zip(METRICS, values):
-            if v is not None:
-                yield int(step), names[pid], m, _num(v)
+    with run._db.values_of("samples"):
+        for step, pid, *values in run._db.rows("SELECT * FROM samples ORDER BY step, param_id"):
+            if type(pid) is not int or not 0 <= pid < len(names):
+                raise IndexError(f"param_id {pid!r}")
+            for m, v in zip(METRICS, values):
+                if v is not None:
+                    yield int(step), names[pid], m, _num(v)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from weightkit._atomic import atomic_write
 from weightkit.errors import WeightkitError, require
 
 if TYPE_CHECKING:
@@ -50,7 +51,6 @@ def encode(fig, fmt: str, *, dpi: int = 110) -> bytes:
 
 def save(fig, path) -> None:
     """Save a figure as PNG, SVG or PDF (by suffix); a path that cannot be written is a WeightkitError."""
-    import os
     from pathlib import Path
 
     path = Path(path)
@@ -58,11 +58,5 @@ def save(fig, path) -> None:
         raise WeightkitError(f"{path}: unsupported picture format {path.suffix or '(none)'}; use .png, .svg or .pdf")
     if not path.parent.exists():
         raise WeightkitError(f"{path}: the directory {path.parent} does not exist; create it or choose another path")
-    data = encode(fig, path.suffix.lower()[1:])
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise WeightkitError(f"{path}: cannot be written ({e.strerror}); choose a writable path") from None
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format=path.suffix.lower()[1:], dpi=110, bbox_inches="tight")
