@@ -21,6 +21,8 @@ MODULES = [
     "weightkit.render.plots.filters",
     "weightkit.analyses.importance",
     "weightkit.analyses.diff",
+    "weightkit._atomic",
+    "weightkit.scanner",
 ]
 
 

@@ -131,18 +131,11 @@ def atomic_write(path: str | os.PathLike, *, exclusive: bool = False) -> Iterato
         >>> target.read_bytes()
         b'complete'
     """
-    path = check_writable(path)
-    fd, tmp = _new_temp(path)
-    try:
+    with _replacing(path, exclusive=exclusive) as (fd, _):
         with os.fdopen(fd, "w+b") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        _install(tmp, path, exclusive=exclusive)
-    except BaseException as e:
-        _failed(path, tmp, e)
-        raise
-    _fsync_dir(_directory(path))
 
 
 @contextlib.contextmanager
@@ -161,16 +154,24 @@ def atomic_path(path: str | os.PathLike, *, exclusive: bool = False) -> Iterator
         >>> sqlite3.connect(target).execute("SELECT name FROM sqlite_master").fetchall()
         [('t',)]
     """
-    path = check_writable(path)
-    fd, tmp = _new_temp(path)
-    os.close(fd)
-    try:
+    with _replacing(path, exclusive=exclusive) as (fd, tmp):
+        os.close(fd)
         yield Path(tmp)
         fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def _replacing(path: str | os.PathLike, *, exclusive: bool) -> Iterator[tuple[int, str]]:
+    """A new temporary file ``(fd, name)`` beside ``path`` that is installed at ``path`` when the
+    block ends without error (then the directory is fsynced), and removed on any exception."""
+    path = check_writable(path)
+    fd, tmp = _new_temp(path)
+    try:
+        yield fd, tmp
         _install(tmp, path, exclusive=exclusive)
     except BaseException as e:
         _failed(path, tmp, e)
