@@ -210,6 +210,17 @@ def test_open_summary_and_convert_refuse_an_ambiguous_zip(tmp_path):
     assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "marker").exists()
 
 
+def test_the_refusal_names_the_gadget_and_each_finding_is_listed_once(tmp_path):
+    """Both readers' views walk the same evil data.pkl: one finding, and the refusal names the
+    call rather than the structure around it."""
+    path = tmp_path / "two.pt"
+    path.write_bytes(two_directories(str(tmp_path / "marker")))
+    findings = [(f.rule, f.member, f.position, f.global_name) for f in weightkit.scan(path).findings]
+    assert len(findings) == len(set(findings)) and ("global-critical", "archive/data.pkl", 2, "os.system") in findings
+    with pytest.raises(UnsafeCheckpointError, match=r"refused: the pickle in archive/data.pkl calls os.system"):
+        weightkit.open(path)
+
+
 # ---- content, not names ---------------------------------------------------------------------
 def test_a_pickle_under_any_name_is_scanned_and_is_live(tmp_path):
     marker = tmp_path / "marker"

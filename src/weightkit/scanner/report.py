@@ -151,5 +151,9 @@ class Ctx:
         return True
 
     def report(self, path: str) -> ScanReport:
-        return ScanReport(path=path, format=self.format or "unknown", findings=self.findings,
+        # a member every zip reader lists is walked once per view: the same finding, once
+        unique: dict[tuple, Finding] = {}
+        for f in self.findings:
+            unique.setdefault((f.rule, f.member, f.position, f.global_name, f.message), f)
+        return ScanReport(path=path, format=self.format or "unknown", findings=list(unique.values()),
                           globals=dict(self.globals), members=self.members)

@@ -79,7 +79,9 @@ def refuse_unsafe(path: Path):
     report = scan(path)
     if report.verdict in ("safe", "needs-code"):
         return report
-    f = next(f for f in report.sorted_findings() if f.verdict == report.verdict)
+    # the most concrete reason first: the gadget a pickle calls, then what makes the file odd
+    f = min((f for f in report.sorted_findings() if f.verdict == report.verdict),
+            key=lambda f: f.rule != "global-critical")
     if f.rule == "global-critical" and f.global_name:
         verb = "calls" if set(f.ops) & {"REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST"} else "imports"
         reason = f"the pickle{f' in {f.member}' if f.member else ''} {verb} {f.global_name} ({f.severity})"
