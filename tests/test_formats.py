@@ -423,3 +423,25 @@ def test_object_arrays_numpy_still_unpickles_are_walked_although_their_header_is
     zipped = tmp_path / "x.npz"
     zipped.write_bytes(npz({"x.npy": blob}))
     assert {"container-error", "numpy-object-array"} <= {f.rule for f in weightkit.scan(zipped).findings}
+
+
+@pytest.mark.parametrize("header, why", [
+    ('{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}',
+     "names 'w' twice"),
+    ('{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"shape":[1]}}', "names 'shape' twice"),
+    ('{"__metadata__":{"a":"1","a":"2"},"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', "names 'a' twice"),
+    ('{"\\ud800":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', "not valid Unicode"),
+    ('{"__metadata__":{"k":"\\udfff"},"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', "not valid Unicode"),
+])
+def test_safetensors_headers_that_parsers_read_differently_are_refused(tmp_path, header, why):
+    """Python's json keeps the last of two equal keys and accepts escaped lone surrogates; the
+    Rust loader does neither, so such a header means different tensors to different loaders."""
+    raw = header.encode()
+    blob = struct.pack("<Q", len(raw)) + raw + b"x"
+    with pytest.raises(CorruptFileError, match=why):
+        safetensors.parse("m.safetensors", blob, len(blob))
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(blob)
+    assert weightkit.scan(path).verdict == "unreadable"
+    with pytest.raises(CorruptFileError):
+        weightkit.open(path)

@@ -62,13 +62,18 @@ def cli(*args, codes=(0,)):
     return result
 
 
+def meta_of(hostile: dict) -> list[str]:
+    """The metadata keys and values the hostile safetensors file holds."""
+    return [x for key, h in hostile.items() if key != "surrogate" for x in (f"k{h}", f"v{h}")]
+
+
 def shows(out: str, *names: str) -> None:
     for name in names:
         assert literal(name) in out, (literal(name), out[-3000:])
 
 
 def write_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -> Path:
-    """A safetensors file written by hand (the writer refuses lone surrogates; JSON spells them)."""
+    """A safetensors file written by hand."""
     header, blobs, at = {}, [], 0
     if metadata:
         header["__metadata__"] = metadata
@@ -86,7 +91,8 @@ def f32(*shape, zero=False, seed=0):
     return "F32", shape, values.tobytes()
 
 
-LAYERS = {key: f"L{key}{h}" for key, h in HOSTILE.items()}
+LAYERS = {key: f"L{key}{h}" for key, h in HOSTILE.items() if key != "surrogate"}  # safetensors refuses those
+SURROGATE = f"Lsurrogate{HOSTILE['surrogate']}.weight"  # a pickle can name a tensor so: a torch file
 ZERO = f"Z{HOSTILE['clear']}{HOSTILE['close']}{HOSTILE['caret']}"  # an all-zero weight: the doctor quotes it
 
 
@@ -95,18 +101,17 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("literal")
     tensors = {f"{layer}.weight": f32(6, 5, seed=i) for i, layer in enumerate(LAYERS.values())}
     tensors[f"{ZERO}.weight"] = f32(6, 5, zero=True)
-    meta = {f"k{h}": f"v{h}" for h in HOSTILE.values()}
+    meta = {f"k{h}": f"v{h}" for key, h in HOSTILE.items() if key != "surrogate"}
     model = write_safetensors(d / "hostile.safetensors", tensors, meta)
-    # safetensors (UTF-8) cannot hold a lone surrogate: the same without it, to convert and verify
-    plain = write_safetensors(d / "plain.safetensors", {k: v for k, v in tensors.items() if "\ud800" not in k},
-                              {k: v for k, v in meta.items() if "\ud800" not in k})
+    plain = model
+    torch.save({SURROGATE: torch.ones(2, 3), "ok.weight": torch.ones(3)}, d / "surrogate.pt")
     big = write_safetensors(d / "big.safetensors", {"conv.weight": ("F32", (2**63, 0, 3, 3), b""),
                                                    "fc.weight": ("F32", (0, 2**63), b""),
                                                    "head.weight": f32(4, 3), "head.bias": f32(4)})
     npy_header = "{'descr': '<f4', 'fortran_order': False, 'shape': (9223372036854775808, 0, 3, 3), }"
     npy_header += " " * (63 - (10 + len(npy_header)) % 64) + "\n"
     (d / "big.npy").write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(npy_header)) + npy_header.encode())
-    return {"dir": d, "model": model, "plain": plain, "big": big, "npy": d / "big.npy"}
+    return {"dir": d, "model": model, "plain": plain, "big": big, "npy": d / "big.npy", "surrogate": d / "surrogate.pt"}
 
 
 # ---- the helper --------------------------------------------------------------------------------
@@ -154,7 +159,8 @@ def test_renderable_is_literal_on_a_console_with_markup_and_emoji(files):
 
 def test_summary_stats_doctor_show_names_and_metadata_literally(files):
     out = cli("summary", files["model"]).stdout
-    shows(out, *LAYERS.values(), *(f"k{h}" for h in HOSTILE.values()), *(f"v{h}" for h in HOSTILE.values()))
+    shows(out, *LAYERS.values(), *meta_of(HOSTILE))
+    shows(cli("summary", files["surrogate"]).stdout, SURROGATE.removesuffix(".weight"))  # layer, then its tensors
     out = cli("stats", files["model"]).stdout
     shows(out, *(f"{layer}.weight" for layer in LAYERS.values()))
     out = cli("doctor", files["model"]).stdout
@@ -165,7 +171,7 @@ def test_summary_stats_doctor_show_names_and_metadata_literally(files):
 def test_json_output_is_exact(files):
     data = json.loads(cli("summary", files["model"], "--json").stdout)
     assert {t["name"] for t in data["tensors"]} == {f"{layer}.weight" for layer in LAYERS.values()} | {f"{ZERO}.weight"}
-    assert data["metadata"] == {f"k{h}": f"v{h}" for h in HOSTILE.values()}
+    assert data["metadata"] == {f"k{h}": f"v{h}" for key, h in HOSTILE.items() if key != "surrogate"}
     stats = json.loads(cli("stats", files["model"], "--json").stdout)
     assert {t["name"] for t in stats["tensors"]} == {t["name"] for t in data["tensors"]}
 
@@ -199,7 +205,7 @@ def test_scan_shows_globals_and_file_names_literally(files, tmp_path):
 
 def test_verify_quantize_prune_convert_show_names_literally(files, tmp_path):
     out = tmp_path / "out.safetensors"
-    r = cli("convert", files["model"], out, codes=(2,))
+    r = cli("convert", files["surrogate"], out, codes=(2,))
     assert len(r.stderr.splitlines()) == 1 and "\\ud800.weight' is not valid Unicode" in r.stderr
     r = cli("convert", files["plain"], out)
     assert "wrote" in r.stdout

@@ -113,7 +113,10 @@ def _checked(name: Any, raw: bytes, size: int) -> Header:
     try:
         # strict UTF-8, as the format says (json.loads would also guess UTF-16/32 from bytes);
         # ValueError covers bad UTF-8, bad JSON and integers of more than 4300 digits
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique)
+    except _Duplicate as e:
+        raise _error(name, f"safetensors header names {_short.repr(e.key)} twice: loaders disagree on which "
+                     "entry counts") from None
     except (ValueError, RecursionError) as e:
         raise _error(name, f"safetensors header is not valid JSON ({_line(e)})") from None
     if not isinstance(header, dict):
@@ -121,6 +124,9 @@ def _checked(name: Any, raw: bytes, size: int) -> Header:
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(type(v) is str for v in metadata.values()):
         raise _error(name, "safetensors __metadata__ must map strings to strings")
+    for text in (*header, *metadata, *metadata.values()):
+        if not _unicode(text):  # JSON can escape a lone surrogate; the Rust loader refuses it
+            raise _error(name, f"safetensors header holds a name that is not valid Unicode: {_short.repr(text)}")
     data_len = size - 8 - len(raw)
     tensors = {key: _entry(name, key, entry) for key, entry in header.items()}
     pos = 0  # tensors must tile the data exactly: no overlap, no hole, nothing after the last one
@@ -138,6 +144,30 @@ def _checked(name: Any, raw: bytes, size: int) -> Header:
         raise _error(name, f"{data_len - pos} trailing bytes after the last tensor's data",
                      "the file is corrupt or something was appended to it")
     return Header(tensors, metadata, 8 + len(raw))
+
+
+class _Duplicate(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are all distinct: ``json`` keeps the last of equal keys, other
+    parsers the first or neither, so a header that repeats one means different tensors to each."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        raise _Duplicate(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+    return out
+
+
+def _unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _count(n: int) -> str:
