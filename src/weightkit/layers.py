@@ -216,7 +216,11 @@ def _keras_conv(dims: int, transposed: bool = False) -> dict[str, Spec]:
 
 _KERAS_BN: dict[str, Spec] = {r: (_a("features", "num_features"),) for r in ("gamma", "beta", "moving_mean", "moving_variance")}
 _KERAS_RNN_GATES = {"LSTM": _a("gates", "4*units (i,f,c,o)", "i,f,c,o"), "GRU": _a("gates", "3*units (z,r,h)", "z,r,h"),
-                    "SimpleRNN": _a("gates", "units")}
+                    "SimpleRNN": _a("gates", "units"),
+                    # Keras 2's cuDNN layers: same kernels, the input and recurrent biases side by side
+                    "CuDNNLSTM": _a("gates", "4*units (i,f,c,o)", "i,f,c,o"), "CuDNNGRU": _a("gates", "3*units (z,r,h)", "z,r,h")}
+_CUDNN_BIAS = {"CuDNNLSTM": _a("gates", "2*4*units (input, recurrent; i,f,c,o)", "i,f,c,o"),
+               "CuDNNGRU": _a("gates", "2*3*units (input, recurrent; z,r,h)", "z,r,h")}
 _DEPTH_IN, _DEPTH_M = _a("in", "in_channels"), _a("depth_multiplier")
 _DEPTH_BIAS = (_a("out", "in_channels*depth_multiplier"),)
 
@@ -280,7 +284,7 @@ def _keras_rnn_axes(kind: str, role: str, ndim: int, facts: LayerFacts) -> Spec 
     if role == "recurrent_kernel":
         return (_a("hidden", "units"), gates)
     if role == "bias":
-        return (_a("direction", "input/recurrent"), gates) if ndim == 2 else (gates,)
+        return (_a("direction", "input/recurrent"), gates) if ndim == 2 else (_CUDNN_BIAS.get(kind, gates),)
     return None
 
 
@@ -348,12 +352,11 @@ def _lookup(kind: str, role: str, ndim: int, facts: LayerFacts) -> Spec | None:
         if facts.config.get("parent") == "MultiHeadAttention" and sub in _KERAS_MHA:
             return _KERAS_MHA[sub].get(role)
         return None
-    # "Conv1D" is both Hugging Face's GPT-2 layer (weight/bias) and Keras' (kernel/bias)
-    keras_style = "kernel" in facts.roles or "depthwise_kernel" in facts.roles
-    table = (_KERAS.get(kind) or _TORCH.get(kind)) if keras_style else (_TORCH.get(kind) or _KERAS.get(kind))
-    if table is None:
-        return None
-    return table.get(role)
+    # "Conv1D", "Embedding" and "PReLU" are classes of both Keras and torch (or Hugging Face):
+    # the variable names tell which (kernel/embeddings/alpha against weight)
+    keras_style = bool({"kernel", "depthwise_kernel", "embeddings", "alpha"} & facts.roles)
+    tables = (_KERAS, _TORCH) if keras_style else (_TORCH, _KERAS)
+    return next((t[kind][role] for t in tables if role in t.get(kind, {})), None)
 
 
 # --- inference for files -------------------------------------------------------------------
