@@ -370,13 +370,14 @@ def _lookup(kind: str, role: str, ndim: int, facts: LayerFacts) -> Spec | None:
 _EMBEDDING_HINT = re.compile(r"(^|[._])(emb|embed|embeds|embedding|embeddings|wte|wpe|tok_embeddings|shared)([._]|$)|_embeddings?$", re.I)
 # names only an embedding table has (a projection is never called ``word_embeddings``)
 _EMBEDDING_STRONG = re.compile(r"(^|\.)(emb|embed|embeds|embedding|embeddings|wte|wpe|tok_embeddings|embed_tokens|"
-                               r"shared|(word|position|token_type|tok|pos|patch_?)_?embeddings?)$", re.I)
+                               r"shared|relative_attention_bias|(word|position|token_type|tok|pos|patch_?)_?embeddings?)$", re.I)
 _NORM_HINT = re.compile(r"(norm|(^|[._])ln(_?\w*)?$|(^|[._])ln[._\d]|layernorm|(^|[._])n\d+$)", re.I)
 _RMS_HINT = re.compile(r"rms", re.I)
 _BN_HINT = re.compile(r"(^|[._])(bn\d*|batchnorm|batch_norm)([._\d]|$)", re.I)
 _GN_HINT = re.compile(r"(group_?norm|(^|[._])gn\d*([._]|$))", re.I)
 _IN_HINT = re.compile(r"(instance_?norm|(^|[._])in\d*$|norm([123])d([._]\d+)?$)", re.I)
 _PRELU_HINT = re.compile(r"prelu", re.I)
+_BILINEAR_HINT = re.compile(r"bilinear", re.I)
 _TRANSPOSED_HINT = re.compile(r"(transpose|deconv)", re.I)
 _GPT2_CONV1D = re.compile(r"(^|\.)(c_attn|c_proj|c_fc)$")
 _NORM_CANDIDATES = ("LayerNorm", "InstanceNorm", "GroupNorm", "BatchNorm (no running statistics)")
@@ -443,6 +444,9 @@ def infer_layer(layer: str, members: dict[str, tuple[int, ...]], context: ModelC
     if "in_proj_weight" in roles or "q_proj_weight" in roles:
         return Inference("MultiheadAttention", "structure: in_proj_weight")
     if "running_mean" in roles or "running_var" in roles:
+        m = _IN_HINT.search(layer)
+        if m:  # InstanceNorm(track_running_stats=True) keeps the same tensors as BatchNorm
+            return Inference(f"InstanceNorm{m.group(3) or 1}d", "structure: running statistics; name: instance norm")
         return Inference("BatchNorm", "structure: running statistics")
     if {"gamma", "beta"} & roles and roles <= {"gamma", "beta"}:
         return _by_name("LayerNorm", layer, _NORM_HINT, "name: a norm with gamma/beta", _NORM_CANDIDATES)
@@ -463,6 +467,8 @@ def infer_layer(layer: str, members: dict[str, tuple[int, ...]], context: ModelC
         return _infer_1d(layer, b is not None)
     if len(w) == 2:
         return _infer_2d(layer, w, b, context or ModelContext())
+    if len(w) == 3 and _BILINEAR_HINT.search(layer):
+        return Inference("Bilinear", "name: bilinear, a (out, in1, in2) weight")
     if len(w) in (3, 4, 5):
         if b is not None and b[0] != w[0]:
             return Inference(UNKNOWN, "", (f"ConvTranspose{len(w) - 2}d",))
@@ -502,7 +508,7 @@ def _infer_2d(layer: str, w: tuple[int, ...], b: tuple[int, ...] | None, context
         # the bias has as many values as axis 1: stored [in, out] (GPT-2's Conv1D, Keras-style)
         return Inference("Conv1D", "structure: bias size matches axis 1, a linear map stored [in, out]") \
             if b[0] == w[1] else Inference(UNKNOWN, "")
-    if b is None and _EMBEDDING_HINT.search(layer):
+    if b is None and (_EMBEDDING_HINT.search(layer) or _EMBEDDING_STRONG.search(layer)):
         strong = _EMBEDDING_STRONG.search(layer) is not None
         fits_table = w[1] in context.widths  # the model consumes vectors of the table's width
         fits_linear = w[0] in context.widths and w[1] not in context.widths
