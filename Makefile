@@ -47,6 +47,13 @@ clean:
 
 # Long fuzzing run of every reader: thousands of mutated files per format (FUZZ_EXAMPLES=N to
 # change), each in a memory-limited worker with a per-input time limit; tests/test_fuzz.py.
-.PHONY: fuzz
+.PHONY: fuzz fidelity
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --timeout 0 tests/test_fuzz.py
+
+# Kinds and output axes inferred from files, against the live modules that own the tensors
+# (docs/fidelity.md). Installs transformers beside the pinned torch (no CUDA torch pulled).
+fidelity: $(STAMP)
+	echo "torch==$$($(PY) -c 'import torch; print(torch.__version__)')" > .fidelity-pin.txt
+	$(PY) -m pip install -q -c .fidelity-pin.txt transformers
+	KERAS_BACKEND=torch PYTHONPATH=src $(PY) bench/fidelity.py

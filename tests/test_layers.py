@@ -153,7 +153,16 @@ def test_rnn_state_dict_names():
     ("model.norm", {"weight": (8,)}, "RMSNorm"),
     ("", {"scale": (5,)}, UNKNOWN),
     ("foo", {"weight": (4, 6), "bias": (5,)}, UNKNOWN),
-    ("foo", {"weight": (4, 6), "bias": (6,)}, UNKNOWN),  # bias fits the input dim: not a Linear
+    # the bias fits axis 1: a linear map stored [in, out] (Hugging Face's Conv1D layout)
+    ("foo", {"weight": (4, 6), "bias": (6,)}, "Conv1D"),
+    # structure before names: no running statistics, so not a BatchNorm whatever the name
+    ("block.bn1", {"weight": (8,), "bias": (8,)}, UNKNOWN),
+    ("block.bn1", {"weight": (8,), "bias": (8,), "running_mean": (8,), "running_var": (8,)}, "BatchNorm"),
+    ("enc.n1", {"weight": (8,), "bias": (8,)}, "LayerNorm"),
+    ("sincnet.norm1d.0", {"weight": (8,), "bias": (8,)}, "InstanceNorm1d"),
+    ("prelu1", {"weight": (8,)}, "PReLU"),
+    ("ln", {"weight": (4, 5), "bias": (4, 5)}, "LayerNorm"),
+    ("gru", {"w_ih": (21, 5), "w_hh": (21, 7), "b_ih": (21,), "b_hh": (21,)}, "GRUCell"),
     ("rnn", {"weight_ih_l0": (35, 10), "weight_hh_l0": (35, 20)}, UNKNOWN),  # 35 is no multiple of 20
     ("block", {"weight": (2, 3), "extra": (4,)}, UNKNOWN),
 ])
@@ -234,3 +243,30 @@ def test_conv_axes_and_inference(n, out, inp, data):
     assert infer_kind("conv", {"weight": shape, "bias": (out,)}) == f"Conv{n}d"
     t_axes = axes_for(f"ConvTranspose{n}d", "weight", (inp, out, *kernel))
     assert t_axes[:2] == ("in_channels", "out_channels/groups") and len(t_axes) == n + 2
+
+
+def test_embedding_name_does_not_beat_structure():
+    # chgnet's bond_embedding is a bias-free Linear(31 -> 64) in a model whose width is 64: the
+    # table would be 64 rows of 31-wide vectors that nothing in the model consumes
+    from weightkit.layers import ModelContext, infer_layer
+
+    layers = {"bond_embedding": {"weight": (64, 31)}, "fc": {"weight": (64, 64), "bias": (64,)},
+              "norm": {"weight": (64,), "bias": (64,)}, "atom.embedding": {"weight": (94, 64)}}
+    context = ModelContext.of(layers)
+    linear = infer_layer("bond_embedding", layers["bond_embedding"], context)
+    assert (linear.kind, linear.evidence.split(":")[0]) == ("Linear", "structure")
+    assert infer_layer("atom.embedding", layers["atom.embedding"], context).kind == "Embedding"
+    unsure = infer_layer("bond_embedding", {"weight": (64, 31)})  # no other layer to compare with
+    assert unsure.kind == UNKNOWN and unsure.candidates == ("Embedding", "Linear (bias-free)")
+
+
+def test_unknown_kind_names_its_candidates(tmp_path):
+    import torch
+
+    import weightkit
+
+    path = tmp_path / "sd.pt"
+    torch.save({"block.bn1.weight": torch.ones(8), "block.bn1.bias": torch.zeros(8)}, path)
+    w = weightkit.open(path)["block.bn1.weight"]
+    assert w.kind == UNKNOWN and "LayerNorm" in w.kind_candidates
+    assert w.to_dict()["kind_candidates"] == list(w.kind_candidates)

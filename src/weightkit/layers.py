@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 __all__ = ["Axis", "AXIS_TOKENS", "KERNEL_TOKENS", "axis_spec", "spec_fields", "axes_for", "out_axis", "in_axis", "list_kinds", "split_rnn_name",
-           "infer_kind", "UNKNOWN", "LayerFacts"]
+           "infer_kind", "infer_layer", "Inference", "ModelContext", "UNKNOWN", "LayerFacts"]
 
 UNKNOWN = "unknown"
 
@@ -216,7 +216,11 @@ def _keras_conv(dims: int, transposed: bool = False) -> dict[str, Spec]:
 
 _KERAS_BN: dict[str, Spec] = {r: (_a("features", "num_features"),) for r in ("gamma", "beta", "moving_mean", "moving_variance")}
 _KERAS_RNN_GATES = {"LSTM": _a("gates", "4*units (i,f,c,o)", "i,f,c,o"), "GRU": _a("gates", "3*units (z,r,h)", "z,r,h"),
-                    "SimpleRNN": _a("gates", "units")}
+                    "SimpleRNN": _a("gates", "units"),
+                    # Keras 2's cuDNN layers: same kernels, the input and recurrent biases side by side
+                    "CuDNNLSTM": _a("gates", "4*units (i,f,c,o)", "i,f,c,o"), "CuDNNGRU": _a("gates", "3*units (z,r,h)", "z,r,h")}
+_CUDNN_BIAS = {"CuDNNLSTM": _a("gates", "2*4*units (input, recurrent; i,f,c,o)", "i,f,c,o"),
+               "CuDNNGRU": _a("gates", "2*3*units (input, recurrent; z,r,h)", "z,r,h")}
 _DEPTH_IN, _DEPTH_M = _a("in", "in_channels"), _a("depth_multiplier")
 _DEPTH_BIAS = (_a("out", "in_channels*depth_multiplier"),)
 
@@ -280,7 +284,7 @@ def _keras_rnn_axes(kind: str, role: str, ndim: int, facts: LayerFacts) -> Spec 
     if role == "recurrent_kernel":
         return (_a("hidden", "units"), gates)
     if role == "bias":
-        return (_a("direction", "input/recurrent"), gates) if ndim == 2 else (gates,)
+        return (_a("direction", "input/recurrent"), gates) if ndim == 2 else (_CUDNN_BIAS.get(kind, gates),)
     return None
 
 
@@ -294,7 +298,8 @@ def list_kinds() -> list[str]:
     return sorted({*_TORCH, *_KERAS, *rnn, *_KERAS_RNN_GATES, "EinsumDense", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"})
 
 
-_RNN_NAME = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)(?:_l(\d+))?(_reverse)?$")
+_RNN_NAME = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr|w_ih|w_hh|b_ih|b_hh)(?:_l(\d+))?(_reverse)?$")
+_RNN_ALIAS = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}  # hand-written cells
 
 
 def split_rnn_name(role: str) -> tuple[str, int, bool] | None:
@@ -302,7 +307,7 @@ def split_rnn_name(role: str) -> tuple[str, int, bool] | None:
     m = _RNN_NAME.match(role)
     if not m:
         return None
-    return m.group(1), int(m.group(2) or 0), bool(m.group(3))
+    return _RNN_ALIAS.get(m.group(1), m.group(1)), int(m.group(2) or 0), bool(m.group(3))
 
 
 def axis_spec(kind: str, role: str, shape: tuple[int, ...], facts: LayerFacts | None = None) -> Spec:
@@ -348,80 +353,171 @@ def _lookup(kind: str, role: str, ndim: int, facts: LayerFacts) -> Spec | None:
         if facts.config.get("parent") == "MultiHeadAttention" and sub in _KERAS_MHA:
             return _KERAS_MHA[sub].get(role)
         return None
-    # "Conv1D" is both Hugging Face's GPT-2 layer (weight/bias) and Keras' (kernel/bias)
-    keras_style = "kernel" in facts.roles or "depthwise_kernel" in facts.roles
-    table = (_KERAS.get(kind) or _TORCH.get(kind)) if keras_style else (_TORCH.get(kind) or _KERAS.get(kind))
-    if table is None:
-        return None
-    return table.get(role)
+    # "Conv1D", "Embedding" and "PReLU" are classes of both Keras and torch (or Hugging Face):
+    # the variable names tell which (kernel/embeddings/alpha against weight)
+    keras_style = bool({"kernel", "depthwise_kernel", "embeddings", "alpha"} & facts.roles)
+    tables = (_KERAS, _TORCH) if keras_style else (_TORCH, _KERAS)
+    return next((t[kind][role] for t in tables if role in t.get(kind, {})), None)
 
 
 # --- inference for files -------------------------------------------------------------------
+#
+# Evidence, strongest first: a config stored with the weights (readers give the kind then),
+# structure (running statistics present or not, sibling tensors, shapes that must agree), and
+# only then names. A name never overrules structure; where neither decides, the kind is
+# ``unknown`` and the candidates are said.
 
 _EMBEDDING_HINT = re.compile(r"(^|[._])(emb|embed|embeds|embedding|embeddings|wte|wpe|tok_embeddings|shared)([._]|$)|_embeddings?$", re.I)
-_NORM_HINT = re.compile(r"(norm|(^|[._])ln(_?\w*)?$|(^|[._])ln[._\d]|layernorm)", re.I)
+# names only an embedding table has (a projection is never called ``word_embeddings``)
+_EMBEDDING_STRONG = re.compile(r"(^|\.)(emb|embed|embeds|embedding|embeddings|wte|wpe|tok_embeddings|embed_tokens|"
+                               r"shared|relative_attention_bias|(word|position|token_type|tok|pos|patch_?)_?embeddings?)$", re.I)
+_NORM_HINT = re.compile(r"(norm|(^|[._])ln(_?\w*)?$|(^|[._])ln[._\d]|layernorm|(^|[._])n\d+$)", re.I)
 _RMS_HINT = re.compile(r"rms", re.I)
 _BN_HINT = re.compile(r"(^|[._])(bn\d*|batchnorm|batch_norm)([._\d]|$)", re.I)
 _GN_HINT = re.compile(r"(group_?norm|(^|[._])gn\d*([._]|$))", re.I)
+_IN_HINT = re.compile(r"(instance_?norm|(^|[._])in\d*$|norm([123])d([._]\d+)?$)", re.I)
+_PRELU_HINT = re.compile(r"prelu", re.I)
+_BILINEAR_HINT = re.compile(r"bilinear", re.I)
 _TRANSPOSED_HINT = re.compile(r"(transpose|deconv)", re.I)
 _GPT2_CONV1D = re.compile(r"(^|\.)(c_attn|c_proj|c_fc)$")
+_NORM_CANDIDATES = ("LayerNorm", "InstanceNorm", "GroupNorm", "BatchNorm (no running statistics)")
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A kind inferred for one layer of a file, with the evidence it rests on; an ``unknown``
+    kind names the ``candidates`` the evidence left open."""
+
+    kind: str
+    evidence: str
+    candidates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """Facts about the whole state dict that one layer's tensors do not hold: ``widths`` are the
+    feature sizes other layers consume or normalise (input sizes of matrices, norm sizes)."""
+
+    widths: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, layers: dict[str, dict[str, tuple[int, ...]]]) -> ModelContext:
+        widths: set[int] = set()
+        for members in layers.values():
+            w, b = members.get("weight"), members.get("bias")
+            if w is not None and len(w) == 2 and b is not None and b == (w[0],):
+                widths.add(w[1])  # a Linear with bias: its input width
+            elif w is not None and len(w) == 1 and b == w:
+                widths.add(w[0])  # a normalisation: the width it normalises
+        return cls(frozenset(widths))
 
 
 def infer_kind(layer: str, members: dict[str, tuple[int, ...]]) -> str:
     """Kind of a layer of a PyTorch-style state dict from its tensors' names and shapes.
 
     ``members`` maps each tensor's role (the last name component) to its shape.
-    Returns ``"unknown"`` when the evidence does not decide.
+    Returns ``"unknown"`` when the evidence does not decide (:func:`infer_layer` says why).
 
     Example:
         >>> infer_kind("rnn", {"weight_ih_l0": (80, 10), "weight_hh_l0": (80, 20)})
         'LSTM'
         >>> infer_kind("bn1", {"weight": (8,), "bias": (8,), "running_mean": (8,), "running_var": (8,)})
         'BatchNorm'
+        >>> infer_kind("bn1", {"weight": (8,), "bias": (8,)})  # no running statistics: not BatchNorm
+        'unknown'
+    """
+    return infer_layer(layer, members).kind
+
+
+def infer_layer(layer: str, members: dict[str, tuple[int, ...]], context: ModelContext | None = None) -> Inference:
+    """:func:`infer_kind` with its evidence and, when unknown, the candidates.
+
+    Example:
+        >>> infer_layer("bn1", {"weight": (8,), "bias": (8,)}).candidates[0]
+        'LayerNorm'
     """
     roles = set(members)
     if any(split_rnn_name(r) for r in roles):
-        return _infer_rnn(members)
+        kind = _infer_rnn(members)
+        return Inference(kind, "structure: gate blocks of the recurrent weights" if kind != UNKNOWN else "",
+                         () if kind != UNKNOWN else ("LSTM", "GRU", "RNN"))
     if "in_proj_weight" in roles or "q_proj_weight" in roles:
-        return "MultiheadAttention"
+        return Inference("MultiheadAttention", "structure: in_proj_weight")
     if "running_mean" in roles or "running_var" in roles:
-        return "BatchNorm"
+        m = _IN_HINT.search(layer)
+        if m:  # InstanceNorm(track_running_stats=True) keeps the same tensors as BatchNorm
+            return Inference(f"InstanceNorm{m.group(3) or 1}d", "structure: running statistics; name: instance norm")
+        return Inference("BatchNorm", "structure: running statistics")
     if {"gamma", "beta"} & roles and roles <= {"gamma", "beta"}:
-        return "LayerNorm" if _NORM_HINT.search(layer) else UNKNOWN
+        return _by_name("LayerNorm", layer, _NORM_HINT, "name: a norm with gamma/beta", _NORM_CANDIDATES)
     w = members.get("weight")
     if w is None or not roles <= {"weight", "bias"}:
-        return UNKNOWN
+        return Inference(UNKNOWN, "")
     b = members.get("bias")
     if len(w) in (3, 4, 5) and _TRANSPOSED_HINT.search(layer):
         # (in_channels, out_channels/groups, k…): the bias has out_channels, a multiple of axis 1
         if b is not None and (len(b) != 1 or b[0] % max(w[1], 1)):
-            return UNKNOWN
-        return f"ConvTranspose{len(w) - 2}d"
+            return Inference(UNKNOWN, "", ("ConvTranspose", "Conv"))
+        return Inference(f"ConvTranspose{len(w) - 2}d", "name and shapes: a transposed convolution")
+    if b is not None and b == w and len(w) >= 2 and _NORM_HINT.search(layer):
+        return Inference("LayerNorm", "structure: weight and bias of one multi-dimensional shape, named a norm")
     if b is not None and (len(b) != 1 or (len(w) > 1 and b[0] not in (w[0], w[1]))):
-        return UNKNOWN
+        return Inference(UNKNOWN, "")
     if len(w) == 1:
-        if _BN_HINT.search(layer):
-            return "BatchNorm"
-        if _GN_HINT.search(layer):
-            return "GroupNorm"
-        if _RMS_HINT.search(layer) or (_NORM_HINT.search(layer) and b is None):
-            return "RMSNorm"
-        if _NORM_HINT.search(layer):
-            return "LayerNorm"
-        return UNKNOWN
+        return _infer_1d(layer, b is not None)
     if len(w) == 2:
-        if _GPT2_CONV1D.search(layer) and (b is None or b[0] == w[1]):
-            return "Conv1D"
-        if b is not None and b[0] != w[0]:
-            return UNKNOWN
-        if b is None and _EMBEDDING_HINT.search(layer):
-            return "Embedding"
-        return "Linear"
+        return _infer_2d(layer, w, b, context or ModelContext())
+    if len(w) == 3 and _BILINEAR_HINT.search(layer):
+        return Inference("Bilinear", "name: bilinear, a (out, in1, in2) weight")
     if len(w) in (3, 4, 5):
         if b is not None and b[0] != w[0]:
-            return UNKNOWN
-        return f"Conv{len(w) - 2}d"
-    return UNKNOWN
+            return Inference(UNKNOWN, "", (f"ConvTranspose{len(w) - 2}d",))
+        return Inference(f"Conv{len(w) - 2}d", "structure: a kernel with a bias per output channel" if b is not None
+                         else "structure: a rank-{} kernel".format(len(w)))
+    return Inference(UNKNOWN, "")
+
+
+def _by_name(kind: str, layer: str, hint: re.Pattern, evidence: str, candidates: tuple[str, ...]) -> Inference:
+    return Inference(kind, evidence) if hint.search(layer) else Inference(UNKNOWN, "", candidates)
+
+
+def _infer_1d(layer: str, has_bias: bool) -> Inference:
+    """A 1-D weight (and bias) without running statistics: a norm's scale, or PReLU's slopes."""
+    if _PRELU_HINT.search(layer) and not has_bias:
+        return Inference("PReLU", "name: prelu, one slope per channel")
+    if _BN_HINT.search(layer):
+        # BatchNorm keeps running statistics in its state dict; without them the name is wrong
+        # (chgnet's LayerNorm called bn1) or it is a BatchNorm made without them: say both
+        return Inference(UNKNOWN, "", _NORM_CANDIDATES)
+    if _GN_HINT.search(layer):
+        return Inference("GroupNorm", "name: group norm")
+    m = _IN_HINT.search(layer)
+    if m and has_bias:
+        return Inference(f"InstanceNorm{m.group(3) or 1}d", "name: instance norm, no running statistics")
+    if _RMS_HINT.search(layer) or (_NORM_HINT.search(layer) and not has_bias):
+        return Inference("RMSNorm", "name: a norm with a scale and no bias")
+    if _NORM_HINT.search(layer):
+        return Inference("LayerNorm", "name: a norm with scale and bias, no running statistics")
+    return Inference(UNKNOWN, "", ("LayerNorm", "PReLU", "a per-channel scale") if not has_bias else _NORM_CANDIDATES)
+
+
+def _infer_2d(layer: str, w: tuple[int, ...], b: tuple[int, ...] | None, context: ModelContext) -> Inference:
+    if _GPT2_CONV1D.search(layer) and (b is None or b[0] == w[1]):
+        return Inference("Conv1D", "name: GPT-2 Conv1D, stored [in, out]")
+    if b is not None and b[0] != w[0]:
+        # the bias has as many values as axis 1: stored [in, out] (GPT-2's Conv1D, Keras-style)
+        return Inference("Conv1D", "structure: bias size matches axis 1, a linear map stored [in, out]") \
+            if b[0] == w[1] else Inference(UNKNOWN, "")
+    if b is None and (_EMBEDDING_HINT.search(layer) or _EMBEDDING_STRONG.search(layer)):
+        strong = _EMBEDDING_STRONG.search(layer) is not None
+        fits_table = w[1] in context.widths  # the model consumes vectors of the table's width
+        fits_linear = w[0] in context.widths and w[1] not in context.widths
+        if fits_linear and not strong:
+            return Inference("Linear", "structure: its output width is the model's, its input width is not")
+        if strong or fits_table:
+            return Inference("Embedding", "name: an embedding table" + (", width used by the model" if fits_table else ""))
+        return Inference(UNKNOWN, "", ("Embedding", "Linear (bias-free)"))
+    return Inference("Linear", "structure: a matrix with a bias per row" if b is not None else "structure: a bias-free matrix")
 
 
 def _infer_rnn(members: dict[str, tuple[int, ...]]) -> str:

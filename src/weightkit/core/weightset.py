@@ -12,7 +12,17 @@ import numpy as np
 
 from weightkit import _dtypes
 from weightkit.errors import CorruptFileError
-from weightkit.layers import UNKNOWN, LayerFacts, axis_spec, in_axis, infer_kind, out_axis, spec_fields, split_rnn_name
+from weightkit.layers import (
+    UNKNOWN,
+    LayerFacts,
+    ModelContext,
+    axis_spec,
+    in_axis,
+    infer_layer,
+    out_axis,
+    spec_fields,
+    split_rnn_name,
+)
 
 if TYPE_CHECKING:
     from weightkit.sources import RawTensor, Reader
@@ -52,6 +62,10 @@ class Weight:
     never ``axes``. Taken from the layer table when not given."""
     gate_order: str | None = None
     """Order of the stacked blocks of a gate or q/k/v axis (``"i,f,g,o"``), if there is one."""
+    kind_evidence: str = ""
+    """What ``kind`` rests on, for people (``structure: running statistics``, ``config: model_config``)."""
+    kind_candidates: tuple[str, ...] = ()
+    """When ``kind`` is unknown: the kinds the evidence left open (``LayerNorm``, ``BatchNorm``…)."""
     _reader: Any = field(default=None, repr=False, compare=False)
     _key: str = field(default="", repr=False, compare=False)
 
@@ -153,6 +167,8 @@ class Weight:
             "is_buffer": self.is_buffer,
             "shared_with": list(self.shared_with),
             "kind_from": self.kind_from,
+            "kind_evidence": self.kind_evidence,
+            "kind_candidates": list(self.kind_candidates),
         }
 
 
@@ -253,14 +269,20 @@ def _annotate(reader: Reader, raws: list[RawTensor]) -> list[Weight]:
             role = raw.role or role
         groups[layer].append((raw, role))
 
+    shapes = {layer: {role: tuple(r.shape) for r, role in members} for layer, members in groups.items()}
+    context = ModelContext.of(shapes)
     out = []
     for layer, members in groups.items():
         given = next((r.kind for r, _ in members if r.kind), None)
+        candidates: tuple[str, ...] = ()
         if given:
             kind_from = next((r.kind_from for r, _ in members if r.kind_from), "module")
             kind = given
+            evidence = {"module": "module: the live class", "config": "config: stored with the weights",
+                        "name": "name: the layer's class name"}.get(kind_from, kind_from)
         else:
-            kind = infer_kind(layer, {role: r.shape for r, role in members})
+            inferred = infer_layer(layer, shapes[layer], context)
+            kind, evidence, candidates = inferred.kind, inferred.evidence, inferred.candidates
             kind_from = "inferred" if kind != UNKNOWN else "unknown"
         config: dict[str, Any] = {}
         for r, _ in members:
@@ -286,6 +308,8 @@ def _annotate(reader: Reader, raws: list[RawTensor]) -> list[Weight]:
                     is_buffer=raw.is_buffer or stat,
                     shared_with=tuple(raw.shared_with),
                     kind_from=kind_from if kind_here != UNKNOWN else "unknown",
+                    kind_evidence=evidence if kind_here != UNKNOWN else "",
+                    kind_candidates=candidates if kind_here == UNKNOWN else (),
                     device=raw.device,
                     _reader=reader,
                     _key=raw.key,

@@ -39,6 +39,7 @@ from weightkit.sources.keras_model import (
     child_entry,
     describe,
     fits,
+    kind_from_variables,
     legacy_layer,
     rnn_from_gates,
     roles_for,
@@ -347,21 +348,44 @@ class KerasFileReader(ReaderBase):
             self._optimizer = f["optimizer_weights"]
         for lname in _chunked(root, "layer_names"):
             group = root.get(lname)
+            layers: dict[str, list] = {}  # layer path -> [kind, how, config, facts, [(dataset, name, role)]]
             for wname in _chunked(group, "weight_names") if group is not None else ():
-                if isinstance(group.get(wname), self._h5py.Dataset):
-                    self._legacy_one(group[wname], lname, re.sub(r":\d+$", "", wname), entries)
+                if not isinstance(group.get(wname), self._h5py.Dataset):
+                    continue
+                full = re.sub(r":\d+$", "", wname)
+                *path, role = full.split("/")
+                # a weight scoped under another name than its layer's (TensorFlow made names unique:
+                # ``conv2d_1_1/kernel`` in layer ``conv2d_1``) belongs to the layer of its group
+                shown = full if path and path[0] == lname else f"{lname}/{full}"
+                layer, kind, how, cfg, facts = legacy_layer(lname, [lname, *path[1:]], entries)
+                layers.setdefault(layer, [kind, how, cfg, facts, []])[4].append((group[wname], shown, role))
+            for layer, (kind, how, cfg, facts, members) in layers.items():
+                self._legacy_layer(layer, kind, how, cfg, facts, members)
 
-    def _legacy_one(self, ds, lname: str, full: str, entries: dict[str, dict]) -> None:
-        *path, role = full.split("/")
-        layer, kind, how, cfg, facts = legacy_layer(lname, path or [lname], entries)
-        if role not in {r for r, _ in VAR_ORDER.get(kind or "", ())}:
-            kind, how = None, None
-        if kind == "GRU" and role == "bias":
-            facts["reset_after"] = bool(cfg.get("reset_after", True)) if cfg else len(ds.shape) == 2
-        buffer = role in BUFFERS.get(kind or "", ())
+    def _legacy_layer(self, layer: str, kind, how, cfg, facts: dict, members: list) -> None:
+        """Emit one Keras 2 layer's weights with the kind its config gives, else the kind its
+        variables leave no doubt about, else the kind its name gives if its variables fit."""
+        roles = [role for _, _, role in members]
+        shapes = [tuple(int(d) for d in ds.shape) for ds, _, _ in members]
+        known = {r for r, _ in VAR_ORDER.get(kind or "", ())}
+        if how == "config":
+            if not set(roles) <= known:  # a custom class (or a config that does not fit): unknown
+                facts = {**facts, "keras_class": kind}
+                kind, how = None, None
+        else:
+            structural = kind_from_variables(roles, shapes, layer)
+            if structural is not None and (kind is None or structural != kind or not set(roles) <= known):
+                kind, how = structural, "inferred"
+            elif kind is not None and (not set(roles) <= known or not fits(kind, shapes)):
+                kind, how = None, None
+        if kind in ("GRU", "CuDNNGRU") and "bias" in roles:
+            facts = {**facts, "reset_after": bool(cfg.get("reset_after", True)) if cfg and kind == "GRU"
+                     else len(shapes[roles.index("bias")]) == 2}
         frozen = cfg is not None and cfg.get("trainable") is False
-        trainable = False if buffer or frozen else (True if kind else None)
-        self._add(ds, full, layer, kind, how, role, trainable, buffer, facts)
+        for ds, name, role in members:
+            buffer = role in BUFFERS.get(kind or "", ())
+            trainable = False if buffer or frozen else (True if kind else None)
+            self._add(ds, name, layer, kind, how, role, trainable, buffer, facts)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -382,6 +406,8 @@ class KerasFileReader(ReaderBase):
     def _summary(self) -> dict[str, Any]:
         f = self._h5
         cfg = self._config if isinstance(self._config, dict) else {}
+        inner = cfg.get("config")
+        inner = inner if isinstance(inner, dict) else {}  # Keras 2.1 Sequential: a list of layers
         legacy = f.get("model_weights", f)
         attrs = {k: _text(f.attrs.get(k, legacy.attrs.get(k))) for k in ("keras_version", "backend")}
         root = f.get("vars")
@@ -389,13 +415,14 @@ class KerasFileReader(ReaderBase):
             "keras_version": self._meta.get("keras_version") or attrs["keras_version"],
             "date_saved": self._meta.get("date_saved"), "backend": attrs["backend"],
             "model_class": cfg.get("class_name"),
-            "model_name": (cfg.get("config") or {}).get("name") or (_text(root.attrs.get("name")) if root else None),
+            "model_name": inner.get("name") or (_text(root.attrs.get("name")) if root else None),
         }
         if self._optimizer is not None:
             sizes: list[int] = []
             self._optimizer.visititems(lambda _, o: sizes.append(o.size * o.dtype.itemsize)
                                        if isinstance(o, self._h5py.Dataset) else None)
-            compiled = (cfg.get("compile_config") or {}).get("optimizer")
+            compiled = cfg.get("compile_config")
+            compiled = compiled.get("optimizer") if isinstance(compiled, dict) else None
             cls = compiled.get("class_name") if isinstance(compiled, dict) else compiled
             training = _json_or_note(f.attrs.get("training_config"), "training_config", self._notes)
             training = training if isinstance(training, dict) else {}

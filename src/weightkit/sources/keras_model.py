@@ -36,6 +36,7 @@ SNAKE_TO_CLASS = {
     "conv_lstm3d": "ConvLSTM3D", "lstm_cell": "LSTMCell", "gru_cell": "GRUCell",
     "simple_rnn_cell": "SimpleRNNCell", "rnn": "RNN", "stacked_rnn_cells": "StackedRNNCells",
     "bidirectional": "Bidirectional", "time_distributed": "TimeDistributed",
+    "cu_dnnlstm": "CuDNNLSTM", "cu_dnngru": "CuDNNGRU",  # Keras 2's GPU-only RNNs
     "multi_head_attention": "MultiHeadAttention", "input_layer": "InputLayer",
     "sequential": "Sequential", "functional": "Functional",
 }
@@ -57,8 +58,11 @@ VAR_ORDER: dict[str, tuple[tuple[str, str | None], ...]] = {
     "LayerNormalization": _NORM, "GroupNormalization": _NORM,
     "RMSNormalization": (("scale", None),), "PReLU": (("alpha", None),),
     "Normalization": (("mean", None), ("variance", None), ("count", None)),
-    **{k: _RNN for k in ("LSTM", "GRU", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")},
+    **{k: _RNN for k in ("LSTM", "GRU", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D",
+                         "CuDNNLSTM", "CuDNNGRU")},
 }
+# Keras 2 wrappers whose weights are their inner layer's (``time_distributed_1/kernel``)
+WRAPPERS = {"TimeDistributed"}
 _OFF_BY_DEFAULT = {"bias_axes"}  # flags whose absence from a config means "no variable"
 # non-trainable state of a class (never updated by the optimizer)
 BUFFERS = {"BatchNormalization": {"moving_mean", "moving_variance"}, "Normalization": {"mean", "variance", "count"}}
@@ -114,6 +118,60 @@ def fits(kind: str, shapes: list[tuple[int, ...]]) -> bool:
     m = re.fullmatch(r"(?:Depthwise)?Conv([123])D(?:Transpose)?", kind)
     want = int(m.group(1)) + 2 if m else {"Dense": 2, "Embedding": 2}.get(kind)
     return want is None or len(shapes[0]) == want
+
+
+def kind_from_variables(roles: list[str], shapes: list[tuple[int, ...]], name: str = "") -> str | None:
+    """The Keras class that a layer's variables (roles and shapes) leave no doubt about; None
+    when they fit several or none. Structure comes before names: a layer named ``output`` or
+    ``rnn_1`` is known by what it holds.
+
+    Example:
+        >>> kind_from_variables(["kernel", "recurrent_kernel", "bias"], [(10, 80), (20, 80), (80,)])
+        'LSTM'
+        >>> kind_from_variables(["kernel", "bias"], [(3, 3, 8, 16), (16,)])
+        'Conv2D'
+    """
+    r = dict(zip(roles, shapes))
+    if len(r) != len(roles) or not r:
+        return None
+    k, b = r.get("kernel"), r.get("bias")
+    if "recurrent_kernel" in r and k is not None:
+        rk = r["recurrent_kernel"]
+        if len(k) in (3, 4, 5) and len(rk) == len(k):
+            return f"ConvLSTM{len(k) - 2}D"
+        if len(k) != 2 or len(rk) != 2 or rk[1] != k[1] or not rk[0] or rk[1] % rk[0]:
+            return None
+        units, kind = rk[0], {4: "LSTM", 3: "GRU", 1: "SimpleRNN"}.get(rk[1] // rk[0])
+        if kind is None or b is None:
+            return kind
+        if b == (2 * rk[1],) and kind != "SimpleRNN":  # input and recurrent biases side by side
+            return f"CuDNN{kind}"
+        return kind if b in ((rk[1],), (2, rk[1])) and units else None
+    keys = set(r)
+    if {"moving_mean", "moving_variance"} <= keys <= {"gamma", "beta", "moving_mean", "moving_variance"}:
+        return "BatchNormalization"
+    if keys == {"embeddings"} and len(r["embeddings"]) == 2:
+        return "Embedding"
+    if keys == {"alpha"}:
+        return "PReLU"
+    if {"depthwise_kernel", "pointwise_kernel"} <= keys <= {"depthwise_kernel", "pointwise_kernel", "bias"}:
+        dims = len(r["depthwise_kernel"]) - 2
+        return f"SeparableConv{dims}D" if dims in (1, 2) else None
+    if "depthwise_kernel" in keys and keys <= {"depthwise_kernel", "bias"}:
+        dims = len(r["depthwise_kernel"]) - 2
+        return f"DepthwiseConv{dims}D" if dims in (1, 2) else None
+    if k is None or not keys <= {"kernel", "bias"} or (b is not None and len(b) != 1):
+        return None
+    if len(k) == 2:
+        return "Dense" if b is None or b[0] == k[1] else None
+    if len(k) not in (3, 4, 5):
+        return None
+    dims, named = len(k) - 2, re.search(r"transpose|deconv", name, re.I) is not None
+    if b is not None and (b[0] == k[-1]) != (b[0] == k[-2]):  # the bias tells filters from channels
+        return f"Conv{dims}D" if b[0] == k[-1] else f"Conv{dims}DTranspose"
+    if b is not None and b[0] not in (k[-1], k[-2]):
+        return None
+    return f"Conv{dims}DTranspose" if named else f"Conv{dims}D"
 
 
 def snake_case(name: str) -> str:
@@ -222,6 +280,11 @@ def legacy_layer(lname: str, path: list[str], entries: dict[str, dict]):
         entry = entry or (m.group(1) == "backward" and config_entry(wrapper, "backward_layer")) \
             or config_entry(wrapper, "layer")
         owner = m.group(2)
+    if entry and entry.get("class_name") in WRAPPERS:  # TimeDistributed(Dense): the Dense's weights
+        facts["wrapper"] = entry["class_name"]
+        entry = config_entry(entry.get("config"), "layer") or {}
+    elif not entry and kind_from_name(owner) in WRAPPERS:
+        facts["wrapper"] = kind_from_name(owner)
     kind, how = (entry["class_name"], "config") if entry else (kind_from_name(owner), "name")
     cfg = (entry.get("config") or {}) if entry else None
     if kind is not None:
