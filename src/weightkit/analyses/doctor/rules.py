@@ -318,8 +318,9 @@ def untrained_layer(ctx: Context) -> Iterator[Finding]:
             at_init = (scale_w is None or _exactly(scale_w, 1.0)) and (shift is None or _exactly(shift, 0.0))
             by_kind["norm"].append((layer, at_init, [w.name for w in (scale_w, shift) if w is not None]))
         elif kind.startswith(_BIASED) and "bias" in params and params["bias"].ndim == 1:
-            if ctx.flow.direct_norm(layer) is not None:
-                continue  # a norm right after cancels the bias: no gradient reaches it, by design
+            norm = ctx.flow.direct_norm(layer)
+            if norm is not None and ctx.flow.kinds.get(norm, "").startswith(("BatchNorm", "SyncBatchNorm")):
+                continue  # BatchNorm right after cancels the bias: no gradient reaches it, by design
             by_kind["biased"].append((layer, _exactly(params["bias"], 0.0), [params["bias"].name]))
     for group, entries in by_kind.items():
         untouched = [e for e in entries if e[1]]
