@@ -115,8 +115,9 @@ def test_repeated_findings_are_one_row_with_a_count_and_the_names(tmp_path):
     assert row.details["count"] == 6 and row.tensors == [f"{i}.weight" for i in range(6)]
     assert len(row.details["items"]) == 6 and row.message.startswith("6 alike findings")
     assert len(weightkit.doctor(model, group=False).by_rule("scale")) == 6
-    from weightkit.render.console import renderable
     from rich.console import Console
+
+    from weightkit.render.console import renderable
 
     console = Console(width=80, record=True, color_system=None)
     console.print(renderable(report))
