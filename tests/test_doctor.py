@@ -229,8 +229,11 @@ def test_bias_before_batchnorm_keras():
 
 def test_every_rule_is_exercised_above():
     ids = {r.id for r in list_rules()}
-    assert ids == {"nan-inf", "all-zero", "dead-units", "identical-rows", "scale", "batchnorm",
-                   "unregistered-tensor", "shared-weights", "mixed-dtype-device", "optimizer", "bias-before-norm"}
+    assert ids == {"nan-inf", "all-zero", "dead-units", "identical-rows", "scale", "batchnorm-variance",
+                   "batchnorm-untrained", "batchnorm-dead-channels", "untrained-layer", "unused-parameters",
+                   "unregistered-tensor", "shared-weights", "mixed-dtype-device", "optimizer-missing",
+                   "optimizer-frozen", "optimizer-duplicate", "optimizer-foreign", "optimizer-decay-bias-norm",
+                   "bias-before-norm"}
 
 
 def test_bad_requests():

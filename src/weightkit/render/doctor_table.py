@@ -24,7 +24,12 @@ def render_doctor(r: DoctorReport) -> Iterator[RenderableType]:
     table.add_column("finding and fix", overflow="fold")
     for f in r.findings:
         # two lines as two Texts: a newline inside one Text would be shown escaped
-        body = Group(text(f.message), line(("fix: ", "bold"), f.fix))
+        parts = [text(f.message)]
+        if f.details.get("grouped"):  # one row for many alike findings: name every tensor
+            shown = f.tensors[:12]
+            more = f" … ({len(f.tensors)} in all)" if len(f.tensors) > len(shown) else ""
+            parts.append(line((f"{f.details['count']}x: ", "bold"), ", ".join(shown) + more))
+        body = Group(*parts, line(("fix: ", "bold"), f.fix))
         table.add_row(text(f.severity, style=STYLE[f.severity]), f.rule, body)
     yield table
     counts = {s: sum(f.severity == s for f in r.findings) for s in STYLE}

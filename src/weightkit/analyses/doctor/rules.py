@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from typing import Iterator
 
 import numpy as np
 
 from weightkit import _dtypes
+from weightkit.analyses.doctor._flow import is_norm
 from weightkit.analyses.doctor._registry import Context, Finding, Severity, rule
 from weightkit.layers import out_axis
 
@@ -72,12 +72,12 @@ def all_zero(ctx: Context) -> Iterator[Finding]:
         w = by_name[t.name]
         if t.error or not t.count or t.zeros != t.count or w.is_buffer or not _dtypes.is_floating(t.dtype):
             continue
-        bias = w.ndim == 1
+        if w.ndim < 2:
+            continue  # biases and shifts start at zero: the untrained-layer rule judges them against the rest
         yield Finding(
-            "all-zero", "info" if bias else "warning", [t.name],
-            f"{t.name} ({w.kind} {w.role}, {t.count} values) is entirely zero"
-            + ("; biases often start at zero, but a trained one rarely stays there." if bias else
-               "; the layer outputs nothing and its inputs get no gradient."),
+            "all-zero", "warning", [t.name],
+            f"{t.name} ({w.kind} {w.role}, {t.count} values) is entirely zero; the layer outputs nothing and "
+            "its inputs get no gradient.",
             "Check that the weights were loaded (load_state_dict with strict=True) and initialised, "
             "and that this layer is connected to the loss.",
         )
@@ -143,7 +143,24 @@ def identical_rows(ctx: Context) -> Iterator[Finding]:
             )
 
 
-@rule("scale", title="Weight scale far from its initialisation range for the fan-in")
+EXTREME = 1000.0  # this far from the reference, no layer is healthy whatever follows it
+
+
+def _scale_reason(ctx: Context, w) -> tuple[Severity | None, str]:
+    """How much a weight's scale matters, from what follows its layer: a normalisation after it
+    (through ReLU-like activations, dropout or pooling) undoes any scale; only a live model's
+    graph shows that none does."""
+    after = ctx.flow.normalised_after(w.layer)
+    if after:
+        return None, ""
+    if after is False and ctx.live:
+        return "warning", f"the {ctx.flow.source} shows no normalisation after this layer"
+    return "info", "a file does not show whether a normalisation follows this layer, which would make its scale harmless"
+
+
+@rule("scale", title="Weight scale far from its initialisation range for the fan-in",
+      knows="file: the scale of each weight; only a live model's graph (or a model config) shows whether a "
+            "normalisation follows, so on a file it is a note unless the scale is extreme")
 def scale(ctx: Context) -> Iterator[Finding]:
     by_name = {t.name: t for t in ctx.stats.tensors}
     for w in ctx.ws:
@@ -153,96 +170,117 @@ def scale(ctx: Context) -> Iterator[Finding]:
             continue
         ref = 1.0 / math.sqrt(fan_in)
         ratio = t.std / ref
-        if ratio > SCALE_FACTOR or ratio < 1.0 / VANISH_FACTOR:
-            big = ratio > SCALE_FACTOR
-            yield Finding(
-                "scale", "warning", [w.name],
-                f"{w.name}: std {t.std:.3g} is {ratio if big else 1 / ratio:.3g}x {'above' if big else 'below'} "
-                f"1/sqrt(fan_in) = {ref:.3g} for fan-in {fan_in} (threshold: {SCALE_FACTOR:g}x above, "
-                f"{VANISH_FACTOR:g}x below): {'exploding' if big else 'vanishing'} weights.",
-                "Lower the learning rate or add weight decay/normalisation" if big else
-                "Check the initialisation (Kaiming or Xavier for this fan-in) and for too strong weight decay",
-                {"std": t.std, "reference": ref, "fan_in": fan_in, "ratio": ratio},
-            )
+        if ratio <= SCALE_FACTOR and ratio >= 1.0 / VANISH_FACTOR:
+            continue
+        big = ratio > SCALE_FACTOR
+        severity, why = _scale_reason(ctx, w)
+        if (ratio >= EXTREME or ratio <= 1.0 / EXTREME) and ctx.flow.normalised_after(w.layer) is not True:
+            severity, why = "warning", f"beyond {EXTREME:g}x no initialisation or normalisation explains it"
+        if severity is None:
+            continue
+        if big:
+            fix = ("Lower the learning rate or add weight decay/normalisation" if ctx.live else
+                   "If the model's outputs overflow, check the layers after this one for a normalisation; "
+                   "a healthy published model often sits this far from its initial scale")
+        else:
+            fix = "Check the initialisation (Kaiming or Xavier for this fan-in) and for too strong weight decay"
+        yield Finding(
+            "scale", severity, [w.name],
+            f"{w.name}: std {t.std:.3g} is {ratio if big else 1 / ratio:.3g}x {'above' if big else 'below'} "
+            f"1/sqrt(fan_in) = {ref:.3g} for fan-in {fan_in} (threshold: {SCALE_FACTOR:g}x above, "
+            f"{VANISH_FACTOR:g}x below): {'exploding' if big else 'vanishing'} weights; {why}.",
+            fix,
+            {"std": t.std, "reference": ref, "fan_in": fan_in, "ratio": ratio, "evidence": ctx.flow.source},
+        )
 
 
 _VAR_ROLES = ("running_var", "moving_variance")
 _MEAN_ROLES = ("running_mean", "moving_mean")
+DEAD_VAR = 1e-12  # a channel whose running variance is below this had (almost) constant input
 
 
-@rule("batchnorm", title="BatchNorm statistics invalid or never updated")
-def batchnorm(ctx: Context) -> Iterator[Finding]:
-    stats = {t.name: t for t in ctx.stats.tensors}
+def _batchnorms(ctx: Context):
+    """(layer, roles, mean, var) for each layer with running statistics."""
     for layer, weights in ctx.ws.layers().items():
         roles = {w.role: w for w in weights}
         var = next((roles[r] for r in _VAR_ROLES if r in roles), None)
-        mean = next((roles[r] for r in _MEAN_ROLES if r in roles), None)
-        if var is None:
-            continue
+        if var is not None and var.numel and _dtypes.is_floating(var.dtype):
+            yield layer, roles, next((roles[r] for r in _MEAN_ROLES if r in roles), None), var
+
+
+@rule("batchnorm-variance", title="BatchNorm running variance below zero",
+      knows="file and live model alike: the running statistics are stored")
+def batchnorm_variance(ctx: Context) -> Iterator[Finding]:
+    stats = {t.name: t for t in ctx.stats.tensors}
+    for _, _, _, var in _batchnorms(ctx):
         vs = stats.get(var.name)
-        if vs and vs.min is not None and vs.min <= 0:
+        if vs and vs.min is not None and vs.min < 0:
             yield Finding(
                 "batchnorm-variance", "error", [var.name],
-                f"{var.name}: running variance has values <= 0 (min {vs.min:.3g}); normalisation divides by "
+                f"{var.name}: running variance has values < 0 (min {vs.min:.3g}); normalisation divides by "
                 "sqrt(var + eps), so outputs blow up or turn NaN.",
                 "Recompute the statistics: run the model in train mode over some batches without stepping "
                 "the optimizer (or torch.optim.swa_utils.update_bn), then save again.",
                 {"min": vs.min},
             )
-        tracked = roles.get("num_batches_tracked")
-        untouched_counter = tracked is not None and tracked.numel > 0 and int(tracked.numpy().reshape(-1)[0]) == 0
-        ms = stats.get(mean.name) if mean is not None else None
-        initial_values = (ms is not None and vs is not None and ms.min == 0 == ms.max and vs.min == 1 == vs.max)
-        if untouched_counter or initial_values:
-            severity: Severity = "warning" if ctx.claims_trained else "info"
-            why = "num_batches_tracked is 0" if untouched_counter else "running mean is all 0 and variance all 1"
+
+
+@rule("batchnorm-untrained", title="BatchNorm running statistics still at their initial values",
+      knows="file and live model alike, from the running mean and variance themselves; num_batches_tracked "
+            "is not evidence (models converted from Keras or Caffe always store 0)")
+def batchnorm_untrained(ctx: Context) -> Iterator[Finding]:
+    stats = {t.name: t for t in ctx.stats.tensors}
+    for layer, roles, mean, var in _batchnorms(ctx):
+        ms, vs = stats.get(mean.name) if mean is not None else None, stats.get(var.name)
+        if ms is None or vs is None or not (ms.min == 0 == ms.max and vs.min == 1 == vs.max):
+            continue
+        severity: Severity = "warning" if ctx.claims_trained else "info"
+        yield Finding(
+            "batchnorm-untrained", severity, [w.name for w in (mean, var, roles.get("num_batches_tracked")) if w],
+            f"{layer}: BatchNorm running statistics are still at their initial values (mean all 0, variance "
+            "all 1)" + (" in a checkpoint that says it was trained." if ctx.claims_trained else "."),
+            "Make sure the model ran in train mode (model.train()) while training, and that these "
+            "buffers were saved (state_dict includes them).",
+        )
+
+
+@rule("batchnorm-dead-channels", title="BatchNorm channels whose input never varied (output a constant)",
+      knows="file and live model alike, from the running variance")
+def batchnorm_dead_channels(ctx: Context) -> Iterator[Finding]:
+    for layer, _, _, var in _batchnorms(ctx):
+        v = var.numpy().astype(np.float64).reshape(-1)
+        dead = np.flatnonzero((v >= 0) & (v < DEAD_VAR))
+        if 0 < dead.size:
             yield Finding(
-                "batchnorm-untrained", severity, [n.name for n in (mean, var, tracked) if n is not None],
-                f"{layer}: BatchNorm statistics are still at their initial values ({why})"
-                + (" in a checkpoint that says it was trained." if ctx.claims_trained else "."),
-                "Make sure the model ran in train mode (model.train()) while training, and that these "
-                "buffers were saved (state_dict includes them).",
+                "batchnorm-dead-channels", "warning", [var.name],
+                f"{layer}: {dead.size} of {v.size} channels have running variance below {DEAD_VAR:g} (indices "
+                f"{_names(dead)}; smallest {v[dead].min():.3g}): their input never varied, so they output a "
+                "constant and carry no information.",
+                "Look at the layer feeding these channels for dead filters (all-negative before a ReLU); prune "
+                "the channels or re-initialise them and fine-tune.",
+                {"dead": dead.tolist(), "channels": int(v.size)},
             )
 
 
-_NORMS = ("BatchNorm", "SyncBatchNorm")  # kinds starting with these normalise each channel over the batch
 _BIASED = ("Conv", "Linear", "Dense", "DepthwiseConv", "SeparableConv")
 
 
-def _natural(name: str) -> list:
-    """Sort key that orders ``features.2`` before ``features.10``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def _layer_pairs(names: list[str]) -> list[tuple[str, str]]:
-    """Pairs (layer, the layer after it): neighbours in model order and in natural name order
-    (files list names alphabetically), and siblings named alike with the same number
-    (``conv1``/``bn1``, as in torchvision's ResNet), since those are listed apart."""
-    pairs = list(zip(names, names[1:]))
-    ordered = sorted(names, key=_natural)
-    pairs += zip(ordered, ordered[1:])
-    by_number: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for name in names:
-        parent, _, leaf = name.rpartition(".")
-        m = re.fullmatch(r"([A-Za-z_]+?)_?(\d+)", leaf)
-        if m:
-            by_number[(parent, m.group(2))].append(name)
-    for group in by_number.values():
-        pairs += [(a, b) for a in group for b in group if a != b]
-    return list(dict.fromkeys(pairs))
-
-
-@rule("bias-before-norm", title="A layer bias that the BatchNorm right after it cancels")
+@rule("bias-before-norm", title="A layer bias that the BatchNorm right after it cancels",
+      knows="where the pairing is known: a live model's traced graph or config, consecutive layers of a "
+            "torch Sequential, ResNet blocks (conv{n} -> bn{n}); never from name order alone")
 def bias_before_norm(ctx: Context) -> Iterator[Finding]:
     layers: dict[str, tuple[str, dict]] = {}  # layer -> (kind, role -> weight), in model order
     for w in ctx.ws:
         layers.setdefault(w.layer, (w.kind or "", {}))[1][w.role] = w
     hits = []
-    for name, norm in _layer_pairs(list(layers)):
-        (kind, roles), (norm_kind, norm_roles) = layers[name], layers[norm]
+    for name, (kind, roles) in layers.items():
         bias = roles.get("bias")
-        if bias is None or not kind.startswith(_BIASED) or "Transpose" in kind or not norm_kind.startswith(_NORMS):
+        if bias is None or not kind.startswith(_BIASED) or "Transpose" in kind:
             continue
+        norm = ctx.flow.direct_norm(name)
+        if norm is None or norm not in layers or not layers[norm][0].startswith(("BatchNorm", "SyncBatchNorm")):
+            continue  # LayerNorm/GroupNorm subtract a mean over other axes: a per-channel bias survives
+        norm_roles = layers[norm][1]
         scale = next((norm_roles[r] for r in ("weight", "gamma", "running_mean", "moving_mean") if r in norm_roles), None)
         if scale is not None and scale.numel == bias.numel:
             hits.append((bias.name, name, norm))
@@ -250,12 +288,77 @@ def bias_before_norm(ctx: Context) -> Iterator[Finding]:
         pairs = ", ".join(f"{layer} → {norm}" for _, layer, norm in hits[:8]) + (" …" if len(hits) > 8 else "")
         yield Finding(
             "bias-before-norm", "info", [b for b, _, _ in hits],
-            f"{len(hits)} layer(s) with a bias feed a BatchNorm with as many channels ({pairs}): BatchNorm "
-            "subtracts each channel's batch mean, which removes a constant bias, so it gets (almost) no "
-            "gradient and does nothing, if that layer's output goes straight into that BatchNorm.",
+            f"{len(hits)} layer(s) with a bias feed straight into a BatchNorm with as many channels ({pairs}; "
+            f"known from the {ctx.flow.source}): BatchNorm subtracts each channel's batch mean, which removes "
+            "a constant bias, so it gets (almost) no gradient and does nothing.",
             "Create the layer without a bias (Conv2d(..., bias=False) / Conv2D(..., use_bias=False)); "
             "BatchNorm's own shift (bias / beta) plays its role.",
             details={"pairs": [[layer, norm] for _, layer, norm in hits]},
+        )
+
+
+def _exactly(w, value: float) -> bool:
+    data = w.numpy()
+    return bool(data.size) and bool(np.all(data == value))
+
+
+@rule("untrained-layer", title="A layer still exactly at its initial values while the rest has trained",
+      knows="file and live model alike, for initial values that are known exactly: normalisation weight 1 "
+            "and bias 0, a bias of 0; random initial weights cannot be told apart from trained ones")
+def untrained_layer(ctx: Context) -> Iterator[Finding]:
+    by_kind: dict[str, list[tuple[str, bool, list[str]]]] = defaultdict(list)  # kind -> (layer, at init, names)
+    for layer, weights in ctx.ws.layers().items():
+        params = {w.role: w for w in weights if not w.is_buffer and _dtypes.is_floating(w.dtype)}
+        kind = weights[0].kind or ""
+        if is_norm(kind):
+            scale_w = next((params[r] for r in ("weight", "gamma", "scale") if r in params), None)
+            shift = next((params[r] for r in ("bias", "beta") if r in params), None)
+            if scale_w is None and shift is None:
+                continue
+            at_init = (scale_w is None or _exactly(scale_w, 1.0)) and (shift is None or _exactly(shift, 0.0))
+            by_kind["norm"].append((layer, at_init, [w.name for w in (scale_w, shift) if w is not None]))
+        elif kind.startswith(_BIASED) and "bias" in params and params["bias"].ndim == 1:
+            norm = ctx.flow.direct_norm(layer)
+            if norm is not None and ctx.flow.kinds.get(norm, "").startswith(("BatchNorm", "SyncBatchNorm")):
+                continue  # BatchNorm right after cancels the bias: no gradient reaches it, by design
+            by_kind["biased"].append((layer, _exactly(params["bias"], 0.0), [params["bias"].name]))
+    for group, entries in by_kind.items():
+        untouched = [e for e in entries if e[1]]
+        trained = len(entries) - len(untouched)
+        # "the rest has trained": most layers of this group moved, and at least three did
+        if not untouched or trained < 3 or trained < 2 * len(untouched):
+            continue
+        what = "weight all 1 and bias all 0" if group == "norm" else "bias all exactly 0"
+        for layer, _, names in untouched:
+            yield Finding(
+                "untrained-layer", "warning", names,
+                f"{layer}: still exactly at its initial values ({what}) while {trained} of {len(entries)} "
+                f"such layers in this model have trained: it got no gradient, so it is probably not used by "
+                "the forward pass, frozen, or was never loaded.",
+                "Check that the layer is connected to the loss (or drop it from the model), and that it was "
+                "not frozen or skipped when loading the weights.",
+                {"trained_like_it": trained, "layers_like_it": len(entries)},
+            )
+
+
+@rule("unused-parameters", title="Parameters the forward pass never reaches", needs="module",
+      knows="live torch models only, from the traced graph (torch.fx); silent when the model cannot be traced")
+def unused_parameters(ctx: Context) -> Iterator[Finding]:
+    flow = ctx.flow
+    if flow.called is None:
+        return
+    used_prefixes = tuple(f"{m}." for m in flow.called if m) + tuple(flow.attrs)
+    if "" in flow.called:
+        return  # the whole model is one leaf module
+    unused = [n for n, p in ctx.module.named_parameters()
+              if not n.startswith(used_prefixes) and n not in flow.attrs]
+    if unused:
+        yield Finding(
+            "unused-parameters", "warning", unused,
+            f"{len(unused)} parameters are never reached by the traced forward pass: {_names(unused)}; they "
+            "get no gradient, never train, and still cost memory and optimizer state.",
+            "Remove the unused layers, or wire them into forward(); if they are used only in some modes, "
+            "ignore this.",
         )
 
 
@@ -316,9 +419,16 @@ def _param_names(ctx: Context) -> dict[int, str]:
     return {id(p): n for n, p in ctx.module.named_parameters()}
 
 
-@rule("optimizer", title="Parameters missing from, frozen in, duplicated in or decayed by the optimizer",
-      needs="optimizer")
-def optimizer_groups(ctx: Context) -> Iterator[Finding]:
+def _optimizer_findings(ctx: Context) -> list[Finding]:
+    """Every optimizer finding, computed once per context (each id is its own rule)."""
+    cached = getattr(ctx, "_optimizer_findings", None)
+    if cached is None:
+        cached = list(_optimizer_checks(ctx))
+        ctx._optimizer_findings = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _optimizer_checks(ctx: Context) -> Iterator[Finding]:
     names = _param_names(ctx)
     params = dict(ctx.module.named_parameters())
     seen: dict[int, list[int]] = defaultdict(list)
@@ -366,3 +476,18 @@ def optimizer_groups(ctx: Context) -> Iterator[Finding]:
                 f"normalisation weights ({_names(decayed)}), which is usually unintended.",
                 "Put biases and normalisation weights in a parameter group with weight_decay=0.",
             )
+
+
+def _optimizer_rule(rule_id: str, title: str) -> None:
+    def check(ctx: Context) -> Iterator[Finding]:
+        return iter([f for f in _optimizer_findings(ctx) if f.rule == rule_id])
+
+    rule(rule_id, title=title, needs="optimizer", knows="live model and its optimizer only")(check)
+
+
+for _id, _title in (("optimizer-missing", "Trainable parameters in no optimizer group"),
+                    ("optimizer-frozen", "Frozen parameters inside optimizer groups"),
+                    ("optimizer-duplicate", "Parameters in more than one optimizer group"),
+                    ("optimizer-foreign", "Optimizer parameters that are not the model's"),
+                    ("optimizer-decay-bias-norm", "Weight decay on biases and normalisation weights")):
+    _optimizer_rule(_id, _title)
