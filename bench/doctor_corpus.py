@@ -1,6 +1,6 @@
 """Run the doctor over every file of a folder and count its findings per rule and severity.
 
-For reviewing the doctor's precision on real checkpoints (docs/fidelity-doctor.md): every file
+For reviewing the doctor's precision on real checkpoints (docs/fidelity.md, *Doctor precision on real checkpoints*): every file
 weightkit opens is checked; files it refuses or cannot read are listed with their one-line error.
 
     python bench/doctor_corpus.py /work/corpus/files            # counts per rule and severity

@@ -197,3 +197,22 @@ def test_untraceable_live_model_gives_no_unused_parameter_guesses():
             return self.a(x) if x.sum() > 0 else self.b(x)  # data-dependent: fx cannot trace it
 
     assert weightkit.doctor(Branchy()).by_rule("unused-parameters") == []
+
+
+def test_a_norm_of_open_kind_at_its_initial_values_is_found_in_a_file(tmp_path):
+    """LayerNorms named `bn1` (no running statistics: the file leaves their exact norm kind open)
+    are still norms: one left at weight 1, bias 0 while the others trained is found."""
+    torch.manual_seed(0)
+    sd = {}
+    for i in range(5):
+        sd[f"blocks.{i}.fc.weight"] = torch.randn(8, 8)
+        sd[f"blocks.{i}.fc.bias"] = torch.randn(8)
+        sd[f"blocks.{i}.bn1.weight"] = 1 + 0.1 * torch.randn(8) if i < 4 else torch.ones(8)
+        sd[f"blocks.{i}.bn1.bias"] = 0.1 * torch.randn(8) if i < 4 else torch.zeros(8)
+    path = tmp_path / "m.safetensors"
+    save_file(sd, str(path))
+    ws = weightkit.open(path)
+    norm = next(w for w in ws if w.name == "blocks.4.bn1.weight")
+    assert norm.kind == "unknown" and "LayerNorm" in norm.kind_candidates  # not called BatchNorm
+    (f,) = weightkit.doctor(ws).by_rule("untrained-layer")
+    assert f.tensors == ["blocks.4.bn1.weight", "blocks.4.bn1.bias"]

@@ -309,8 +309,10 @@ def untrained_layer(ctx: Context) -> Iterator[Finding]:
     by_kind: dict[str, list[tuple[str, bool, list[str]]]] = defaultdict(list)  # kind -> (layer, at init, names)
     for layer, weights in ctx.ws.layers().items():
         params = {w.role: w for w in weights if not w.is_buffer and _dtypes.is_floating(w.dtype)}
-        kind = weights[0].kind or ""
-        if is_norm(kind):
+        kind, candidates = weights[0].kind or "", weights[0].kind_candidates
+        # a norm whose exact kind the file leaves open (a `bn1` without running statistics) has
+        # the same initial values whichever norm it is
+        if is_norm(kind) or (candidates and all(is_norm(c) for c in candidates)):
             scale_w = next((params[r] for r in ("weight", "gamma", "scale") if r in params), None)
             shift = next((params[r] for r in ("bias", "beta") if r in params), None)
             if scale_w is None and shift is None:
