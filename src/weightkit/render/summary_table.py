@@ -10,7 +10,7 @@ from rich.console import RenderableType
 from rich.table import Table
 
 from weightkit.analyses.summary import Summary
-from weightkit.render._format import LiteralTable, LongTable, line, text
+from weightkit.render._format import Col, FitTable, LiteralTable, line, text
 from weightkit.render._text import human_bytes, human_count, literal, shape_str, tristate
 
 LEGEND = (
@@ -24,7 +24,7 @@ def render_summary(s: Summary, width: int = 120) -> Iterator[RenderableType]:
     yield line(("weightkit summary ", "bold"), (s.source, "cyan"), f"  ({s.format})")
     if s.filter:
         yield text(f"select: {s.filter}  ({s.totals.tensors} tensors match)", style="dim")
-    yield LongTable(_tensor_table(s, width))
+    yield _tensor_table(s)
     yield _totals_table(s)
     if s.metadata:
         yield _metadata_table(s.metadata)
@@ -33,45 +33,34 @@ def render_summary(s: Summary, width: int = 120) -> Iterator[RenderableType]:
     yield text(LEGEND.format(inferred=note), style="dim")
 
 
-def _tensor_table(s: Summary, width: int) -> LiteralTable:
-    """One section per layer: a layer row (path, kind, totals), then one row per tensor.
-
-    Narrow terminals (< 110 columns) drop the bytes column (the totals still give sizes) and
-    fold long layer paths rather than squeeze the axes.
-    """
-    wide = width >= 110
-    table = LiteralTable(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD,
-                  padding=(0, 1), min_width=None)
-    table.add_column("layer / tensor", no_wrap=width >= 120, overflow="fold", min_width=14)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("shape", justify="right", no_wrap=True)
-    table.add_column("axes (meaning of each dimension)" if wide else "axes", overflow="fold", min_width=14)
-    table.add_column("dtype", no_wrap=True)
-    table.add_column("params", justify="right", no_wrap=True)
-    if wide:
-        table.add_column("bytes", justify="right", no_wrap=True)
-    table.add_column("train", justify="center", no_wrap=True)
+def _tensor_table(s: Summary) -> FitTable:
+    """One section per layer: a layer row (path and kind, totals), then one row per tensor. On a
+    narrow terminal the bytes column goes first (the totals still give sizes), then long layer
+    paths move to lines of their own."""
+    table = FitTable(Col("layer / tensor", role="name"), Col("shape", justify="right"),
+                     Col("axes", role="wrap", min_width=14), Col("dtype"), Col("params", justify="right"),
+                     Col("bytes", justify="right", optional=True), Col("train", justify="center"))
     for layer, tensors in _by_layer(s.tensors):
         kind = tensors[0]["kind"]
-        kind_text = text(kind, style="dim" if kind == "unknown" else "green")
+        head = text(layer or "(top level)", style="bold")
+        head.append("  ")
+        head.append(literal(kind), style="dim" if kind == "unknown" else "green")
         if tensors[0]["kind_from"] in ("inferred", "name"):
-            kind_text.append("*", style="dim")
+            head.append("*", style="dim")
         params = human_count(sum(t["numel"] for t in tensors if not t["is_buffer"]))
-        size = [human_bytes(sum(t["nbytes"] for t in tensors))] if wide else []
-        table.add_row(text(layer or "(top level)", style="bold"), kind_text, "", "", "", params, *size, "")
+        size = human_bytes(sum(t["nbytes"] for t in tensors))
+        table.add_row(head, "", "", "", params, size, "")
         for t in tensors:
             name = text("  " + _short_name(t["name"], layer))
             if t["shared_with"]:
                 name.append(literal(f" = {', '.join(t['shared_with'])}"), style="magenta")
-            size = [human_bytes(t["nbytes"])] if wide else []
             table.add_row(
                 name,
-                "",
                 shape_str(t["shape"]),
                 ", ".join(t["axes"]),
                 t["dtype"],
                 text(human_count(t["numel"]), style="dim" if t["is_buffer"] else ""),
-                *size,
+                human_bytes(t["nbytes"]),
                 "buffer" if t["is_buffer"] else tristate(t["trainable"]),
             )
     return table
