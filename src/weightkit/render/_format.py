@@ -184,7 +184,7 @@ class FitTable:
     text (see :func:`text`); one plain line per table line, so thousands of rows print quickly."""
 
     gap = "   "
-    min_name = 16
+    min_name = 20
 
     def __init__(self, *columns: Col, header_style: str = "bold"):
         self.columns = list(columns)
@@ -210,11 +210,12 @@ class FitTable:
                min(natural[k], max(self.columns[k].min_width, 8)) for k in cols]
         name = next((k for k in cols if self.columns[k].role == "name"), None)
         dropped = []
-        while True:
+        while True:  # optional columns go while the names and wrapped text lack room
             others = [k for k in cols if k != name]
             room = width - sum(low[k] for k in others) - len(self.gap) * (len(cols) - 1)
+            roomy = room - sum(natural[k] - low[k] for k in others)
             optional = [k for k in others if self.columns[k].optional]
-            if name is None or room >= min(self.min_name, natural[name]) or not optional:
+            if name is None or roomy >= natural[name] or not optional:
                 break
             cols.remove(optional[-1])
             dropped.append(optional[-1])

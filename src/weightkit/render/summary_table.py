@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Iterator
 
 from rich import box
@@ -108,14 +107,58 @@ def _metadata_table(meta: dict) -> Table:
             groups = value.get("param_groups", [])
             hyper = ", ".join(f"{k}={v}" for k, v in (groups[0] if groups else {}).items()
                               if k in ("lr", "momentum", "betas", "weight_decay", "eps"))
-            text = (f"optimizer state: {len(groups)} param group(s) ({hyper}), "
-                    f"{value.get('state_tensors', 0)} state tensors, {human_bytes(value.get('state_bytes', 0))}")
+            shown = (f"optimizer state: {len(groups)} param group(s) ({hyper}), "
+                     f"{value.get('state_tensors', 0)} state tensors, {human_bytes(value.get('state_bytes', 0))}")
         else:
-            text = _short_json(value)
-        grid.add_row(str(key), text)
+            shown = readable(value)
+        grid.add_row(str(key), shown)
     return grid
 
 
-def _short_json(value, limit: int = 200) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def readable(value, limit: int = 600) -> str:
+    """A metadata value as ``key=value`` fields (saved arguments, hyper-parameters, a config; an
+    object the file would need code for, such as an argparse Namespace, as ``Class(field=…)``), at
+    most about ``limit`` characters: cut only between fields, saying how many more there are."""
+    fields = _fields(value)
+    out, used = [], 0
+    for n, part in enumerate(fields):
+        if out and used + len(part) > limit:
+            return ", ".join(out) + f", … {len(fields) - n} more (--json shows them)"
+        out.append(part if len(part) <= limit else part[: limit - 1] + "…")
+        used += len(part) + 2
+    return ", ".join(out)
+
+
+def _fields(value) -> list[str]:
+    """The top-level fields of ``value`` as text (a mapping's items, a stub's state and arguments)."""
+    if isinstance(value, dict) and "needs_code" in value:
+        inner = _fields(value.get("state") or {}) + [_inline(a) for a in value.get("args") or []]
+        return [f"{value['needs_code']}({', '.join(inner)})"] if len(inner) <= 8 else \
+            [f"{value['needs_code']}:", *inner]
+    if isinstance(value, dict):
+        if set(value) >= {"entries", "tensors"}:
+            return [f"{value['entries']:,} entries" + (f" ({value['tensors']} tensors)" if value["tensors"] else "")]
+        return [f"{k}={_inline(v)}" for k, v in value.items()]
+    if isinstance(value, list):
+        return [_inline(value)]
+    return [str(value)]
+
+
+def _inline(value, depth: int = 0) -> str:
+    if isinstance(value, dict) and "needs_code" in value:
+        return f"{value['needs_code']}(…)" if depth > 2 else \
+            f"{value['needs_code']}({', '.join(_inline_fields(value.get('state') or {}, depth))})"
+    if isinstance(value, dict):
+        return "{…}" if depth > 2 else "{" + ", ".join(_inline_fields(value, depth)) + "}"
+    if isinstance(value, list):
+        items = [_inline(v, depth + 1) for v in value[:16]]
+        return "[" + ", ".join(items) + (f", … {len(value) - 16} more" if len(value) > 16 else "") + "]"
+    if isinstance(value, str):
+        return value if len(value) <= 120 else value[:119] + "…"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _inline_fields(mapping: dict, depth: int) -> list[str]:
+    items = list(mapping.items())
+    shown = [f"{k}={_inline(v, depth + 1)}" for k, v in items[:32]]
+    return shown + ([f"… {len(items) - 32} more"] if len(items) > 32 else [])
