@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Group, RenderableType
 from rich.table import Table
-from rich.cells import cell_len
 from rich.text import Text
 
 from weightkit.render._text import cut_names, literal
@@ -207,7 +207,7 @@ class FitTable:
         cols = list(range(len(self.columns)))
         natural = [max([cell_len(self.columns[k].header), *(r[k].cell_len for r in self.rows)]) for k in cols]
         low = [natural[k] if self.columns[k].role == "fixed" else
-               min(natural[k], max(self.columns[k].min_width, 8)) for k in cols]
+               min(natural[k], max(self.columns[k].min_width, 8, self._longest_word(k))) for k in cols]
         name = next((k for k in cols if self.columns[k].role == "name"), None)
         dropped = []
         while True:  # optional columns go while the names and wrapped text lack room
@@ -243,6 +243,12 @@ class FitTable:
             widths[k] += extra
             spare -= extra
         return cols, [widths[k] for k in cols], stacked
+
+    def _longest_word(self, k: int) -> int:
+        """The widest word of column ``k``'s wrap cells (wrapping never breaks one), at most 40."""
+        if self.columns[k].role != "wrap":
+            return 0
+        return min(40, max((cell_len(word) for r in self.rows for word in r[k].plain.split()), default=0))
 
     def __rich_console__(self, console, options):
         width = options.max_width

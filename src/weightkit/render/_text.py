@@ -125,8 +125,9 @@ def cut_names(names, width: int) -> dict[str, str]:
                 else:
                     pending.append(g)
     seen: dict[str, str] = {}
-    for n in names:  # a cut that equals another name's text (cut or whole)
+    whole: set[str] = set()
+    for n in names:  # a cut that equals another name's text (cut or whole): both show whole
         other = seen.setdefault(out[n], n)
         if other != n:
-            out[n] = out[other] = None  # type: ignore[assignment]
-    return {n: v if v is not None else n for n, v in out.items()}
+            whole.update((n, other))
+    return {n: n if n in whole else v for n, v in out.items()}

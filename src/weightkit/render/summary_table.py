@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from rich import box
 from rich.console import RenderableType
 from rich.table import Table
 
@@ -120,7 +119,8 @@ def readable(value, limit: int = 600) -> str:
     object the file would need code for, such as an argparse Namespace, as ``Class(field=…)``), at
     most about ``limit`` characters: cut only between fields, saying how many more there are."""
     fields = _fields(value)
-    out, used = [], 0
+    out: list[str] = []
+    used = 0
     for n, part in enumerate(fields):
         if out and used + len(part) > limit:
             return ", ".join(out) + f", … {len(fields) - n} more (--json shows them)"

@@ -14,7 +14,7 @@ from weightkit.core.opening import as_weightset
 from weightkit.core.selector import select as select_weights
 from weightkit.errors import WeightkitError
 from weightkit.render._text import literal
-from weightkit.render.plots._mpl import LITERAL, figure, grid
+from weightkit.render.plots._mpl import LITERAL, figure, grid, record_shown
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -51,9 +51,9 @@ def plot_hist(source: Any, *, select: Any = None, max_panels: int = 24, bins: in
         raise WeightkitError(f"{report.source}: no floating-point tensor with finite values to draw")
     rows, cols = grid(len(tensors), max_cols=4)
     fig = figure((3.2 * cols, 2.2 * rows + 0.8))
-    fig.weightkit_shown = {"tensors": len(tensors), "of": len(drawable), "skipped_integer": _integer(ws, select)}
+    skipped = _integer(ws, select)
+    record_shown(fig, tensors=len(tensors), of=len(drawable), skipped_integer=skipped)
     left = [f"{len(tensors)} of {len(drawable)} tensors (the first {len(tensors)})"] if len(drawable) > len(tensors) else []
-    skipped = fig.weightkit_shown["skipped_integer"]
     left += [f"{len(skipped)} integer tensor(s) skipped"] if skipped else []
     if left:
         fig.suptitle("; ".join(left), fontsize=8)
@@ -93,7 +93,7 @@ def plot_norms(source: Any, *, select: Any = None) -> Figure:
     axes[1].set_xticks(x, [literal(g.name or "(top)") for g in layers], rotation=90, fontsize=7, **LITERAL)
     note = f" ({len(skipped)} integer tensor(s) skipped)" if skipped else ""
     fig.suptitle(literal(f"per-layer weight scale: {report.source}{note}"), fontsize=9, **LITERAL)
-    fig.weightkit_shown = {"layers": len(layers), "skipped_integer": skipped}
+    record_shown(fig, layers=len(layers), skipped_integer=skipped)
     fig.tight_layout()
     return fig
 

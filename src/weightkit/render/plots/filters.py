@@ -12,7 +12,7 @@ from weightkit.core.selector import Selector
 from weightkit.errors import WeightkitError
 from weightkit.layers import KERNEL_TOKENS
 from weightkit.render._text import literal
-from weightkit.render.plots._mpl import LITERAL, figure, grid
+from weightkit.render.plots._mpl import LITERAL, figure, grid, record_shown
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -92,7 +92,7 @@ def plot_filters(source: Any, *, select: Any = None, mode: Literal["auto", "rgb"
     total = every.shape[0]
     shown = f"{n_filters} of {total} filters (the first {n_filters})" if total > n_filters else f"{total} filters"
     fig.suptitle(literal(f"{w.layer} ({w.kind}) {shown}, {'curves' if curves else mode}"), fontsize=9, **LITERAL)
-    fig.weightkit_shown = {"tensor": w.name, "filters": n_filters, "of": total, "mode": "curves" if curves else mode}
+    record_shown(fig, tensor=w.name, filters=n_filters, of=total, mode="curves" if curves else mode)
     return fig
 
 
