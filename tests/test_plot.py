@@ -44,8 +44,10 @@ def test_grouped_conv1d_and_transposed_layouts():
     grouped = nn.Conv2d(4, 8, 3, groups=2)  # weight (8, 2, 3, 3)
     assert len(weightkit.plot_filters(grouped, mode="channels").axes) == 8 * 2
     conv1d = nn.Conv1d(5, 7, 9)
-    imgs = images(weightkit.plot_filters(conv1d))
-    assert len(imgs) == 7 and imgs[0].shape == (5, 9)
+    fig = weightkit.plot_filters(conv1d)  # 1-D filters: one curve per input channel, no image
+    assert len(fig.axes) == 7 and not images(fig)
+    curves = [line.get_ydata() for line in fig.axes[3].lines if len(line.get_ydata()) == 9]
+    np.testing.assert_allclose(np.array(curves), conv1d.weight[3].detach().numpy(), rtol=1e-6)
     deconv = nn.ConvTranspose2d(3, 5, 3)  # weight (in=3, out=5, 3, 3): 5 filters over 3 channels
     imgs = images(weightkit.plot_filters(deconv))
     assert len(imgs) == 5 and imgs[0].shape == (3, 3, 3)
@@ -98,7 +100,8 @@ def test_large_heatmap_is_block_averaged():
 
 def test_hist_and_norms_panels():
     net = nn.Sequential(nn.Linear(10, 10), nn.BatchNorm1d(10), nn.Linear(10, 2))
-    assert len(weightkit.plot_hist(net).axes) == 9  # every tensor with finite values, buffers too
+    fig = weightkit.plot_hist(net)  # every float tensor with finite values, buffers too; not the step counter
+    assert len(fig.axes) == 8 and fig.weightkit_shown["skipped_integer"] == ["1.num_batches_tracked"]
     assert len(weightkit.plot_hist(net, select="*.weight").axes) == 3
     fig = weightkit.plot_norms(net)
     heights = [p.get_height() for p in fig.axes[0].patches]

@@ -32,7 +32,8 @@ _IN_PLACE = typer.Option(False, "--in-place", help="Replace IN itself (atomicall
 _JSON = typer.Option(False, "--json", help="Print the report as JSON.")
 _BITS = typer.Option(8, "--bits", "-b", help="8 or 4.")
 _SCHEME = typer.Option("symmetric", "--scheme", help="symmetric or asymmetric.")
-_GRANULARITY = typer.Option("tensor", "--granularity", "-g", help="tensor, channel or group.")
+_GRANULARITY = typer.Option("channel", "--granularity", "-g",
+                            help="channel (one scale per output channel), tensor or group.")
 _GROUP_SIZE = typer.Option(128, "--group-size", help="Elements per group (--granularity group).")
 
 

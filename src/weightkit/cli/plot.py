@@ -52,9 +52,23 @@ def plot(
                 raise WeightkitError("plot diff needs the reference checkpoint: --other PATH")
             fig = p.plot_diff(src, str(other))
         save(fig, output)
+        shown = getattr(fig, "weightkit_shown", None)
         if as_json:
-            print_json({"kind": kind, "source": src, "output": str(output), "panels": len(fig.axes)})
+            print_json({"kind": kind, "source": src, "output": str(output), "panels": len(fig.axes), "shown": shown})
         else:
-            say(f"wrote {output}")
+            say(f"wrote {output}" + _left_out(shown))
 
     guard(run)
+
+
+def _left_out(shown: dict | None) -> str:
+    """What a picture does not show, for the line that names the file."""
+    if not shown:
+        return ""
+    parts = []
+    for what in ("filters", "tensors"):
+        if what in shown and shown["of"] > shown[what]:
+            parts.append(f"{shown[what]} of {shown['of']} {what} drawn")
+    if shown.get("skipped_integer"):
+        parts.append(f"{len(shown['skipped_integer'])} integer tensor(s) skipped")
+    return f" ({'; '.join(parts)})" if parts else ""

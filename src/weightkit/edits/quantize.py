@@ -14,10 +14,15 @@ The arithmetic (one implementation, used by both):
 
 Scales are float32, zero points uint8; ``round`` is half-to-even (``numpy.rint``).
 
+The default is one scale per output channel: one scale per tensor lets a single large channel
+set the step for all of them (a BERT's int8 weights fell to 21.8 dB SQNR that way). A 1-D weight
+has one scale whatever the granularity (one scale per element would store more than it saves).
+A report flags every tensor, and the whole, below ``SQNR_WARN_DB`` (30 dB) in ``warnings``.
+
 What stays unquantised (float, unchanged): non-floating tensors, buffers (BatchNorm running
-statistics), tensors with fewer than 2 dimensions (biases, normalisation scales) and tensors
-with fewer than ``MIN_NUMEL`` (1024) elements: they are a negligible share of a model's bytes
-and the most sensitive to error.
+statistics), biases, and tensors with fewer than ``MIN_NUMEL`` (1024) elements: they are a
+negligible share of a model's bytes and the most sensitive to error. A large 1-D weight (a norm
+scale of thousands of features) is a weight, and quantised.
 
 The checkpoint format (safetensors, ``__metadata__["weightkit.quantized"] = "1"``): each
 quantised tensor ``name`` becomes ``name::q`` (int8 codes, uint8 for asymmetric; int4 as
@@ -49,13 +54,14 @@ from weightkit.errors import WeightkitError
 from weightkit.formats.quantized import pack4
 
 __all__ = ["quantize", "quantize_error", "QuantizeReport", "TensorQuant", "BITS", "SCHEMES", "GRANULARITIES",
-           "MIN_NUMEL"]
+           "MIN_NUMEL", "SQNR_WARN_DB"]
 
 BITS = (4, 8)
 SCHEMES = ("symmetric", "asymmetric")
 GRANULARITIES = ("tensor", "channel", "group")
 MODES = ("dynamic", "weight-only")
 MIN_NUMEL = 1024
+SQNR_WARN_DB = 30.0
 MARKER = "weightkit.quantized"
 TENSORS_KEY = "weightkit.quantized.tensors"
 KINDS_KEY = "weightkit.kinds"
@@ -142,6 +148,20 @@ class QuantizeReport:
         return math.sqrt(sum(t.err_sq for t in self.quantized) / s) if s else 0.0
 
     @property
+    def warnings(self) -> list[str]:
+        """One line per quantised tensor below ``SQNR_WARN_DB``, and one for the whole when it is."""
+        low = [t for t in self.quantized if t.sqnr_db < SQNR_WARN_DB]
+        out = [f"{t.name}: SQNR {t.sqnr_db:.1f} dB, below {SQNR_WARN_DB:g} dB" for t in low]
+        hint = ("; try granularity='channel' (one scale per output channel)" if self.granularity == "tensor"
+                else "; try bits=8" if self.bits == 4 else "; try granularity='group'" if self.granularity == "channel"
+                else "")
+        if self.quantized and self.sqnr_db < SQNR_WARN_DB:
+            out.append(f"overall SQNR {self.sqnr_db:.1f} dB is below {SQNR_WARN_DB:g} dB{hint}")
+        elif low:
+            out.append(f"{len(low)} tensor(s) below {SQNR_WARN_DB:g} dB{hint}")
+        return out
+
+    @property
     def sqnr_db(self) -> float:
         e = sum(t.err_sq for t in self.quantized)
         s = sum(t.sum_sq for t in self.quantized)
@@ -157,6 +177,7 @@ class QuantizeReport:
                       "bytes_before": self.bytes_before, "bytes_after": self.bytes_after, "ratio": self.ratio,
                       "rel_error": self.rel_error, "sqnr_db": None if math.isinf(sqnr) else sqnr,
                       "file_bytes": self.file_bytes},
+            "warnings": self.warnings,
         }
 
 
@@ -177,7 +198,7 @@ class Layout:
     @classmethod
     def of(cls, w, granularity: str, group_size: int) -> Layout:
         n = math.prod(w.shape)
-        if granularity == "tensor":
+        if granularity == "tensor" or len(w.shape) < 2:
             return cls(tuple(w.shape), None, 1, n, max(n, 1), 1)
         axis = output_axis(w)
         axis = 0 if axis is None else axis  # unknown axes: the torch convention (output first)
@@ -298,8 +319,8 @@ def _reason(w) -> str | None:
         return f"{w.dtype} is not floating point"
     if w.is_buffer:
         return "buffer"
-    if w.ndim < 2:
-        return "1-D (bias / norm scale)"
+    if w.role == "bias":
+        return "bias"
     if w.numel < MIN_NUMEL:
         return f"fewer than {MIN_NUMEL} elements"
     return None
@@ -317,7 +338,7 @@ class _Quantizer:
     def __init__(self, w, bits: int, scheme: str, granularity: str, group_size: int):
         self.w, self.bits, self.scheme = w, bits, scheme
         self.layout = Layout.of(w, granularity, group_size)
-        self.fixed = _tensor_scale(w, bits, scheme) if granularity == "tensor" else None
+        self.fixed = _tensor_scale(w, bits, scheme) if self.layout.axis is None else None
         self.sum_sq = self.err_sq = 0.0
         self.max_err = 0.0
         self.scales: list[np.ndarray] = []
@@ -377,7 +398,7 @@ def _kept(w, reason: str) -> TensorQuant:
 
 # --- public ----------------------------------------------------------------------------------
 
-def quantize_error(source: Any, *, bits: int = 8, scheme: str = "symmetric", granularity: str = "tensor",
+def quantize_error(source: Any, *, bits: int = 8, scheme: str = "symmetric", granularity: str = "channel",
                    group_size: int = 128, select: Any = None) -> QuantizeReport:
     """What quantising the weights would cost, without changing anything.
 
@@ -389,9 +410,10 @@ def quantize_error(source: Any, *, bits: int = 8, scheme: str = "symmetric", gra
         source: a model, checkpoint path, state dict or ``WeightSet``.
         bits: 8 or 4.
         scheme: ``"symmetric"`` or ``"asymmetric"`` (with a zero point).
-        granularity: ``"tensor"``, ``"channel"`` (output axis from the layer table; axis 0
-            when a tensor's axes are unknown, reported as ``axis``) or ``"group"``
-            (``group_size`` consecutive elements of a channel).
+        granularity: ``"channel"`` (the default: one scale per output channel, the output axis
+            from the layer table; axis 0 when a tensor's axes are unknown, reported as ``axis``),
+            ``"tensor"`` or ``"group"`` (``group_size`` consecutive elements of a channel).
+            1-D weights get one scale.
         select: a glob, ``"re:<regex>"``, list of those, or predicate on ``Weight``.
 
     Example:
@@ -425,7 +447,7 @@ def quantize_error(source: Any, *, bits: int = 8, scheme: str = "symmetric", gra
 
 
 def quantize(model_or_source: Any, out: str | Path | None = None, *, bits: int = 8, scheme: str = "symmetric",
-             granularity: str = "tensor", group_size: int = 128, select: Any = None, mode: str | None = None,
+             granularity: str = "channel", group_size: int = 128, select: Any = None, mode: str | None = None,
              in_place: bool = False) -> QuantizeReport:
     """Quantise weights: torch dynamic quantisation of a live model, or a weight-only
     quantised safetensors checkpoint.
@@ -514,11 +536,11 @@ def _weight_only(source, out, *, bits, scheme, granularity, group_size, select, 
                                      "exclude it with select=") from None
             quantizers[w.name] = qz
             info = qz.info()
-            info["granularity"] = granularity
+            info["granularity"] = granularity if qz.layout.axis is not None else "tensor"
             n = w.numel
             codes_dtype = "uint8" if (bits == 4 or scheme == "asymmetric") else "int8"
             codes_n = n if bits == 8 else (n + 1) // 2
-            scale_shape = (qz.layout.rows, qz.layout.groups) if granularity != "tensor" else (1, 1)
+            scale_shape = (qz.layout.rows, qz.layout.groups) if qz.layout.axis is not None else (1, 1)
             info.update(codes=w.name + "::q", scale=w.name + "::scale",
                         zero_point=w.name + "::zero_point" if scheme == "asymmetric" else None)
             infos[w.name] = info

@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from weightkit.render._text import literal
+from weightkit.render._text import cut_names, literal
 
 
 def text(value: Any, style: str = "") -> Text:
@@ -160,3 +161,174 @@ def _fit(text: str, width: int, justify) -> str:
     if justify == "center":
         return " " * (pad // 2) + text + " " * (pad - pad // 2)
     return text + " " * pad
+
+
+class Col:
+    """A column of a :class:`FitTable`: ``role`` says how it may give way on a narrow terminal:
+    ``"name"`` (the one name column: a name longer than the column moves to a line of its own,
+    cut in the middle only past the whole width, distinct names kept distinct), ``"fixed"`` (never
+    cut: numbers), ``"wrap"`` (wrapped between words). ``optional`` columns go first when the name
+    column would get fewer than ``FitTable.min_name`` characters."""
+
+    def __init__(self, header: str, *, justify: str = "left", role: str = "fixed", optional: bool = False,
+                 min_width: int = 0):
+        self.header, self.justify, self.role, self.optional, self.min_width = header, justify, role, optional, min_width
+
+
+class FitTable:
+    """A table laid out for the terminal's width without cutting a number: fixed columns keep their
+    widest cell, wrap columns wrap between words, and the name column takes what is left; a name
+    that does not fit it is printed on a line of its own above its row (and, only when longer than
+    the whole line, cut in the middle so that distinct names stay distinct). Past the point where the
+    other columns leave no room for names at all, every name gets its own line. Cells are literal
+    text (see :func:`text`); one plain line per table line, so thousands of rows print quickly."""
+
+    gap = "   "
+    min_name = 20
+
+    def __init__(self, *columns: Col, header_style: str = "bold"):
+        self.columns = list(columns)
+        self.rows: list[list[Text]] = []
+        self.notes: dict[int, Text] = {}
+        self.header_style = header_style
+
+    def add_row(self, *cells: str | Text | None, note: str | Text | None = None) -> None:
+        """A row of cells (missing ones empty); ``note`` (an error, say) is written across the
+        columns after the first, wrapped, instead of in one of them."""
+        row = [_cell(c) if c is not None else Text("") for c in cells]
+        if note is not None:
+            self.notes[len(self.rows)] = _cell(note)
+        self.rows.append(row + [Text("")] * (len(self.columns) - len(row)))
+
+    def layout(self, width: int) -> tuple[list[int], list[int], bool]:
+        """``(columns shown, their widths, names on lines of their own)`` at ``width``: the name
+        column is as wide as the longest name that fits beside the others (none: every name on a
+        line of its own)."""
+        cols = list(range(len(self.columns)))
+        natural = [max([cell_len(self.columns[k].header), *(r[k].cell_len for r in self.rows)]) for k in cols]
+        low = [natural[k] if self.columns[k].role == "fixed" else
+               min(natural[k], max(self.columns[k].min_width, 8, self._longest_word(k))) for k in cols]
+        name = next((k for k in cols if self.columns[k].role == "name"), None)
+        dropped = []
+        while True:  # optional columns go while the names and wrapped text lack room
+            others = [k for k in cols if k != name]
+            room = width - sum(low[k] for k in others) - len(self.gap) * (len(cols) - 1)
+            roomy = room - sum(natural[k] - low[k] for k in others)
+            optional = [k for k in others if self.columns[k].optional]
+            if name is None or roomy >= natural[name] or not optional:
+                break
+            cols.remove(optional[-1])
+            dropped.append(optional[-1])
+        stacked = False
+        if name is not None:
+            fits = [n for r in self.rows if (n := r[name].cell_len) <= room]
+            stacked = room < min(self.min_name, natural[name]) or not fits
+        for k in reversed(dropped) if stacked else ():  # under their names, the rows may have room again
+            if room + len(self.gap) - low[k] - len(self.gap) >= 0:
+                room -= low[k] + len(self.gap)
+                cols.append(k)
+        cols.sort()
+        others = [k for k in cols if k != name]
+        widths = {k: low[k] for k in cols}
+        spare = room
+        if name is not None:
+            # the wrap columns take their widest cell first, if the names keep their minimum
+            wanted = sum(natural[k] - low[k] for k in others)
+            limit = room - wanted if room - wanted >= self.min_name else room
+            fits = [n for r in self.rows if (n := r[name].cell_len) <= limit]
+            widths[name] = 0 if stacked else max([min(cell_len(self.columns[name].header), limit), *fits])
+            spare = room - widths[name] + (len(self.gap) if stacked else 0)
+        for k in others:  # what the names leave goes to the wrap columns, up to their widest cell
+            extra = max(0, min(spare, natural[k] - widths[k]))
+            widths[k] += extra
+            spare -= extra
+        return cols, [widths[k] for k in cols], stacked
+
+    def _longest_word(self, k: int) -> int:
+        """The widest word of column ``k``'s wrap cells (wrapping never breaks one), at most 40."""
+        if self.columns[k].role != "wrap":
+            return 0
+        return min(40, max((cell_len(word) for r in self.rows for word in r[k].plain.split()), default=0))
+
+    def __rich_console__(self, console, options):
+        width = options.max_width
+        cols, widths, stacked = self.layout(width)
+        if stacked:  # the rows under their names are indented
+            cols, widths, stacked = self.layout(width - 2)
+        name = next((k for k in cols if self.columns[k].role == "name"), None)
+        cut = cut_names((r[name].plain for r in self.rows), width) if name is not None else {}
+        shown = [k for k in cols if not (stacked and k == name)]
+        shown_w = [w for k, w in zip(cols, widths) if not (stacked and k == name)]
+        indent = "  " if stacked else ""
+        if len(indent) + sum(shown_w) + len(self.gap) * (len(shown) - 1) > width:
+            yield from self._records(console, width, name, cut)
+            return
+        if stacked:
+            yield Text(self.columns[name].header, style=self.header_style)
+        heads = [self.columns[k].header.split("\n") for k in shown]
+        depth = max(map(len, heads))
+        heads = [[""] * (depth - len(h)) + h for h in heads]  # multi-line headers sit at the bottom
+        for n in range(depth):
+            yield Text(indent + self.gap.join(_fit(h[n], w, self.columns[k].justify)
+                                              for k, h, w in zip(shown, heads, shown_w)).rstrip(),
+                       style=self.header_style)
+        yield Text("─" * (len(indent) + sum(shown_w) + len(self.gap) * (len(shown) - 1)))
+        for r, row in enumerate(self.rows):
+            cells = list(row)
+            if name is not None and (stacked or cells[name].cell_len > widths[cols.index(name)]):
+                yield self._name(cells[name], cut)
+                cells[name] = Text("")
+                if not any(c.plain for k, c in enumerate(cells) if k != name) and r not in self.notes:
+                    continue
+            if r in self.notes:
+                first = shown_w[0] + len(self.gap) if shown[0] == name else 0
+                lead = Text(indent) + (cells[name] if shown[0] == name else Text(""))
+                lead.align("left", len(indent) + first)
+                for n, part in enumerate(self.notes[r].wrap(console, max(width - len(lead), 20), overflow="fold")):
+                    yield (lead if n == 0 else Text(" " * len(lead))) + part
+                continue
+            yield from self._lines(console, indent, [cells[k] for k in shown], shown, shown_w)
+
+    @staticmethod
+    def _name(cell: Text, cut: dict[str, str]) -> Text:
+        label = cell.plain
+        return Text(cut[label], style=cell.style) if cut.get(label, label) != label else cell.copy()
+
+    def _records(self, console, width: int, name: int | None, cut: dict[str, str]):
+        """Too narrow for the columns side by side: each row as its name, then ``header value``
+        pairs wrapped between pairs."""
+        for r, row in enumerate(self.rows):
+            if name is not None:
+                yield self._name(row[name], cut)
+            pairs = [Text.assemble((self.columns[k].header.replace("\n", " "), "dim"), " ", cell)
+                     for k, cell in enumerate(row) if k != name and cell.plain]
+            if r in self.notes:
+                pairs.append(self.notes[r])
+            line = Text("  ")
+            for pair in pairs:
+                if line.cell_len > 2 and line.cell_len + len(self.gap) + pair.cell_len > width:
+                    yield line
+                    line = Text("  ")
+                line += (Text(self.gap) if line.cell_len > 2 else Text("")) + pair
+            if line.cell_len > 2:
+                yield line
+
+    def _lines(self, console, indent: str, cells: list[Text], shown: list[int], widths: list[int]):
+        parts = []
+        for cell, k, w in zip(cells, shown, widths):
+            if cell.cell_len <= w or self.columns[k].role == "fixed":
+                parts.append([cell])
+            else:
+                parts.append(list(cell.wrap(console, w, overflow="fold")))
+        for n in range(max(map(len, parts))):
+            line = Text(indent, no_wrap=True)
+            for i, (lines, k, w) in enumerate(zip(parts, shown, widths)):
+                if i:
+                    line.append(self.gap)
+                part = lines[n].copy() if n < len(lines) else Text("")
+                part.rstrip()
+                justify = self.columns[k].justify
+                part.align(justify if justify in ("left", "center", "right") else "left", w)  # type: ignore[arg-type]
+                line.append_text(part)
+            line.rstrip()
+            yield line

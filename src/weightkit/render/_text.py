@@ -3,6 +3,7 @@ plots and the HTML report alike (no rich here, so the report needs no terminal l
 
 from __future__ import annotations
 
+import os
 import re
 
 # Characters a terminal, a text layout or an XML file would act on rather than show: C0 controls
@@ -76,3 +77,57 @@ def shape_str(shape) -> str:
 
 def tristate(value: bool | None) -> str:
     return {True: "yes", False: "no", None: "?"}[value]
+
+
+def _cut(name: str, width: int, keep: int | None = None) -> str:
+    """``name`` in ``width`` characters with one "…" inside: a third of the head, the rest of the
+    tail (a parameter's end says most); with ``keep``, the character at that index stays visible."""
+    room = width - 1
+    if keep is None or keep < room // 3:
+        head = room // 3
+    elif len(name) - keep <= room - room // 3:  # the tail reaches back to it
+        head = room - (len(name) - keep)
+    else:  # two cuts: the head, a window from ``keep`` on, the tail
+        head, tail = room // 4, room // 4
+        window = room - 1 - head - tail
+        return f"{name[:head]}…{name[keep:keep + window]}…{name[len(name) - tail:]}"
+    return f"{name[:head]}…{name[len(name) - (room - head):]}"
+
+
+def cut_names(names, width: int) -> dict[str, str]:
+    """What each of ``names`` shows in ``width`` characters: itself when it fits, else cut in the
+    middle with "…"; distinct names never show the same text (a cut that would merge two keeps the
+    first character where they differ). A name too long for any distinct cut shows whole.
+
+    Example:
+        >>> cut = cut_names(["encoder.block_alpha.attention.weight", "encoder.block_beta_.attention.weight"], 24)
+        >>> list(cut.values())
+        ['encod…alpha.attent…eight', 'encod…beta_.attent…eight']
+    """
+    width = max(width, 5)
+    names = list(dict.fromkeys(names))
+    out = {n: n if len(n) <= width else _cut(n, width) for n in names}
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(out[n], []).append(n)
+    pending = [g for g in groups.values() if len(g) > 1]
+    while pending:
+        group = pending.pop()
+        keep = len(os.path.commonprefix(group))
+        sub: dict[str, list[str]] = {}
+        for n in group:
+            out[n] = n if len(n) <= width else _cut(n, width, keep)
+            sub.setdefault(out[n], []).append(n)
+        for g in sub.values():
+            if len(g) > 1:
+                if len(os.path.commonprefix(g)) <= keep:  # no progress: show them whole
+                    out.update((n, n) for n in g)
+                else:
+                    pending.append(g)
+    seen: dict[str, str] = {}
+    whole: set[str] = set()
+    for n in names:  # a cut that equals another name's text (cut or whole): both show whole
+        other = seen.setdefault(out[n], n)
+        if other != n:
+            whole.update((n, other))
+    return {n: n if n in whole else v for n, v in out.items()}

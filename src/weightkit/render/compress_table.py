@@ -63,6 +63,7 @@ def render_quantize(r: QuantizeReport) -> Iterator[RenderableType]:
                 f"overall rel. error {r.rel_error:.3e}, SQNR {'inf' if math.isinf(sq) else f'{sq:.2f}'} dB"
                 + (f"; file {human_bytes(r.file_bytes)}" if r.file_bytes is not None else ""))
     yield from (title, table, foot)
+    yield from (line(("warning: ", "bold yellow"), (w, "yellow")) for w in r.warnings)
 
 
 def render_verify(r: VerifyReport) -> Iterator[RenderableType]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Iterator
 
 from rich.console import RenderableType
+from rich.text import Text
 
 from weightkit.analyses.statistics.result import StatsReport, TensorStats
-from weightkit.render._format import LiteralTable, LongTable, line, plain_table, right_columns, text
+from weightkit.render._format import Col, FitTable, LiteralTable, line, text
 from weightkit.render._text import human_bytes, human_count, num
 
 SPARK = " ▁▂▃▄▅▆▇█"
+NUMBERS = ("mean", "std", "min", "max", "L2 norm", "zeros", "nan/inf")
 
 
 def sparkline(counts: list[int], width: int = 16) -> str:
@@ -25,14 +27,12 @@ def sparkline(counts: list[int], width: int = 16) -> str:
 
 def render_stats(r: StatsReport, width: int = 120) -> Iterator[RenderableType]:
     yield line(("weightkit stats ", "bold"), (r.source, "cyan"), f"  ({r.format})")
-    table = plain_table()
-    table.add_column("tensor", overflow="fold", no_wrap=width >= 140, min_width=14)
-    right_columns(table, "mean", "std", "min", "max", "L2 norm", "zeros", "nan/inf")
-    if width >= 110:
-        table.add_column("histogram", no_wrap=True)
+    table = FitTable(Col("tensor", role="name"), *(Col(h, justify="right") for h in NUMBERS),
+                     Col("histogram", optional=True))
     for t in r.tensors:
-        table.add_row(*_row(t, width >= 110))
-    yield LongTable(table)
+        cells, error = _row(t)
+        table.add_row(*cells, note=error)
+    yield table
     tot = r.total
     grid = LiteralTable.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -51,10 +51,10 @@ def render_stats(r: StatsReport, width: int = 120) -> Iterator[RenderableType]:
                "histogram: the finite range, low to high.", style="dim")
 
 
-def _row(t: TensorStats, hist: bool) -> list:
+def _row(t: TensorStats) -> tuple[list, Text | None]:
+    """The cells of ``t``'s row, and its error (written across the row) when it has one."""
     if t.error:
-        cells = [text(t.name), text(t.error, style="red"), "", "", "", "", "", ""]
-        return cells + ([""] if hist else [])
+        return [text(t.name)], text(t.error, style="red")
     bad = t.nan + t.posinf + t.neginf
     cells = [
         text(t.name, style="dim" if t.is_buffer else ""),
@@ -62,6 +62,4 @@ def _row(t: TensorStats, hist: bool) -> list:
         f"{100 * t.zeros / t.count:.1f}%" if t.count else "—",
         text(f"{t.nan}/{t.posinf + t.neginf}", style="bold red") if bad else text("0", style="dim"),
     ]
-    if hist:
-        cells.append(text(sparkline(t.hist_counts), style="cyan"))
-    return cells
+    return [*cells, text(sparkline(t.hist_counts), style="cyan")], None

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Iterator
 
-from rich import box
 from rich.console import RenderableType
 from rich.table import Table
 
 from weightkit.analyses.summary import Summary
-from weightkit.render._format import LiteralTable, LongTable, line, text
+from weightkit.render._format import Col, FitTable, LiteralTable, line, text
 from weightkit.render._text import human_bytes, human_count, literal, shape_str, tristate
 
 LEGEND = (
@@ -24,7 +22,7 @@ def render_summary(s: Summary, width: int = 120) -> Iterator[RenderableType]:
     yield line(("weightkit summary ", "bold"), (s.source, "cyan"), f"  ({s.format})")
     if s.filter:
         yield text(f"select: {s.filter}  ({s.totals.tensors} tensors match)", style="dim")
-    yield LongTable(_tensor_table(s, width))
+    yield _tensor_table(s)
     yield _totals_table(s)
     if s.metadata:
         yield _metadata_table(s.metadata)
@@ -33,45 +31,34 @@ def render_summary(s: Summary, width: int = 120) -> Iterator[RenderableType]:
     yield text(LEGEND.format(inferred=note), style="dim")
 
 
-def _tensor_table(s: Summary, width: int) -> LiteralTable:
-    """One section per layer: a layer row (path, kind, totals), then one row per tensor.
-
-    Narrow terminals (< 110 columns) drop the bytes column (the totals still give sizes) and
-    fold long layer paths rather than squeeze the axes.
-    """
-    wide = width >= 110
-    table = LiteralTable(show_edge=False, header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD,
-                  padding=(0, 1), min_width=None)
-    table.add_column("layer / tensor", no_wrap=width >= 120, overflow="fold", min_width=14)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("shape", justify="right", no_wrap=True)
-    table.add_column("axes (meaning of each dimension)" if wide else "axes", overflow="fold", min_width=14)
-    table.add_column("dtype", no_wrap=True)
-    table.add_column("params", justify="right", no_wrap=True)
-    if wide:
-        table.add_column("bytes", justify="right", no_wrap=True)
-    table.add_column("train", justify="center", no_wrap=True)
+def _tensor_table(s: Summary) -> FitTable:
+    """One section per layer: a layer row (path and kind, totals), then one row per tensor. On a
+    narrow terminal the bytes column goes first (the totals still give sizes), then long layer
+    paths move to lines of their own."""
+    table = FitTable(Col("layer / tensor", role="name"), Col("shape", justify="right"),
+                     Col("axes", role="wrap", min_width=14), Col("dtype"), Col("params", justify="right"),
+                     Col("bytes", justify="right", optional=True), Col("train", justify="center"))
     for layer, tensors in _by_layer(s.tensors):
         kind = tensors[0]["kind"]
-        kind_text = text(kind, style="dim" if kind == "unknown" else "green")
+        head = text(layer or "(top level)", style="bold")
+        head.append("  ")
+        head.append(literal(kind), style="dim" if kind == "unknown" else "green")
         if tensors[0]["kind_from"] in ("inferred", "name"):
-            kind_text.append("*", style="dim")
+            head.append("*", style="dim")
         params = human_count(sum(t["numel"] for t in tensors if not t["is_buffer"]))
-        size = [human_bytes(sum(t["nbytes"] for t in tensors))] if wide else []
-        table.add_row(text(layer or "(top level)", style="bold"), kind_text, "", "", "", params, *size, "")
+        size = human_bytes(sum(t["nbytes"] for t in tensors))
+        table.add_row(head, "", "", "", params, size, "")
         for t in tensors:
             name = text("  " + _short_name(t["name"], layer))
             if t["shared_with"]:
                 name.append(literal(f" = {', '.join(t['shared_with'])}"), style="magenta")
-            size = [human_bytes(t["nbytes"])] if wide else []
             table.add_row(
                 name,
-                "",
                 shape_str(t["shape"]),
                 ", ".join(t["axes"]),
                 t["dtype"],
                 text(human_count(t["numel"]), style="dim" if t["is_buffer"] else ""),
-                *size,
+                human_bytes(t["nbytes"]),
                 "buffer" if t["is_buffer"] else tristate(t["trainable"]),
             )
     return table
@@ -119,14 +106,59 @@ def _metadata_table(meta: dict) -> Table:
             groups = value.get("param_groups", [])
             hyper = ", ".join(f"{k}={v}" for k, v in (groups[0] if groups else {}).items()
                               if k in ("lr", "momentum", "betas", "weight_decay", "eps"))
-            text = (f"optimizer state: {len(groups)} param group(s) ({hyper}), "
-                    f"{value.get('state_tensors', 0)} state tensors, {human_bytes(value.get('state_bytes', 0))}")
+            shown = (f"optimizer state: {len(groups)} param group(s) ({hyper}), "
+                     f"{value.get('state_tensors', 0)} state tensors, {human_bytes(value.get('state_bytes', 0))}")
         else:
-            text = _short_json(value)
-        grid.add_row(str(key), text)
+            shown = readable(value)
+        grid.add_row(str(key), shown)
     return grid
 
 
-def _short_json(value, limit: int = 200) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def readable(value, limit: int = 600) -> str:
+    """A metadata value as ``key=value`` fields (saved arguments, hyper-parameters, a config; an
+    object the file would need code for, such as an argparse Namespace, as ``Class(field=…)``), at
+    most about ``limit`` characters: cut only between fields, saying how many more there are."""
+    fields = _fields(value)
+    out: list[str] = []
+    used = 0
+    for n, part in enumerate(fields):
+        if out and used + len(part) > limit:
+            return ", ".join(out) + f", … {len(fields) - n} more (--json shows them)"
+        out.append(part if len(part) <= limit else part[: limit - 1] + "…")
+        used += len(part) + 2
+    return ", ".join(out)
+
+
+def _fields(value) -> list[str]:
+    """The top-level fields of ``value`` as text (a mapping's items, a stub's state and arguments)."""
+    if isinstance(value, dict) and "needs_code" in value:
+        inner = _fields(value.get("state") or {}) + [_inline(a) for a in value.get("args") or []]
+        return [f"{value['needs_code']}({', '.join(inner)})"] if len(inner) <= 8 else \
+            [f"{value['needs_code']}:", *inner]
+    if isinstance(value, dict):
+        if set(value) >= {"entries", "tensors"}:
+            return [f"{value['entries']:,} entries" + (f" ({value['tensors']} tensors)" if value["tensors"] else "")]
+        return [f"{k}={_inline(v)}" for k, v in value.items()]
+    if isinstance(value, list):
+        return [_inline(value)]
+    return [str(value)]
+
+
+def _inline(value, depth: int = 0) -> str:
+    if isinstance(value, dict) and "needs_code" in value:
+        return f"{value['needs_code']}(…)" if depth > 2 else \
+            f"{value['needs_code']}({', '.join(_inline_fields(value.get('state') or {}, depth))})"
+    if isinstance(value, dict):
+        return "{…}" if depth > 2 else "{" + ", ".join(_inline_fields(value, depth)) + "}"
+    if isinstance(value, list):
+        items = [_inline(v, depth + 1) for v in value[:16]]
+        return "[" + ", ".join(items) + (f", … {len(value) - 16} more" if len(value) > 16 else "") + "]"
+    if isinstance(value, str):
+        return value if len(value) <= 120 else value[:119] + "…"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _inline_fields(mapping: dict, depth: int) -> list[str]:
+    items = list(mapping.items())
+    shown = [f"{k}={_inline(v, depth + 1)}" for k, v in items[:32]]
+    return shown + ([f"… {len(items) - 32} more"] if len(items) > 32 else [])

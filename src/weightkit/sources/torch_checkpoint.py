@@ -283,7 +283,7 @@ def _summary(v: Any, depth: int, walk: _Walk) -> Any:
     if isinstance(v, Mapping):
         if _is_optimizer(v):
             return _summarize_optimizer(v, walk)
-        if depth >= 3 or len(v) > 50:
+        if (depth >= 3 or len(v) > 50) and not _scalars(v):
             return {"entries": len(v)} | _tensor_stats(v, walk)
         return {str(k): summarize_value(x, depth + 1, walk) for k, x in v.items()}
     if isinstance(v, (list, tuple, set, frozenset)):  # sets as lists: a set's repr is as big as the set
@@ -298,6 +298,12 @@ def _summary(v: Any, depth: int, walk: _Walk) -> Any:
         except Exception:
             pass
     return repr(v)[:200]
+
+
+def _scalars(v: Mapping) -> bool:
+    """A flat mapping of at most 500 scalars (hyper-parameters, a config): shown whole, it is small."""
+    return len(v) <= 500 and all(isinstance(x, (bool, int, float)) or x is None or (isinstance(x, str) and len(x) <= 200)
+               for x in v.values())
 
 
 def _tensor_stats(v: Any, walk: _Walk) -> dict[str, Any]:

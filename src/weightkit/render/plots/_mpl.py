@@ -34,6 +34,12 @@ def figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
+def record_shown(fig, **shown: Any) -> None:
+    """What a figure drew of what it was given (``fig.weightkit_shown``), so a caller can tell a
+    user what was left out."""
+    fig.weightkit_shown = shown
+
+
 def grid(n: int, *, max_cols: int = 8):
     cols = min(max_cols, max(1, n))
     rows = -(-n // cols)

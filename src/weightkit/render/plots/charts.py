@@ -6,18 +6,31 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from weightkit import _dtypes
 from weightkit.analyses.diff import diff
 from weightkit.analyses.importance import feature_importance
 from weightkit.analyses.statistics import stats
 from weightkit.core.opening import as_weightset
+from weightkit.core.selector import select as select_weights
 from weightkit.errors import WeightkitError
 from weightkit.render._text import literal
-from weightkit.render.plots._mpl import LITERAL, figure, grid
+from weightkit.render.plots._mpl import LITERAL, figure, grid, record_shown
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+def _floating(ws, select: Any):
+    """The weights ``select`` names that hold floating-point values: integer buffers (a BatchNorm's
+    step counter, token ids) are not weights to draw."""
+    chosen = {w.name for w in select_weights(ws, select) if _dtypes.is_floating(w.dtype)}
+    if not chosen:
+        raise WeightkitError(f"{ws.source}: no floating-point tensor to draw (only integer ones are selected)")
+    return lambda w: w.name in chosen
+
+
+def _integer(ws, select: Any) -> list[str]:
+    return [w.name for w in select_weights(ws, select) if not _dtypes.is_floating(w.dtype)]
 
 
 def plot_hist(source: Any, *, select: Any = None, max_panels: int = 24, bins: int = 64) -> Figure:
@@ -30,12 +43,20 @@ def plot_hist(source: Any, *, select: Any = None, max_panels: int = 24, bins: in
         2
     """
 
-    report = stats(as_weightset(source), select=select, bins=bins)
-    tensors = [t for t in report.tensors if t.hist_counts][:max_panels]
+    ws = as_weightset(source)
+    report = stats(ws, select=_floating(ws, select), bins=bins)
+    drawable = [t for t in report.tensors if t.hist_counts]
+    tensors = drawable[:max_panels]
     if not tensors:
-        raise WeightkitError(f"{report.source}: no tensor with finite values to draw")
+        raise WeightkitError(f"{report.source}: no floating-point tensor with finite values to draw")
     rows, cols = grid(len(tensors), max_cols=4)
-    fig = figure((3.2 * cols, 2.2 * rows + 0.4))
+    fig = figure((3.2 * cols, 2.2 * rows + 0.8))
+    skipped = _integer(ws, select)
+    record_shown(fig, tensors=len(tensors), of=len(drawable), skipped_integer=skipped)
+    left = [f"{len(tensors)} of {len(drawable)} tensors (the first {len(tensors)})"] if len(drawable) > len(tensors) else []
+    left += [f"{len(skipped)} integer tensor(s) skipped"] if skipped else []
+    if left:
+        fig.suptitle("; ".join(left), fontsize=8)
     for k, t in enumerate(tensors):
         ax = fig.add_subplot(rows, cols, k + 1)
         edges = np.asarray(t.hist_edges)
@@ -56,8 +77,10 @@ def plot_norms(source: Any, *, select: Any = None) -> Figure:
         [2, 2]
     """
 
-    report = stats(as_weightset(source), select=select)
+    ws = as_weightset(source)
+    report = stats(ws, select=_floating(ws, select))
     layers = [g for g in report.layers if g.finite]
+    skipped = _integer(ws, select)
     fig = figure((max(6, 0.35 * len(layers) + 2), 5))
     axes = fig.subplots(2, 1, sharex=True)
     x = np.arange(len(layers))
@@ -68,7 +91,9 @@ def plot_norms(source: Any, *, select: Any = None) -> Figure:
     axes[1].set_ylabel("std")
     axes[1].set_yscale("log")
     axes[1].set_xticks(x, [literal(g.name or "(top)") for g in layers], rotation=90, fontsize=7, **LITERAL)
-    fig.suptitle(literal(f"per-layer weight scale: {report.source}"), fontsize=9, **LITERAL)
+    note = f" ({len(skipped)} integer tensor(s) skipped)" if skipped else ""
+    fig.suptitle(literal(f"per-layer weight scale: {report.source}{note}"), fontsize=9, **LITERAL)
+    record_shown(fig, layers=len(layers), skipped_integer=skipped)
     fig.tight_layout()
     return fig
 
