@@ -52,8 +52,10 @@ fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --timeout 0 tests/test_fuzz.py
 
 # Kinds and output axes inferred from files, against the live modules that own the tensors
-# (docs/fidelity.md). Installs transformers beside the pinned torch (no CUDA torch pulled).
+# (docs/fidelity.md). Installs transformers, torchvision and timm beside the pinned torch (no CUDA torch pulled).
 fidelity: $(STAMP)
 	echo "torch==$$($(PY) -c 'import torch; print(torch.__version__)')" > .fidelity-pin.txt
 	$(PY) -m pip install -q -c .fidelity-pin.txt transformers
+	# torchvision's model code only (its C++ operators are built for another torch: not loaded), and timm
+	$(PY) -m pip install -q --no-deps "torchvision==0.28.*" timm
 	KERAS_BACKEND=torch PYTHONPATH=src $(PY) bench/fidelity.py

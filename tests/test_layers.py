@@ -165,6 +165,9 @@ def test_rnn_state_dict_names():
     ("gru", {"w_ih": (21, 5), "w_hh": (21, 7), "b_ih": (21,), "b_hh": (21,)}, "GRUCell"),
     ("rnn", {"weight_ih_l0": (35, 10), "weight_hh_l0": (35, 20)}, UNKNOWN),  # 35 is no multiple of 20
     ("block", {"weight": (2, 3), "extra": (4,)}, UNKNOWN),
+    # weight-standardised convolutions (timm's ScaledStdConv2d): a gain per output channel
+    ("stem.conv1", {"weight": (16, 3, 3, 3), "bias": (16,), "gain": (16, 1, 1, 1)}, "Conv2d"),
+    ("stem.conv1", {"weight": (16, 3, 3, 3), "bias": (16,), "gain": (3, 1, 1, 1)}, UNKNOWN),
 ])
 def test_infer_kind(layer, members, kind):
     assert infer_kind(layer, members) == kind

@@ -451,6 +451,12 @@ def infer_layer(layer: str, members: dict[str, tuple[int, ...]], context: ModelC
     if {"gamma", "beta"} & roles and roles <= {"gamma", "beta"}:
         return _by_name("LayerNorm", layer, _NORM_HINT, "name: a norm with gamma/beta", _NORM_CANDIDATES)
     w = members.get("weight")
+    gain = members.get("gain")
+    if w is not None and len(w) in (3, 4, 5) and gain == (w[0],) + (1,) * (len(w) - 1) and roles <= {"weight", "bias", "gain"}:
+        # a weight-standardised convolution (timm's StdConv/ScaledStdConv): a gain per output channel
+        inferred = infer_layer(layer, {r: members[r] for r in roles - {"gain"}}, context)
+        if inferred.kind.startswith("Conv"):
+            return Inference(inferred.kind, f"{inferred.evidence}; a gain per output channel (weight standardisation)")
     if w is None or not roles <= {"weight", "bias"}:
         return Inference(UNKNOWN, "")
     b = members.get("bias")
