@@ -216,3 +216,26 @@ def test_a_norm_of_open_kind_at_its_initial_values_is_found_in_a_file(tmp_path):
     assert norm.kind == "unknown" and "LayerNorm" in norm.kind_candidates  # not called BatchNorm
     (f,) = weightkit.doctor(ws).by_rule("untrained-layer")
     assert f.tensors == ["blocks.4.bn1.weight", "blocks.4.bn1.bias"]
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_keras_file_is_judged_by_the_config_it_stores(tmp_path, suffix):
+    """A Keras file holds its model's graph as data: a bias feeding a BatchNorm directly is found
+    there as on the live model, and a convolution with its own ReLU before the norm is not."""
+    import os
+    import warnings
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3, name="c1"), layers.BatchNormalization(name="bn1"),
+                              layers.Conv2D(4, 3, name="c2", activation="relu"), layers.BatchNormalization(name="bn2"),
+                              layers.Flatten(), layers.Dense(2, name="d")])
+    path = tmp_path / f"m{suffix}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras calls .h5 legacy
+        model.save(path)
+    ws = weightkit.open(path)
+    assert ws.model_config is not None and "Conv2D ×2" in ws.metadata["layers"]
+    flagged = [f.tensors for f in weightkit.doctor(ws).by_rule("bias-before-norm")]
+    assert len(flagged) == 1 and flagged[0][0].endswith("c1/bias")

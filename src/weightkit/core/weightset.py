@@ -242,6 +242,12 @@ class WeightSet:
         return self._reader.metadata()
 
     @property
+    def model_config(self) -> dict[str, Any] | None:
+        """The architecture stored with the weights (a Keras config), or ``None``: data, never run."""
+        get = getattr(self._reader, "model_config", None)
+        return get() if get is not None else None
+
+    @property
     def total_params(self) -> int:
         """Elements of all parameters (buffers excluded), shared tensors counted once."""
         return sum(w.numel for w in self if not w.is_buffer)

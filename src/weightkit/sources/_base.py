@@ -103,6 +103,10 @@ class Reader(Protocol):
     def metadata(self) -> dict[str, Any]:
         """Everything in the source that is not a weight, JSON-serialisable."""
 
+    def model_config(self) -> dict[str, Any] | None:
+        """The architecture stored with the weights (a Keras config, parsed as JSON, never run),
+        or ``None``."""
+
     def close(self) -> None: ...
 
 
@@ -114,6 +118,9 @@ class ReaderBase:
 
     def metadata(self) -> dict[str, Any]:
         return {}
+
+    def model_config(self) -> dict[str, Any] | None:
+        return None
 
     def tensors(self) -> list[RawTensor]:
         raise NotImplementedError

@@ -15,6 +15,7 @@ otherwise. Only HDF5 headers are read until ``read()``. Optimizer variables are 
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import re
@@ -417,6 +418,11 @@ class KerasFileReader(ReaderBase):
             "model_class": cfg.get("class_name"),
             "model_name": inner.get("name") or (_text(root.attrs.get("name")) if root else None),
         }
+        layers = inner.get("layers") if inner else cfg.get("config")
+        if isinstance(layers, list):  # the architecture at a glance: its layer classes, in order of first use
+            counts = collections.Counter(str(c["class_name"]) for c in layers if isinstance(c, dict)
+                                         and isinstance(c.get("class_name"), str))
+            meta["layers"] = ", ".join(f"{k} ×{n}" if n > 1 else k for k, n in counts.items())[:600] or None
         if self._optimizer is not None:
             sizes: list[int] = []
             self._optimizer.visititems(lambda _, o: sizes.append(o.size * o.dtype.itemsize)
@@ -436,6 +442,9 @@ class KerasFileReader(ReaderBase):
 
     def metadata(self) -> dict[str, Any]:
         return dict(self._meta_out)
+
+    def model_config(self) -> dict[str, Any] | None:
+        return self._config if isinstance(self._config, dict) else None
 
     def close(self) -> None:
         for handle in (self._h5, self._slice):

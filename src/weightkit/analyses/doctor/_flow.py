@@ -161,14 +161,29 @@ def _keras_activation(act: Any) -> str:
     return "Activation" if act in ("relu", "elu", "gelu", "swish", "silu", "linear", "leaky_relu") else str(act)
 
 
-def from_keras_config(config: dict, *, prefix: str = "") -> Flow:
-    """The graph a Keras model config describes; a layer with an activation of its own feeds it."""
+def _file_names(paths: list[str]) -> dict[str, str]:
+    """Config layer name -> the file's layer path, where exactly one path begins or ends with it."""
+    found: dict[str, set[str]] = {}
+    for path in paths:
+        parts = path.split("/")
+        for part in {parts[0], parts[-1]}:
+            found.setdefault(part, set()).add(path)
+    return {name: next(iter(p)) for name, p in found.items() if len(p) == 1}
+
+
+def from_keras_config(config: dict, *, prefix: str = "", names_in_file: list[str] | None = None) -> Flow:
+    """The graph a Keras model config describes; a layer with an activation of its own feeds it.
+    ``names_in_file``: the layer paths of a file holding that config (``model/c1`` in a ``.keras``
+    file, ``c1/c1`` in a Keras 2 ``.h5``), each config layer named by the one path it begins or
+    ends with."""
     layers = config.get("layers", config) if isinstance(config, dict) else config
     edges: dict[str, list[str]] = {}
     kinds: dict[str, str] = {}
     names = []
+    where = _file_names(names_in_file) if names_in_file is not None else {}
     for cfg in layers:
-        name = prefix + cfg.get("config", {}).get("name", cfg.get("name", ""))
+        raw = cfg.get("config", {}).get("name", cfg.get("name", ""))
+        name = where.get(raw, prefix + raw)
         names.append(name)
         kinds[name] = cfg.get("class_name", "")
         if kinds[name] == "Activation":
@@ -180,7 +195,7 @@ def from_keras_config(config: dict, *, prefix: str = "") -> Flow:
     if functional:
         for cfg, name in zip(layers, names):
             for src in _keras_inbound(cfg):
-                edges.setdefault(prefix + src, []).append(name)
+                edges.setdefault(where.get(src, prefix + src), []).append(name)
     else:
         for a, b in zip(names, names[1:]):
             edges[a] = [b]

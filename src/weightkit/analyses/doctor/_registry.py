@@ -122,6 +122,13 @@ class Context:
             traced = _flow.from_torch(self.module)
             if traced is not None:
                 return traced
+        else:
+            stored = self.ws.model_config  # a Keras file's own config: its graph, as data
+            inner = stored.get("config") if isinstance(stored, dict) else None
+            layers = inner.get("layers") if isinstance(inner, dict) else inner  # Keras 2.1 Sequential: a list
+            if isinstance(layers, list) and layers and all(isinstance(c, dict) for c in layers):
+                return _flow.from_keras_config({"layers": layers, **({"name": inner.get("name")} if isinstance(
+                    inner, dict) else {})}, names_in_file=list(self.ws.layers()))
         return _flow.from_names({layer: ws[0].kind or "" for layer, ws in self.ws.layers().items()})
 
     @cached_property
