@@ -273,3 +273,16 @@ def test_unknown_kind_names_its_candidates(tmp_path):
     w = weightkit.open(path)["block.bn1.weight"]
     assert w.kind == UNKNOWN and "LayerNorm" in w.kind_candidates
     assert w.to_dict()["kind_candidates"] == list(w.kind_candidates)
+
+
+def test_a_generic_norm_among_convolutions_is_left_open():
+    """`norm1` beside convolutions and no matrix: GroupNorm in BiT-style backbones, LayerNorm in
+    others; beside a Linear it is a LayerNorm."""
+    from weightkit.layers import ModelContext, infer_layer
+
+    conv_block = {"blocks.0.conv1": {"weight": (8, 4, 3, 3)}, "blocks.0.norm1": {"weight": (8,), "bias": (8,)}}
+    ctx = ModelContext.of(conv_block)
+    open_ = infer_layer("blocks.0.norm1", conv_block["blocks.0.norm1"], ctx)
+    assert open_.kind == UNKNOWN and open_.candidates[:2] == ("GroupNorm", "LayerNorm")
+    mixed = {**conv_block, "blocks.0.fc": {"weight": (8, 8), "bias": (8,)}}
+    assert infer_layer("blocks.0.norm1", mixed["blocks.0.norm1"], ModelContext.of(mixed)).kind == "LayerNorm"

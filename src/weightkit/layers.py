@@ -399,17 +399,29 @@ class ModelContext:
     feature sizes other layers consume or normalise (input sizes of matrices, norm sizes)."""
 
     widths: frozenset[int] = frozenset()
+    conv_only: frozenset[str] = frozenset()  # module paths whose layers hold kernels and no matrix
 
     @classmethod
     def of(cls, layers: dict[str, dict[str, tuple[int, ...]]]) -> ModelContext:
         widths: set[int] = set()
-        for members in layers.values():
+        ranks: dict[str, set[str]] = {}  # every ancestor path -> what its subtree holds
+        for layer, members in layers.items():
             w, b = members.get("weight"), members.get("bias")
             if w is not None and len(w) == 2 and b is not None and b == (w[0],):
                 widths.add(w[1])  # a Linear with bias: its input width
             elif w is not None and len(w) == 1 and b == w:
                 widths.add(w[0])  # a normalisation: the width it normalises
-        return cls(frozenset(widths))
+            what = "matrix" if w is not None and len(w) == 2 else "kernel" if w is not None and len(w) in (3, 4, 5) else None
+            if what:
+                parts = layer.split(".")
+                for k in range(len(parts)):
+                    ranks.setdefault(".".join(parts[:k]), set()).add(what)
+        return cls(frozenset(widths), frozenset(p for p, r in ranks.items() if r == {"kernel"}))
+
+    def among_convolutions(self, layer: str) -> bool:
+        """The module holding ``layer`` has convolution kernels and no matrix: a norm there is as
+        often a GroupNorm (BiT-style backbones) as a LayerNorm."""
+        return layer.rpartition(".")[0] in self.conv_only
 
 
 def infer_kind(layer: str, members: dict[str, tuple[int, ...]]) -> str:
@@ -470,7 +482,7 @@ def infer_layer(layer: str, members: dict[str, tuple[int, ...]], context: ModelC
     if b is not None and (len(b) != 1 or (len(w) > 1 and b[0] not in (w[0], w[1]))):
         return Inference(UNKNOWN, "")
     if len(w) == 1:
-        return _infer_1d(layer, b is not None)
+        return _infer_1d(layer, b is not None, context or ModelContext())
     if len(w) == 2:
         return _infer_2d(layer, w, b, context or ModelContext())
     if len(w) == 3 and _BILINEAR_HINT.search(layer):
@@ -487,7 +499,7 @@ def _by_name(kind: str, layer: str, hint: re.Pattern, evidence: str, candidates:
     return Inference(kind, evidence) if hint.search(layer) else Inference(UNKNOWN, "", candidates)
 
 
-def _infer_1d(layer: str, has_bias: bool) -> Inference:
+def _infer_1d(layer: str, has_bias: bool, context: ModelContext) -> Inference:
     """A 1-D weight (and bias) without running statistics: a norm's scale, or PReLU's slopes."""
     if _PRELU_HINT.search(layer) and not has_bias:
         return Inference("PReLU", "name: prelu, one slope per channel")
@@ -503,6 +515,8 @@ def _infer_1d(layer: str, has_bias: bool) -> Inference:
     if _RMS_HINT.search(layer) or (_NORM_HINT.search(layer) and not has_bias):
         return Inference("RMSNorm", "name: a norm with a scale and no bias")
     if _NORM_HINT.search(layer):
+        if context.among_convolutions(layer):  # a generic name beside convolutions does not decide
+            return Inference(UNKNOWN, "", ("GroupNorm", "LayerNorm", "InstanceNorm"))
         return Inference("LayerNorm", "name: a norm with scale and bias, no running statistics")
     return Inference(UNKNOWN, "", ("LayerNorm", "PReLU", "a per-channel scale") if not has_bias else _NORM_CANDIDATES)
 
