@@ -246,3 +246,22 @@ def test_the_weights_inside_a_keras_zip_are_checked_for_ways_out(tmp_path, compr
     assert any(f.rule == "hdf5-external" and f.member.startswith("model.weights.h5") for f in r.findings)
     with pytest.raises(WeightkitError):
         weightkit.open(path)
+
+
+@pytest.mark.parametrize("container", ["tar", "zip"])
+def test_raw_arrays_named_like_weights_are_data_and_a_pickle_among_them_is_not(tmp_path, container):
+    """natasha's model tar holds raw float arrays as `arrays/<n>.bin`; one begins with the byte
+    of EXT4, which imports a registry global: random bytes, not a pickle any loader reads. The
+    same name holding a pickle that calls os.system is still found."""
+    from _malicious import evil_p2, tar_of, zip_of
+
+    raw = b"\x84\x3c\xbe\x9a\x03" + np.random.default_rng(0).standard_normal(64).astype("<f4").tobytes()
+    plain = np.random.default_rng(1).standard_normal(64).astype("<f4").tobytes()
+    pack = tar_of if container == "tar" else (lambda members: zip_of(list(members.items())))
+    benign = pack({"arrays/0.bin": plain, "arrays/8.bin": raw, "meta.json": b"{}"})
+    r = weightkit.scanner.scan_bytes(benign)
+    assert r.verdict == "safe", r.to_dict()
+    assert {f.member for f in r.findings if f.rule == "skipped"} >= {"arrays/8.bin"}
+    evil = pack({"arrays/0.bin": plain, "arrays/8.bin": evil_p2(str(tmp_path / "marker")), "meta.json": b"{}"})
+    r = weightkit.scanner.scan_bytes(evil)
+    assert r.verdict == "malicious" and any(f.global_name == "os.system" for f in r.findings)

@@ -86,11 +86,14 @@ def _is_opcode(b: int) -> bool:
 
 
 # ---- dispatch ----------------------------------------------------------------------------------
-def scan_blob(ctx: Ctx, data, member, depth: int, path=None) -> None:
+def scan_blob(ctx: Ctx, data, member, depth: int, path=None, *, by_name: bool = False) -> None:
     """Scan ``data`` (bytes or mmap of the whole file/member) as every loader would see it: as each
     format whose signature it carries (zip at byte 0, npy, safetensors, HDF5 at byte 0/512/1024/…,
     a tar ``tarfile`` opens), then as a pickle from byte 0 and as a zip found by its end record.
-    Each view is judged; bytes that are two formats at once are a ``polyglot``."""
+    Each view is judged; bytes that are two formats at once are a ``polyglot``. ``by_name``: a
+    member looked at only because its name is a weights file's (``arrays/8.bin``): bytes that are
+    no format and do not parse as a pickle are data (a loader that took them for a pickle would
+    fail at once), not findings."""
     if depth > MAX_DEPTH:
         ctx.add("limit-exceeded", f"nested deeper than {MAX_DEPTH} levels; not inspected", member)
         return
@@ -116,6 +119,10 @@ def scan_blob(ctx: Ctx, data, member, depth: int, path=None) -> None:
             ctx.findings.extend(f for f in r.findings if f.severity != "info")
             ctx.globals.update(r.globals)
     elif not candidates and _is_opcode(data[0]):
+        if by_name and not _pickle_like(bytes(data[:SNIFF_BYTES]), complete=n <= SNIFF_BYTES) and _zip_end(data) is None:
+            ctx.add("skipped", f"named like a weights file but no format and not a pickle (first bytes "
+                    f"{head[:8]!r}): data, not inspected", member)
+            return
         scan_pickle_stream(ctx, data, member, depth)
     if len(views) > 1:
         ctx.add("polyglot", f"the file is at once {' and '.join(views)}: each loader that takes it for one of "
@@ -126,6 +133,10 @@ def scan_blob(ctx: Ctx, data, member, depth: int, path=None) -> None:
                 member, off)
         scan_zip(ctx, data, member, depth, path, embedded=True)
     elif not candidates and not _is_opcode(data[0]):
+        if by_name:
+            ctx.add("skipped", f"named like a weights file but no format a loader reads (first bytes "
+                    f"{head[:8]!r}): data, not inspected", member)
+            return
         ctx.kind("unknown", depth)
         ctx.add("unknown-format", f"not a known weights format (first bytes {head[:8]!r})", member)
 
@@ -397,10 +408,10 @@ def _scan_zip_member(ctx, m, member, depth):
         _scan_h5_member(ctx, m, where)
         return
     looks = head.startswith((b"PK\x03\x04", b"\x93NUMPY")) or (len(head) > 1 and head[0] == 0x80 and 1 <= head[1] <= 5)
-    if looks or (low.endswith(_ARCHIVES) and not low.endswith(".h5")):
+    if looks or low.endswith(_ARCHIVES):
         blob = _read_member(ctx, m, where)
         if blob:
-            scan_blob(ctx, blob, where, depth + 1)
+            scan_blob(ctx, blob, where, depth + 1, by_name=not looks)
     elif head and _is_opcode(head[0]) and _pickle_like(head, complete=len(head) < SNIFF_BYTES):
         blob = _read_member(ctx, m, where)  # a pickle under another name (protocol 0/1 has no PROTO)
         if blob:
@@ -430,10 +441,12 @@ def _keras_like(head: bytes) -> bool:
 
 
 def _pickle_like(head: bytes, complete: bool) -> bool:
-    """Whether bytes parse as a pickle: the walk reaches STOP or imports a global, or (``head``
-    being the start of a longer member) runs to its end without an error."""
+    """Whether bytes parse as a pickle: the walk reaches STOP, or calls or builds a global it
+    imported, or (``head`` being the start of a longer member) runs to its end without an error.
+    A global alone is not enough: random bytes starting with ``EXT4`` import one."""
     r = walk(head, 0)
-    return r.ok or bool(r.globals) or (not complete and any(f.rule == "pickle-truncated" for f in r.findings))
+    return (r.ok or any(f.global_name and f.ops for f in r.findings)
+            or (not complete and any(f.rule == "pickle-truncated" for f in r.findings)))
 
 
 def _scan_local(ctx, data, start, stop, member, depth):
@@ -600,9 +613,9 @@ def _scan_tar_member(ctx, tf, data, name, m, where, depth) -> None:
     elif end > start and _is_opcode(data[start]) and _pickle_like(
             bytes(data[start:min(end, start + SNIFF_BYTES)]), end - start <= SNIFF_BYTES):
         scan_pickle_stream(ctx, data, where, depth, start, end, start)
-    elif end > start and (bytes(data[start:start + 4]) == b"PK\x03\x04" or name.lower().endswith(_ARCHIVES)):
+    elif end > start and ((zipped := bytes(data[start:start + 4]) == b"PK\x03\x04") or name.lower().endswith(_ARCHIVES)):
         if m.size <= MAX_MEMBER_BYTES and ctx.budget(m.size, where):
-            scan_blob(ctx, bytes(data[start:end]), where, depth + 1)
+            scan_blob(ctx, bytes(data[start:end]), where, depth + 1, by_name=not zipped)
 
 
 def _legacy_sequence(ctx, data, start, end, where, depth, kind) -> None:
