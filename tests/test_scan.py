@@ -290,3 +290,17 @@ def test_a_shard_index_is_judged_by_the_shards_it_lists(tmp_path):
     index["weight_map"]["b"] = "/etc/passwd"
     (tmp_path / "model.index.json").write_text(json.dumps(index))
     assert scan(tmp_path / "model.index.json").verdict == "unreadable"
+
+
+def test_a_torchscript_archive_needs_code_and_is_not_malicious(tmp_path):
+    """A `torch.jit.save` file: its pickles name TorchScript classes and the TorchScript pickler's
+    list rebuilders (which return their argument); loading it runs its TorchScript code, so it
+    needs code, but nothing in it is a gadget. `torch.jit.load` itself stays critical."""
+    from weightkit.scanner._allowlist import judge
+
+    path = tmp_path / "m.jit"
+    torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())), str(path))
+    report = weightkit.scan(path)
+    assert report.verdict == "needs-code", [(f.rule, f.global_name) for f in report.findings]
+    assert judge("torch.jit", "load")[0] == "critical"
+    assert judge("torch.jit._pickle", "build_intlist.__call__")[0] == "critical"

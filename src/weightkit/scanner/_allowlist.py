@@ -113,7 +113,9 @@ _BENIGN_NEEDS_CODE = frozenset("""
     enum.Enum types.SimpleNamespace argparse.Namespace builtins.object decimal.Decimal
     fractions.Fraction uuid.UUID pathlib.Path pathlib.PosixPath pathlib.WindowsPath
     pathlib.PurePath pathlib.PurePosixPath pathlib.PureWindowsPath
-    """.split())
+    torch.jit._pickle.build_intlist torch.jit._pickle.build_tensorlist torch.jit._pickle.build_doublelist
+    torch.jit._pickle.build_boollist torch.jit._pickle.build_tensor_from_id torch.jit._pickle.restore_type_tag
+    """.split())  # the TorchScript pickler's list/tag rebuilders return their argument (a .jit file's pickles)
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ())) | {"builtins", "__builtin__", "copy_reg"}
 
 
