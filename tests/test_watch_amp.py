@@ -12,6 +12,9 @@ from torch import nn
 import weightkit
 import weightkit.tracking._torch
 
+OPTIMIZERS = {"sgd": lambda ps: torch.optim.SGD(ps, lr=1e-2),
+              # steps even on overflow, with the scaler's found_inf set on it, and changes nothing
+              "adam-fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True)}
 GRAD_METRICS = ("grad_norm", "grad_mean", "grad_std", "grad_absmean", "grad_absmax")
 
 
@@ -73,14 +76,12 @@ def amp_loop(net, opt, scaler, steps, *, unscale, ref=None, half=torch.float16, 
         if unscale:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1e9)  # the usual reason to unscale; clips nothing
-        taken = []
-        h = opt.register_step_post_hook(lambda *_, t=taken: t.append(True))
         if ref is not None:  # after unscale_: what the optimizer applies
             assert unscale
             grads = [p.grad.clone() for p in net.parameters()]
         scaler.step(opt)
-        h.remove()
         scaler.update()
+        taken = scaler.get_scale() >= scale  # a skip halves the scale (no growth within 2000 steps)
         if ref is not None and taken:
             ref.append(reference(grads))
         log.append((scale, not taken))
@@ -91,10 +92,11 @@ def amp_loop(net, opt, scaler, steps, *, unscale, ref=None, half=torch.float16, 
 
 
 @pytest.mark.parametrize("unscale", [False, True], ids=["loop-does-not-unscale", "loop-unscales"])
-def test_statistics_are_of_the_unscaled_gradient(tmp_path, code_path, unscale):
+@pytest.mark.parametrize("optim", ["sgd", "adam-fused"])
+def test_statistics_are_of_the_unscaled_gradient(tmp_path, code_path, unscale, optim):
     # twin runs: the watched one, and one whose loop unscales before reading the gradients
     ref_net, net = make_net(), make_net()
-    ref_opt, opt = torch.optim.SGD(ref_net.parameters(), lr=1e-2), torch.optim.SGD(net.parameters(), lr=1e-2)
+    ref_opt, opt = OPTIMIZERS[optim](ref_net.parameters()), OPTIMIZERS[optim](net.parameters())
     ref = []
     ref_log = amp_loop(ref_net, ref_opt, torch.amp.GradScaler("cpu", init_scale=2.0 ** 12), 12, unscale=True, ref=ref)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
@@ -116,10 +118,11 @@ def test_statistics_are_of_the_unscaled_gradient(tmp_path, code_path, unscale):
     assert run.meta["amp"]["skipped"] == [] and run.meta["amp"]["loss_scale"] == [[0, 4096.0]]
 
 
-def test_overflow_steps_are_recorded_as_skipped_not_alerted(tmp_path, code_path):
+@pytest.mark.parametrize("optim", list(OPTIMIZERS))
+def test_overflow_steps_are_recorded_as_skipped_not_alerted(tmp_path, code_path, optim):
     torch.manual_seed(1)
     net = make_net()
-    opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+    opt = OPTIMIZERS[optim](net.parameters())
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 40)
     with weightkit.watch(net, optimizer=opt, scaler=scaler, every=2, run_dir=tmp_path, name="ovf") as w:
         log = amp_loop(net, opt, scaler, 40, unscale=False)
@@ -203,3 +206,27 @@ def test_bf16_autocast_without_a_scaler(tmp_path, code_path):
     run = weightkit.open_run("bf16", run_dir=tmp_path)
     assert_stats(run, ref)
     assert run.alerts == []
+
+
+def test_gradient_accumulation_under_a_scaler(tmp_path, code_path):
+    """Two micro-batches per step: one attempt, one step, the unscaled accumulated gradient."""
+    net = make_net()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    ref = []
+    with weightkit.watch(net, optimizer=opt, scaler=scaler, every=1, run_dir=tmp_path, name="acc") as w:
+        for it in range(4):
+            opt.zero_grad()
+            for micro in range(2):
+                x, y = batch(10 * it + micro)
+                with torch.autocast("cpu", dtype=torch.float16):
+                    loss = (net(x).float() - y).pow(2).mean() / 2
+                scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            ref.append(reference([p.grad for p in net.parameters()]))
+            scaler.step(opt)
+            scaler.update()
+    assert w.step == 4 and scaler.get_scale() == 2.0 ** 8
+    run = weightkit.open_run("acc", run_dir=tmp_path)
+    assert_stats(run, ref)
+    assert run.meta["amp"]["skipped_total"] == 0

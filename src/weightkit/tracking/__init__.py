@@ -259,7 +259,11 @@ def watch(model: Any, *, optimizer: Any = None, scaler: Any = None, every: int =
                 embeddings=[id(p) in tables for _, p in named], scaler=scaler)
     handles: list = []
     try:
-        if optimizer is not None:
+        if optimizer is not None and scaler is not None:
+            core.install()
+            handles.append(optimizer.register_step_pre_hook(lambda opt, *_: core.scaled_pre_step(opt)))
+            handles.append(optimizer.register_step_post_hook(lambda *_: core.scaled_post_step()))
+        elif optimizer is not None:
             core.install()
             handles.append(optimizer.register_step_pre_hook(lambda *_: core.pre_step()))
             handles.append(optimizer.register_step_post_hook(lambda *_: core.post_step()))

@@ -321,6 +321,7 @@ class Core:
         self._attempt: Any = None
         self._gscale: Any = 1.0
         self._scale_host = 1.0
+        self._fused_skip = False
         self._amp: dict[str, Any] = {"scaler": type(scaler).__name__, "skipped": [], "skipped_total": 0,
                                      "loss_scale": []} if scaler is not None else {}
         self._reset_step()
@@ -456,6 +457,23 @@ class Core:
         self._attempt = sc._per_optimizer_states
         s = getattr(sc, "_scale", None)
         self._gscale = 1.0 if s is None else s.item() if _host(s.device) else s.detach().clone()
+
+    def scaled_pre_step(self, optimizer) -> None:
+        """:meth:`pre_step` under a scaler. An optimizer that handles the scaling itself (``fused=True``
+        Adam/AdamW/SGD: ``_step_supports_amp_scaling``) is stepped even on overflow, with the
+        scaler's ``found_inf`` set on it, and then changes nothing: that attempt is skipped (reading
+        the flag is a host sync on a GPU, once per step, only for those optimizers)."""
+        found_inf = getattr(optimizer, "found_inf", None)
+        self._fused_skip = isinstance(found_inf, torch.Tensor) and bool(found_inf.item() > 0)
+        if not self._fused_skip:
+            self.pre_step()
+
+    def scaled_post_step(self) -> None:
+        if self._fused_skip:
+            self._fused_skip = False
+            self._skipped()
+        else:
+            self.post_step()
 
     def _scale_now(self) -> float:
         s = self._gscale
