@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 import weightkit
 import weightkit.tracking._torch
+from weightkit.cli import app
 
 OPTIMIZERS = {"sgd": lambda ps: torch.optim.SGD(ps, lr=1e-2),
               # steps even on overflow, with the scaler's found_inf set on it, and changes nothing
@@ -145,6 +147,10 @@ def test_overflow_steps_are_recorded_as_skipped_not_alerted(tmp_path, code_path,
     assert run.steps.tolist() == list(range(0, taken, 2))
     assert np.isfinite(run.metric("grad_norm")).all()
     assert amp["loss_scale"][0] == [0, 2.0 ** 40] and amp["loss_scale"][-1][1] <= expected[-1][1] / 2
+    shown = CliRunner().invoke(app, ["runs", "show", "ovf", "--dir", str(tmp_path)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0
+    assert f"GradScaler: {len(skipped)} attempt(s) skipped for overflow" in shown.stdout
+    assert "scales 2^40–" in shown.stdout and "at step 0 (×" in shown.stdout
 
 
 def test_a_nan_weight_is_caught_at_its_step_though_the_scaler_skips(tmp_path, code_path):
@@ -230,3 +236,21 @@ def test_gradient_accumulation_under_a_scaler(tmp_path, code_path):
     run = weightkit.open_run("acc", run_dir=tmp_path)
     assert_stats(run, ref)
     assert run.meta["amp"]["skipped_total"] == 0
+
+
+def test_runs_show_reads_a_malformed_amp_entry_as_data():
+    """A run file is input: an ``amp`` meta entry of the wrong shapes prints what is well formed."""
+    from rich.console import Console
+
+    from weightkit.render.runs import render_amp
+
+    console = Console(width=200, record=True, color_system=None)
+    for meta in ({"amp": {"skipped": "[red]x", "skipped_total": True, "loss_scale": [[1, "a"], [True, 2.0]]}},
+                 {"amp": {"skipped": [[3, 8.0], ["[bold]", 1.0]], "skipped_total": 5, "loss_scale": [[2, 3.0]]}},
+                 {"amp": "[blink]no"}, {}):
+        for r in render_amp(meta):
+            console.print(r)
+    out = console.export_text()
+    assert out.splitlines() == ["GradScaler: loss scale not recorded; no step skipped",
+                                "GradScaler: 5 attempt(s) skipped for overflow (no step, no alert) at step 3, "
+                                "scales 2^3–2^3; loss scale 3 (from step 2)"]
