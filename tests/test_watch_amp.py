@@ -254,3 +254,22 @@ def test_runs_show_reads_a_malformed_amp_entry_as_data():
     assert out.splitlines() == ["GradScaler: loss scale not recorded; no step skipped",
                                 "GradScaler: 5 attempt(s) skipped for overflow (no step, no alert) at step 3, "
                                 "scales 2^3–2^3; loss scale 3 (from step 2)"]
+
+
+def test_a_scaler_watch_was_not_given_is_named(tmp_path, caplog):
+    net = make_net()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    with caplog.at_level("WARNING", logger="weightkit.watch"):
+        with weightkit.watch(net, optimizer=opt, run_dir=tmp_path, name="forgot"):
+            amp_loop(net, opt, scaler, 3, unscale=False)
+        with weightkit.watch(net, optimizer=opt, scaler=scaler, run_dir=tmp_path, name="given"):
+            amp_loop(net, opt, scaler, 3, unscale=False)
+        with weightkit.watch(net, optimizer=opt, run_dir=tmp_path, name="plain"):
+            for it in range(3):
+                opt.zero_grad()
+                x, y = batch(it)
+                (net(x) - y).pow(2).mean().backward()
+                opt.step()
+    warned = [r.getMessage() for r in caplog.records if "watch() was not given" in r.getMessage()]
+    assert len(warned) == 1 and "pass watch(..., scaler=scaler)" in warned[0]

@@ -36,7 +36,9 @@ numbers are drawn. On the CPU the weight copies of measured steps live in buffer
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,34 @@ __all__ = ["watch", "Watch", "open_run", "list_runs", "Run", "RunInfo", "ParamIn
            "Histogram", "Thresholds", "METRICS"]
 
 _RUN_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+log = logging.getLogger("weightkit.watch")
+
+
+def _warn_if_scaled() -> Any:
+    """A step pre-hook that acts once: when the first step comes from a ``torch.amp.GradScaler``
+    that ``watch`` was not given, say so (its gradients are recorded scaled, and its skipped steps
+    look like NaN/Inf). The caller's frames are looked at once, on the first step (a hook cannot
+    remove itself while the optimizer iterates over its hooks)."""
+    done: list[bool] = []
+
+    def hook(opt, *_):
+        if done:
+            return
+        done.append(True)
+        import torch
+
+        frame = sys._getframe(1)
+        for _ in range(6):
+            if frame is None:
+                break
+            if isinstance(frame.f_locals.get("self"), torch.amp.GradScaler):
+                log.warning("%s is stepped by a torch.amp.GradScaler that watch() was not given: gradient "
+                            "statistics are recorded times the loss scale and steps the scaler skips look like "
+                            "NaN/Inf; pass watch(..., scaler=scaler)", type(opt).__name__)
+                break
+            frame = frame.f_back
+
+    return hook
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
@@ -265,6 +295,7 @@ def watch(model: Any, *, optimizer: Any = None, scaler: Any = None, every: int =
             handles.append(optimizer.register_step_post_hook(lambda *_: core.scaled_post_step()))
         elif optimizer is not None:
             core.install()
+            handles.append(optimizer.register_step_pre_hook(_warn_if_scaled()))
             handles.append(optimizer.register_step_pre_hook(lambda *_: core.pre_step()))
             handles.append(optimizer.register_step_post_hook(lambda *_: core.post_step()))
         else:
