@@ -273,3 +273,17 @@ def test_a_scaler_watch_was_not_given_is_named(tmp_path, caplog):
                 opt.step()
     warned = [r.getMessage() for r in caplog.records if "watch() was not given" in r.getMessage()]
     assert len(warned) == 1 and "pass watch(..., scaler=scaler)" in warned[0]
+
+
+def test_a_model_that_starts_with_a_nan_weight_is_caught_at_step_0(tmp_path, code_path):
+    net = make_net()
+    with torch.no_grad():
+        net[4].bias.fill_(math.nan)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    with weightkit.watch(net, optimizer=opt, scaler=scaler, every=5, run_dir=tmp_path, name="born"):
+        log = amp_loop(net, opt, scaler, 3, unscale=False)
+    assert all(skip for _, skip in log)
+    alerts = {a.kind: a for a in weightkit.open_run("born", run_dir=tmp_path).alerts}
+    assert (alerts["nonfinite_weight"].step, alerts["nonfinite_weight"].param) == (0, "4.bias")
+    assert alerts["nonfinite_grad"].step == 0

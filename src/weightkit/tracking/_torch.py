@@ -487,7 +487,8 @@ class Core:
         found = False
         with torch.no_grad():
             for ix, ps in self.groups.values():
-                weight_bad = self._check_weights_host(step - 1, ix, ps, fed=True)
+                # as the last step left them (before step 0: as they came)
+                weight_bad = self._check_weights_host(max(step - 1, 0), ix, ps, fed=True)
                 found |= weight_bad
                 if weight_bad or s <= 1.0:
                     found |= self._flag(0, step, ix, [self._gchk[i] for i in ix])
