@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Iterator
 
@@ -44,6 +45,51 @@ def render_run_list(runs, run_dir: str) -> Iterator[RenderableType]:
     yield table
 
 
+def _pairs(value, limit: int = 10_000) -> list[tuple[int, float]]:
+    """``[[step, scale], …]`` from a run's meta, keeping only well-formed entries (a run file is input)."""
+    if not isinstance(value, list):
+        return []
+    ok = (int, float)
+    return [(int(v[0]), float(v[1])) for v in value[:limit] if isinstance(v, list) and len(v) == 2
+            and isinstance(v[0], int) and not isinstance(v[0], bool) and isinstance(v[1], ok)
+            and not isinstance(v[1], bool)]
+
+
+def _steps_text(steps: list[int], most: int = 12) -> str:
+    """Distinct steps, with how many times each repeats (a step can be skipped several times)."""
+    counts: dict[int, int] = {}
+    for s in steps:
+        counts[s] = counts.get(s, 0) + 1
+    shown = [f"{s}" if n == 1 else f"{s} (×{n})" for s, n in list(counts.items())[:most]]
+    return ", ".join(shown) + (f", … ({len(counts) - most} more)" if len(counts) > most else "")
+
+
+def _scale(v: float) -> str:
+    """A loss scale: ``2^k`` for the powers of two a GradScaler uses, else the number."""
+    m, e = math.frexp(v)
+    return f"2^{e - 1}" if m == 0.5 else num(v)
+
+
+def render_amp(meta: dict) -> Iterator[RenderableType]:
+    """The GradScaler line of ``runs show``: attempts skipped for overflow (at which steps, with
+    which loss scale) and the loss scale's log."""
+    amp = meta.get("amp")
+    if not isinstance(amp, dict):
+        return
+    skipped = _pairs(amp.get("skipped"))
+    total = amp.get("skipped_total")
+    total = total if isinstance(total, int) and not isinstance(total, bool) else len(skipped)
+    scales = _pairs(amp.get("loss_scale"))
+    now = f"loss scale {_scale(scales[-1][1])} (from step {scales[-1][0]})" if scales else "loss scale not recorded"
+    if not total:
+        yield line(("GradScaler: ", "bold"), f"{now}; no step skipped")
+        return
+    yield line(("GradScaler: ", "bold"), (f"{total} attempt(s) skipped for overflow", "yellow"),
+               f" (no step, no alert) at step {_steps_text([s for s, _ in skipped])}, "
+               f"scales {_scale(max(v for _, v in skipped))}–{_scale(min(v for _, v in skipped))}; {now}"
+               if skipped else f"; {now}")
+
+
 def render_run(run) -> Iterator[RenderableType]:
     """The ``runs show`` view: header, the per-parameter table of latest and worst values, the alerts."""
     m = run.meta
@@ -53,6 +99,7 @@ def render_run(run) -> Iterator[RenderableType]:
                         f"  {m.get('framework', '?')} {m.get('model', '?')}, optimizer {m.get('optimizer') or 'none'}, "
                         f"every {m.get('every', '?')} {m.get('steps_are', 'steps')}; {len(steps)} measured ({span}); "
                         f"status {m.get('status', '?')}")
+    yield from render_amp(m)
     table = plain_table()
     table.add_column("parameter", overflow="fold", min_width=14)
     right_columns(table, "shape", "grad norm\nlatest", "grad norm\nmax (step)", "update/weight\nlatest",

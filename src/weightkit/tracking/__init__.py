@@ -11,7 +11,10 @@ Two lines in a plain PyTorch loop::
 
 **Steps** are optimizer steps, counted from 0: gradient accumulation (several backward passes
 per step) and evaluation passes do not advance them; a step the optimizer does not take (a
-``GradScaler`` skipping an overflow) is not one. Without an optimizer, a step is a backward pass
+``GradScaler`` skipping an overflow) is not one: pass the scaler (``watch(model, optimizer=opt,
+scaler=scaler)``) and the gradient statistics are of the unscaled gradient, the skipped attempts
+are recorded with their loss scale (run meta ``amp``) and raise no NaN/Inf alert unless the
+overflow is real (see :mod:`weightkit.tracking._torch`). Without an optimizer, a step is a backward pass
 that reached the watched parameters, and there are no update statistics. Steps ``0, every,
 2·every, …`` are *measured*: per parameter, the gradient's norm, mean, std, mean |g|, max |g|,
 NaN and Inf counts, the weight norm, and with an optimizer the norm of the real update
@@ -33,7 +36,9 @@ numbers are drawn. On the CPU the weight copies of measured steps live in buffer
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +52,34 @@ __all__ = ["watch", "Watch", "open_run", "list_runs", "Run", "RunInfo", "ParamIn
            "Histogram", "Thresholds", "METRICS"]
 
 _RUN_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+log = logging.getLogger("weightkit.watch")
+
+
+def _warn_if_scaled() -> Any:
+    """A step pre-hook that acts once: when the first step comes from a ``torch.amp.GradScaler``
+    that ``watch`` was not given, say so (its gradients are recorded scaled, and its skipped steps
+    look like NaN/Inf). The caller's frames are looked at once, on the first step (a hook cannot
+    remove itself while the optimizer iterates over its hooks)."""
+    done: list[bool] = []
+
+    def hook(opt, *_):
+        if done:
+            return
+        done.append(True)
+        import torch
+
+        frame = sys._getframe(1)
+        for _ in range(6):
+            if frame is None:
+                break
+            if isinstance(frame.f_locals.get("self"), torch.amp.GradScaler):
+                log.warning("%s is stepped by a torch.amp.GradScaler that watch() was not given: gradient "
+                            "statistics are recorded times the loss scale and steps the scaler skips look like "
+                            "NaN/Inf; pass watch(..., scaler=scaler)", type(opt).__name__)
+                break
+            frame = frame.f_back
+
+    return hook
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
@@ -155,7 +188,7 @@ class Watch:
             pass  # the training error is the one to see
 
 
-def watch(model: Any, *, optimizer: Any = None, every: int = 10, histograms: int = 10, bins: int = 64, store: Any = None,
+def watch(model: Any, *, optimizer: Any = None, scaler: Any = None, every: int = 10, histograms: int = 10, bins: int = 64, store: Any = None,
           name: str | None = None, run_dir: str | os.PathLike = "runs", overwrite: bool = False,
           nan_check: str = "step", vanishing: float = 1e-3, exploding: float = 10.0, ratio_high: float = 1e-1,
           ratio_low: float = 1e-5, patience: int = 3, unused_after: int = 3) -> Watch:
@@ -166,6 +199,12 @@ def watch(model: Any, *, optimizer: Any = None, every: int = 10, histograms: int
             :class:`weightkit.tracking.keras.WatchCallback`).
         optimizer: the ``torch.optim.Optimizer`` training it; steps are its steps, and updates
             ``Δw`` are measured around them. Without one, a step is a backward pass.
+        scaler: the ``torch.amp.GradScaler`` scaling the loss (mixed precision): gradient
+            statistics are then of the unscaled gradient (what the optimizer applies, whether or
+            not the loop calls ``scaler.unscale_``), and steps the scaler skips for overflow are
+            recorded (meta ``amp``: step and loss scale) instead of raising a NaN/Inf alert; a
+            non-finite weight, or gradients still non-finite once the scale is down to 1, still
+            raise one at their step. bf16/fp16 autocast without a scaler needs nothing.
         every: measure every ``every`` optimizer steps (0, every, 2·every, …).
         histograms: store gradient and weight histograms every ``histograms`` measured steps
             (0: never); ``bins`` equal-width bins over the finite range.
@@ -223,6 +262,13 @@ def watch(model: Any, *, optimizer: Any = None, every: int = 10, histograms: int
         if not any(updates):
             raise WeightkitError(f"{type(optimizer).__name__} holds none of the {len(named)} trainable parameters of "
                                  f"{type(model).__name__}; pass the optimizer that trains this model")
+    if scaler is not None:
+        if not isinstance(scaler, torch.amp.GradScaler):
+            raise WeightkitError(f"scaler={type(scaler).__name__}: not a torch.amp.GradScaler")
+        if optimizer is None:
+            raise WeightkitError("watch(scaler=...) needs the optimizer the scaler steps: pass optimizer=")
+        if not scaler.is_enabled():
+            scaler = None  # a disabled scaler scales nothing and skips nothing
     path, run_name = _store_path(store, name, run_dir, type(model).__name__)
 
     meta = {
@@ -230,6 +276,7 @@ def watch(model: Any, *, optimizer: Any = None, every: int = 10, histograms: int
         "model": type(model).__name__, "optimizer": type(optimizer).__name__ if optimizer is not None else None,
         "lr": [g.get("lr") for g in optimizer.param_groups] if optimizer is not None else None,
         "steps_are": "optimizer steps" if optimizer is not None else "backward passes",
+        "scaler": type(scaler).__name__ if scaler is not None else None,
         "every": every, "histograms": histograms, "bins": bins, "nan_check": nan_check,
         "thresholds": thresholds.__dict__, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running",
         "devices": sorted({str(p.device) for _, p in named}),
@@ -239,11 +286,16 @@ def watch(model: Any, *, optimizer: Any = None, every: int = 10, histograms: int
     tables = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))}
     core = Core([n for n, _ in named], [p for _, p in named], every=every, histograms=histograms, bins=bins,
                 thresholds=thresholds, store=st, run=run_name, updates=updates, nan_check=nan_check,
-                embeddings=[id(p) in tables for _, p in named])
+                embeddings=[id(p) in tables for _, p in named], scaler=scaler)
     handles: list = []
     try:
-        if optimizer is not None:
+        if optimizer is not None and scaler is not None:
             core.install()
+            handles.append(optimizer.register_step_pre_hook(lambda opt, *_: core.scaled_pre_step(opt)))
+            handles.append(optimizer.register_step_post_hook(lambda *_: core.scaled_post_step()))
+        elif optimizer is not None:
+            core.install()
+            handles.append(optimizer.register_step_pre_hook(_warn_if_scaled()))
             handles.append(optimizer.register_step_pre_hook(lambda *_: core.pre_step()))
             handles.append(optimizer.register_step_post_hook(lambda *_: core.post_step()))
         else:

@@ -24,8 +24,22 @@ naming the exact step; on the CPU, where reading costs nothing, they are read at
 
 Statistics are of the gradient as backward produced it, accumulated over micro-batches, before
 clipping (clipping a NaN gradient spreads NaN to every parameter; the hooks still name the one
-where it began). With ``torch.amp.GradScaler`` they are of the *scaled* gradient (norms times the
-scale); steps the scaler skips are not optimizer steps and are not recorded.
+where it began).
+
+With a ``torch.amp.GradScaler`` (``watch(..., scaler=scaler)``) backward produces the gradient
+times the loss scale; the statistics are divided by the scale the gradients were made with
+(norms, means, std and max |g| scale linearly, sums of squares with its square, counts and
+histogram bins not at all), so they are of the unscaled gradient the optimizer applies whether or
+not the loop calls ``scaler.unscale_`` (they are taken before it, at the end of backward). The
+scale is read when a step's first gradient arrives (a float on the CPU; a copy of the scaler's
+device tensor elsewhere, read with the measured step's one transfer). An *attempt* is the
+backward passes between two optimizer steps; ``scaler.update()`` replaces the scaler's
+per-optimizer state, so an attempt whose state was replaced with no optimizer step in between
+was skipped for overflow. A skipped attempt is no step (it is retried under the same step
+number): it is recorded in the run's meta (``amp``: each skip with its step and loss scale) and
+raises no alert unless the overflow is real: a weight is non-finite (checked on each skip, as
+the last step left them), or the scale is down to 1 or less (it no longer multiplies anything)
+and the gradients are still non-finite.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ from weightkit.tracking.alerts import AlertEngine, Thresholds
 from weightkit.tracking.store import Store
 
 INF = float("inf")
+MAX_SKIPS_KEPT = 1000  # GradScaler: skipped attempts and loss-scale changes kept in the run's meta
 N_GRAD = 5  # norm, mean, std, absmean, absmax
 _ZEROS: dict[tuple, torch.Tensor] = {}
 # CPU shortcuts (reading a scalar on the CPU is free, so branch on values there). Tests turn them
@@ -222,6 +237,15 @@ def _l2_norms(ts: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(cast("list[torch.Tensor]", out))  # every slot filled: each tensor is wide or not
 
 
+def _unscaled_hist(row: tuple, scale: float) -> tuple:
+    """A gradient's ``hists`` row divided by the loss scale (range and sum by it, the sum of squares by
+    its square; the bins are equal-width over the range, so the counts stay)."""
+    if row[1] != "grad":
+        return row
+    i, what, lo, hi, nan, pinf, ninf, total, sq, counts = row
+    return i, what, lo / scale, hi / scale, nan, pinf, ninf, total / scale, sq / scale / scale, counts
+
+
 def _hist_row(i: int, what: str, f, c) -> tuple:
     """A ``hists`` row from ``[lo, hi, sum, sumsq]`` and ``[nan, posinf, neginf, counts…]``."""
     c = np.asarray(c).astype(np.int64)
@@ -239,7 +263,7 @@ class Core:
 
     def __init__(self, names: Sequence[str], params: Sequence[torch.Tensor], *, every: int, histograms: int,
                  bins: int, thresholds: Thresholds, store: Store, run: str, updates: Sequence[bool] | None,
-                 nan_check: str = "step", embeddings: Sequence[bool] | None = None):
+                 nan_check: str = "step", embeddings: Sequence[bool] | None = None, scaler: Any = None):
         self.names = list(names)
         self.params = list(params)
         self.n = len(self.params)
@@ -291,6 +315,15 @@ class Core:
         self._before: list[torch.Tensor | None] | None = None
         self._keep: dict[int, torch.Tensor] = {}  # CPU: reused weight copies (see pre_step)
         self._views: dict[int, tuple] = {}  # CPU: flat NumPy views of a weight and its copy (_flat_pair)
+        # GradScaler: the scaler's per-optimizer state when this attempt's first gradient arrived
+        # (None: no gradient since the last step), and the loss scale of the attempt's gradients
+        self.scaler = scaler
+        self._attempt: Any = None
+        self._gscale: Any = 1.0
+        self._scale_host = 1.0
+        self._fused_skip = False
+        self._amp: dict[str, Any] = {"scaler": type(scaler).__name__, "skipped": [], "skipped_total": 0,
+                                     "loss_scale": []} if scaler is not None else {}
         self._reset_step()
 
     # -- step state -------------------------------------------------------------------------------
@@ -327,11 +360,14 @@ class Core:
         fired = self._fired
         engine = torch.autograd.Variable._execution_engine
         scan = self._scan_grads
+        scaler = self.scaler
 
         def hook(p: torch.Tensor) -> None:
             g = p.grad
             if g is None:
                 return
+            if scaler is not None and state._attempt is not scaler._per_optimizer_states:
+                state._new_attempt()
             received[i] = True
             if scanned:  # CPU: measured or checked at the end of the backward pass (_scan_grads)
                 if state.per_step or state.measuring:
@@ -410,6 +446,74 @@ class Core:
                 self._ghist[i] = histogram(g, self.bins)
         self._fired.clear()
 
+    # -- GradScaler ---------------------------------------------------------------------------------
+
+    def _new_attempt(self) -> None:
+        """The first gradient since the last optimizer step or ``scaler.update()``: an attempt that
+        had gradients and was closed by ``update()`` with no optimizer step was skipped."""
+        if self._attempt is not None:
+            self._skipped()
+        sc = self.scaler
+        self._attempt = sc._per_optimizer_states
+        s = getattr(sc, "_scale", None)
+        self._gscale = 1.0 if s is None else s.item() if _host(s.device) else s.detach().clone()
+
+    def scaled_pre_step(self, optimizer) -> None:
+        """:meth:`pre_step` under a scaler. An optimizer that handles the scaling itself (``fused=True``
+        Adam/AdamW/SGD: ``_step_supports_amp_scaling``) is stepped even on overflow, with the
+        scaler's ``found_inf`` set on it, and then changes nothing: that attempt is skipped (reading
+        the flag is a host sync on a GPU, once per step, only for those optimizers)."""
+        found_inf = getattr(optimizer, "found_inf", None)
+        self._fused_skip = isinstance(found_inf, torch.Tensor) and bool(found_inf.item() > 0)
+        if not self._fused_skip:
+            self.pre_step()
+
+    def scaled_post_step(self) -> None:
+        if self._fused_skip:
+            self._fused_skip = False
+            self._skipped()
+        else:
+            self.post_step()
+
+    def _scale_now(self) -> float:
+        s = self._gscale
+        return float(s.item()) if isinstance(s, torch.Tensor) else float(s)
+
+    def _skipped(self) -> None:
+        """The scaler skipped this step's last attempt (its gradients overflowed): no step, no
+        measurement; record it with its scale. Only a real overflow is an alert: a non-finite
+        weight (as the last step left it), or non-finite gradients at a scale of 1 or less."""
+        step, s = self.step, self._scale_now()
+        found = False
+        with torch.no_grad():
+            for ix, ps in self.groups.values():
+                # as the last step left them (before step 0: as they came)
+                weight_bad = self._check_weights_host(max(step - 1, 0), ix, ps, fed=True)
+                found |= weight_bad
+                if weight_bad or s <= 1.0:
+                    found |= self._flag(0, step, ix, [self._gchk[i] for i in ix])
+        if found:
+            self._record_first()
+            self._report(self.alerts.nonfinite(self.first[0], self.first[1], weight_since=self.w_since))
+        amp = self._amp
+        amp["skipped_total"] += 1
+        if len(amp["skipped"]) < MAX_SKIPS_KEPT:
+            amp["skipped"].append([step, s])
+        self._log_scale(step, s, write=True)
+        self._attempt = None
+        self._fired.clear()
+        self._before = None
+        self._reset_step()
+
+    def _log_scale(self, step: int, s: float, *, write: bool = False) -> None:
+        """Keep the loss scale in the run's meta when it changed (a log of ``[step, scale]``)."""
+        log = self._amp["loss_scale"]
+        if (not log or log[-1][1] != s) and len(log) < MAX_SKIPS_KEPT:
+            log.append([step, s])
+            write = True
+        if write:  # a copy: the store's thread writes it later, while this one keeps appending
+            self.store.set_meta(amp={k: list(v) if isinstance(v, list) else v for k, v in self._amp.items()})
+
     def add_handle(self, handle) -> None:
         self._handles.append(handle)
 
@@ -463,6 +567,7 @@ class Core:
     def post_step(self) -> None:
         """After the optimizer step: the per-step NaN/Inf check; on measured steps, measure and commit."""
         if not self.measuring and (not self.per_step or self._calm()):
+            self._attempt = None
             self.step += 1  # the common step on the CPU: every gradient finite, nothing else to do
             self._reset_step()
             return
@@ -481,6 +586,7 @@ class Core:
             self._record_first()
             self._report(self.alerts.nonfinite(self.first[0], self.first[1], weight_since=self.w_since))
         self._before = None
+        self._attempt = None
         self.step += 1
         self._reset_step()
 
@@ -600,6 +706,7 @@ class Core:
         has_u.fill(False)
         hists: list[tuple] = []
         before = self._before
+        self._scale_host = self._gscale if not isinstance(self._gscale, torch.Tensor) else math.nan
         for dev, (ix, ps) in self.groups.items():
             upd = [i for i in ix if before is not None and before[i] is not None]
             if dev in self._first_dev:
@@ -620,6 +727,10 @@ class Core:
                 if self.hist_now:
                     hists += self._host_hists(ix, ps)
             has_u[upd] = True
+        s = self._scale_host
+        if s != 1.0:
+            G /= s
+            hists = [_unscaled_hist(h, s) for h in hists]
         if (W > 0).all() and np.isfinite(W).all():  # as always but for a zero or non-finite weight
             ratio = U / W
         else:
@@ -642,6 +753,8 @@ class Core:
             alerts = self.alerts.nonfinite(self.first[0], self.first[1], counts=counts(), count_step=step,
                                            since=since, weight_since=self.w_since)
         self._prev_measured = step
+        if self.scaler is not None:
+            self._log_scale(step, self._scale_host)
         alerts += self.alerts.measured_step(step, grad_norm, ratio, self.received)
         self.store.put(step, rows, [(a.step, a.param, a.kind, a.message, a.value) for a in alerts], hists)
         self.measured += 1
@@ -652,6 +765,7 @@ class Core:
         on a few numbers costs microseconds)."""
         before, gstats, wnorm, unorm = self._before, self._gstats, self._wnorm, self._unorm
         rows, gnorm, ratio = [], [math.nan] * self.n, [math.nan] * self.n
+        s = self._scale_host = self._gscale
         none = (None,) * (N_GRAD + 2)
         for i in range(self.n):
             w = wnorm[i]
@@ -663,11 +777,14 @@ class Core:
                 r = ratio[i] = u / w if w else (math.inf if u > 0 else math.nan)
             st = gstats[i]
             if st is not None:
-                gnorm[i] = st[0][0]
-                rows.append((i, *st[0], *st[1], w, u, r))
+                g = st[0] if s == 1.0 else [v / s for v in st[0]]
+                gnorm[i] = g[0]
+                rows.append((i, *g, *st[1], w, u, r))
             else:
                 rows.append((i, *none, w, u, r))
         hists = self._host_hists(range(self.n), self.params) if self.hist_now else []
+        if s != 1.0:
+            hists = [_unscaled_hist(h, s) for h in hists]
         self._judge_and_put(step, rows, hists, np.array(gnorm), np.array(ratio), lambda: np.array(
             [st[1] if st is not None else (-1, -1) for st in gstats], dtype=np.int64))
 
@@ -711,6 +828,8 @@ class Core:
                 add("hf", hw[0])
                 add("hi", hw[1])
         add("first", self._first_dev[dev])
+        if isinstance(self._gscale, torch.Tensor) and self._gscale.device == dev:
+            add("scale", self._gscale)
         flat = torch.cat([p.to(torch.float64) for p in parts]).cpu().numpy()  # the one transfer
         pos = 0
         hf: list = []
@@ -731,6 +850,8 @@ class Core:
                 cur = self.first[:, ix]
                 self.first[:, ix] = np.where(cur >= 0, cur, f)
                 self._seen_nonfinite |= bool((f >= 0).any())
+            elif kind == "scale":
+                self._scale_host = float(chunk[0])
             elif kind == "hf":
                 hf.append(chunk.tolist())
             else:
@@ -766,6 +887,9 @@ class Core:
     def finish(self) -> None:
         """Report NaN/Inf flags raised since the last measured step (GPU), then remove the hooks."""
         try:
+            sc = self.scaler
+            if sc is not None and self._attempt is not None and self._attempt is not sc._per_optimizer_states:
+                self._skipped()
             last = self.step - 1
             host = [(ix, ps) for dev, (ix, ps) in self.groups.items() if dev not in self._first_dev]
             if self.per_step and not self.weights_per_step and last >= 0 and host:
