@@ -171,7 +171,7 @@ def _file_names(paths: list[str]) -> dict[str, str]:
     return {name: next(iter(p)) for name, p in found.items() if len(p) == 1}
 
 
-def from_keras_config(config: dict, *, prefix: str = "", names_in_file: list[str] | None = None) -> Flow:
+def from_keras_config(config: dict | list, *, prefix: str = "", names_in_file: list[str] | None = None) -> Flow:
     """The graph a Keras model config describes; a layer with an activation of its own feeds it.
     ``names_in_file``: the layer paths of a file holding that config (``model/c1`` in a ``.keras``
     file, ``c1/c1`` in a Keras 2 ``.h5``), each config layer named by the one path it begins or

@@ -127,8 +127,7 @@ class Context:
             inner = stored.get("config") if isinstance(stored, dict) else None
             layers = inner.get("layers") if isinstance(inner, dict) else inner  # Keras 2.1 Sequential: a list
             if isinstance(layers, list) and layers and all(isinstance(c, dict) for c in layers):
-                return _flow.from_keras_config({"layers": layers, **({"name": inner.get("name")} if isinstance(
-                    inner, dict) else {})}, names_in_file=list(self.ws.layers()))
+                return _flow.from_keras_config(layers, names_in_file=list(self.ws.layers()))
         return _flow.from_names({layer: ws[0].kind or "" for layer, ws in self.ws.layers().items()})
 
     @cached_property
